@@ -1,0 +1,1 @@
+"""Fine-tune a chat model into a roleplay chatbot: data, formatting, training loop, checkpoints."""
