@@ -1,0 +1,147 @@
+"""Every hyper-parameter in one dataclass, which is also the command line and the YAML schema.
+
+Precedence: dataclass defaults < `--config file.yaml` < flags on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad option or config file; the message is meant for the user as it is."""
+
+
+def option(default: Any, help: str, choices: tuple | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    # Data and model
+    data_path: str = option("", "training data: .jsonl or .json (input/output, messages or ShareGPT records); required")
+    model_name: str = option("Qwen/Qwen2.5-0.5B-Instruct", "hub id, local Hugging Face directory, local .gguf file, or 'smollm2' for the offline SmolLM2-135M-Instruct")
+    output_dir: str = option("./checkpoints", "where checkpoints, best_model/, config and metrics go")
+    # Schedule
+    epochs: int = option(3, "passes over the training split")
+    batch_size: int = option(4, "sequences per micro-batch")
+    grad_accum_steps: int = option(1, "micro-batches per optimizer step; the loss is normalised by the trained tokens of all of them")
+    max_steps: int = option(0, "stop after this many optimizer steps (0: run all epochs)")
+    lr: float = option(2e-5, "peak learning rate (AdamW)")
+    lr_scheduler: str = option("cosine", "decay after warmup", ("cosine", "linear", "constant"))
+    warmup_ratio: float = option(0.03, "fraction of optimizer steps spent warming up linearly")
+    weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms)")
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)")
+    seed: int = option(42, "seed for the split, the sample order and initialisation")
+    # Data handling
+    eval_split: float = option(0.1, "fraction of records held out for validation (0: none)")
+    max_length: int = option(512, "longest sequence in tokens; longer conversations lose their oldest turns")
+    train_on: str = option("all_assistant", "which assistant turns carry loss", ("all_assistant", "last_assistant"))
+    system_prompt: str = option("", "default system prompt (persona) for records that have none")
+    merge_consecutive: bool = option(False, "merge consecutive messages of one role instead of rejecting the record")
+    cache_dir: str = option("", "tokenised-data and converted-model cache (default: ~/.cache/roleplay-tuner)")
+    # Evaluation, logging, checkpoints
+    eval_steps: int = option(0, "also evaluate every N optimizer steps (0: only at the end of each epoch)")
+    log_steps: int = option(100, "write a log line every N optimizer steps")
+    save_steps: int = option(500, "write checkpoint-N/ every N optimizer steps (0: never)")
+    save_total_limit: int = option(0, "keep only the K newest checkpoint-N/ (0: keep all)")
+    early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0: off)")
+    early_stopping_threshold: float = option(0.0, "smallest drop in validation loss that counts as an improvement")
+    max_bad_steps: int = option(5, "stop after this many non-finite losses or gradients in a row")
+    resume_from_checkpoint: str = option("", "checkpoint directory to resume from, or 'auto' for the newest complete one")
+    force_resume: bool = option(False, "resume even if the data or hyper-parameters differ from the checkpoint's")
+    # Hardware and speed
+    device: str = option("auto", "cuda, mps or cpu (auto: the first available in that order)", ("auto", "cuda", "mps", "cpu"))
+    precision: str = option("auto", "auto: bf16 autocast on GPUs that support it, fp16 on older GPUs, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"))
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
+    compile: bool = option(False, "torch.compile the transformer body")
+    trust_remote_code: bool = option(False, "allow model repositories to run their own Python code")
+
+    def validate(self) -> None:
+        if not self.data_path:
+            raise ConfigError("--data_path is required (a .jsonl or .json file of training records)")
+        positive = ("epochs", "batch_size", "grad_accum_steps", "max_length", "log_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        non_negative = ("max_steps", "save_steps", "eval_steps", "save_total_limit", "early_stopping_patience",
+                        "max_grad_norm", "weight_decay", "early_stopping_threshold", "max_bad_steps")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if not 0.0 <= self.eval_split < 1.0:
+            raise ConfigError(f"--eval_split must be in [0, 1), got {self.eval_split}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.early_stopping_patience and not self.eval_split:
+            raise ConfigError("--early_stopping_patience needs a validation split (--eval_split > 0)")
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"--{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
+    for f in dataclasses.fields(cls):
+        kind = type(f.default)
+        kwargs: dict[str, Any] = {"help": f"{f.metadata['help']} (default: {f.default!r})", "default": argparse.SUPPRESS}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+            if f.metadata["choices"]:
+                kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(f"--{f.name}", **kwargs)
+
+
+def load_yaml(path: str, cls: type = TrainConfig) -> dict[str, Any]:
+    """Read a YAML config, refusing unknown keys so that a typo is not silently ignored."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of option: value")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{path}: unknown option {key!r}")
+        expected = type(known[key].default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"{path}: option {key!r} must be {expected.__name__}, got {value!r}")
+        values[key] = value
+    return values
+
+
+def parse_args(argv: list[str] | None, cls: type = TrainConfig, prog: str = "train.py",
+               description: str = "") -> Any:
+    """Build a config of type `cls` from defaults, an optional YAML file and command-line flags."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help="YAML file of options; flags on the command line override it")
+    _add_fields(parser, cls)
+    args = vars(parser.parse_args(argv))
+    config_file = args.pop("config", None)
+    values = load_yaml(config_file, cls) if config_file else {}
+    values.update(args)
+    config = cls(**values)
+    config.validate()
+    return config

@@ -1,0 +1,220 @@
+"""Read training files into validated conversations.
+
+Three record formats, detected per record and mixable in one file:
+  {"input": ..., "output": ..., "system"?: ...}                     the original pair format
+  {"messages": [{"role": "system"|"user"|"assistant", "content": ..., "train"?: bool}, ...]}
+  {"conversations": [{"from": "system"|"human"|"gpt", "value": ..., "train"?: bool}, ...]}  (ShareGPT)
+Every problem is a `DataError` whose message names the file, the line (or list index) and the fault.
+Nothing is skipped silently: blank JSONL lines are the only thing passed over.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+class DataError(ValueError):
+    """A problem with the training data; the message is one line, meant for the user as it is."""
+
+
+@dataclass
+class Message:
+    role: str
+    content: str
+    train: bool = True  # only meaningful for assistant messages
+
+
+@dataclass
+class Conversation:
+    messages: list[Message]
+    where: str  # "file line N" or "file item N", for messages about this record
+    merged: int = 0  # messages merged into their predecessor (--merge_consecutive)
+    system_added: bool = False  # the --system_prompt default was applied
+
+    def as_chat(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+
+@dataclass
+class DataOptions:
+    system_prompt: str = ""
+    merge_consecutive: bool = False
+    train_on: str = "all_assistant"
+
+
+@dataclass
+class LoadStats:
+    records: int = 0
+    merged_records: int = 0
+    system_added: int = 0
+    formats: dict[str, int] = field(default_factory=dict)
+
+
+def iter_raw_records(path: str | Path) -> Iterator[tuple[str, object]]:
+    """Yield (location, parsed JSON value) for each record, streaming JSONL line by line."""
+    path = Path(path)
+    if path.suffix not in (".jsonl", ".json"):
+        raise DataError(f"{path}: unknown extension {path.suffix or '(none)'!r}; use .jsonl (one record per line) "
+                        "or .json (a list of records)")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    if path.suffix == ".jsonl":
+        yield from _iter_jsonl(path)
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: a .json file must hold a list of records, got {type(data).__name__}")
+    if not data:
+        raise DataError(f"{path}: the list of records is empty")
+    for index, value in enumerate(data):
+        yield f"{path} item {index}", value
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, object]]:
+    seen = False
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path} line {number}: invalid JSON ({err.msg} at column {err.colno})") from None
+            except UnicodeDecodeError:
+                raise DataError(f"{path} line {number}: not UTF-8 text") from None
+            seen = True
+            yield f"{path} line {number}", value
+    if not seen:
+        raise DataError(f"{path}: file is empty (only blank lines)")
+
+
+def parse_record(where: str, record: object, options: DataOptions) -> tuple[Conversation, str]:
+    """Validate one parsed JSON value and return it as a conversation, with the name of its format."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
+    formats = [key for key in ("messages", "conversations", "output") if key in record]
+    if "input" in record and "output" not in record:
+        raise DataError(f"{where}: missing 'output' (the bot's reply)")
+    if len(formats) > 1:
+        raise DataError(f"{where}: record mixes formats ({', '.join(repr(k) for k in formats)}); use one per record")
+    if not formats:
+        raise DataError(f"{where}: record has none of 'input'/'output', 'messages' or 'conversations'")
+    kind = formats[0]
+    if kind == "output":
+        messages = _pair_messages(where, record)
+    else:
+        messages = _chat_messages(where, record[kind], kind)
+    conversation = Conversation(messages, where)
+    _check_structure(conversation, options)
+    return conversation, {"output": "input/output", "messages": "messages", "conversations": "sharegpt"}[kind]
+
+
+def _text_field(where: str, record: dict, key: str, what: str) -> str:
+    if key not in record:
+        raise DataError(f"{where}: missing {key!r} ({what})")
+    value = record[key]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _pair_messages(where: str, record: dict) -> list[Message]:
+    user = _text_field(where, record, "input", "the user's message")
+    bot = _text_field(where, record, "output", "the bot's reply")
+    messages = [Message("user", user), Message("assistant", bot)]
+    if "system" in record:
+        messages.insert(0, Message("system", _text_field(where, record, "system", "the system prompt")))
+    return messages
+
+
+def _chat_messages(where: str, turns: object, kind: str) -> list[Message]:
+    if not isinstance(turns, list):
+        raise DataError(f"{where}: {kind!r} must be a list of messages, got {type(turns).__name__}")
+    role_key, text_key = ("role", "content") if kind == "messages" else ("from", "value")
+    messages = []
+    for index, turn in enumerate(turns):
+        at = f"{where}: {kind}[{index}]"
+        if not isinstance(turn, dict):
+            raise DataError(f"{at} must be an object, got {type(turn).__name__}")
+        if role_key not in turn:
+            raise DataError(f"{at} has no {role_key!r}")
+        raw_role = turn[role_key]
+        role = raw_role if kind == "messages" and raw_role in ROLES else (
+            SHAREGPT_ROLES.get(raw_role) if kind == "conversations" and isinstance(raw_role, str) else None)
+        if role is None:
+            allowed = ROLES if kind == "messages" else ("system", "human", "gpt")
+            raise DataError(f"{at} has unknown {role_key} {raw_role!r}; expected one of {', '.join(allowed)}")
+        if text_key not in turn:
+            raise DataError(f"{at} has no {text_key!r}")
+        text = turn[text_key]
+        if not isinstance(text, str):
+            raise DataError(f"{at} {text_key!r} must be a string, got {type(text).__name__}")
+        train = turn.get("train", True)
+        if not isinstance(train, bool):
+            raise DataError(f"{at} 'train' must be true or false, got {train!r}")
+        if not train and role != "assistant":
+            raise DataError(f"{at} 'train': false is only meaningful on assistant messages")
+        messages.append(Message(role, text, train))
+    return messages
+
+
+def _check_structure(conversation: Conversation, options: DataOptions) -> None:
+    """Roles in a usable order, a non-empty reply to train on; apply the system and merge options."""
+    where, messages = conversation.where, conversation.messages
+    if not messages:
+        raise DataError(f"{where}: conversation has no messages")
+    for index, message in enumerate(messages[1:], start=1):
+        if message.role == "system":
+            raise DataError(f"{where}: message {index} is a system message; only the first message may be one")
+    if messages[0].role != "system" and options.system_prompt:
+        messages.insert(0, Message("system", options.system_prompt))
+        conversation.system_added = True
+    merged: list[Message] = []
+    for index, message in enumerate(messages):
+        if merged and merged[-1].role == message.role:
+            if not options.merge_consecutive:
+                raise DataError(f"{where}: messages {index - 1} and {index} are both {message.role!r}; "
+                                "alternate the roles or pass --merge_consecutive")
+            merged[-1].content += "\n\n" + message.content
+            merged[-1].train = merged[-1].train and message.train
+            conversation.merged += 1
+        else:
+            merged.append(message)
+    conversation.messages = merged
+    replies = [m for m in merged if m.role == "assistant"]
+    if not replies:
+        raise DataError(f"{where}: conversation has no assistant message to train on")
+    for index, message in enumerate(merged):
+        if message.role == "assistant" and not message.content.strip():
+            raise DataError(f"{where}: empty output (assistant message {index} has no text)")
+    if options.train_on == "last_assistant":
+        for message in replies[:-1]:
+            message.train = False
+    if not any(m.train for m in replies):
+        raise DataError(f"{where}: every assistant message has 'train': false; nothing to train on")
+
+
+def load_conversations(path: str | Path, options: DataOptions, stats: LoadStats | None = None
+                       ) -> Iterator[Conversation]:
+    """Stream validated conversations from a file; the first bad record stops everything with its message."""
+    stats = stats if stats is not None else LoadStats()
+    for where, raw in iter_raw_records(path):
+        conversation, kind = parse_record(where, raw, options)
+        stats.records += 1
+        stats.formats[kind] = stats.formats.get(kind, 0) + 1
+        stats.merged_records += conversation.merged > 0
+        stats.system_added += conversation.system_added
+        yield conversation

