@@ -23,7 +23,7 @@ from typing import Iterator
 INPUT_WORDS = (15, 300, 90, 0.55)
 OUTPUT_WORDS = (8, 190, 38, 0.6)
 MAX_SENTENCE_WORDS = 20  # longest sentence kept in the pool; every length 1..this must exist
-POOL_SIZE = 6000  # sentences generated per side
+VARIANTS_PER_TEMPLATE = 40  # filled variants drawn per template, so templates are evenly represented
 POOL_SEED = 1234
 
 SLOTS = {
@@ -55,7 +55,7 @@ REP_SENTENCES = [
     "Hi {name}, this is {rep} with {vendor}.",
     "Do you have a quick minute?",
     "I'll keep this short because I know you're busy.",
-    "We help {industry} cut {pain} by about {pct} percent.",
+    "We help {industry} spend about {pct} percent less time dealing with {pain}.",
     "I noticed you're hiring, so I figured {pain} might be on your mind.",
     "Our {product} usually pays for itself within the first six months.",
     "Most of our customers came to us from {competitor}.",
@@ -90,8 +90,12 @@ REP_SENTENCES = [
     "Does that sound reasonable to you?",
     "So what would the next step look like on your end?",
     "We've seen a lot of {industry} struggle with {pain} as they grow past {count} people.",
-    "The short version is that our {product} replaces a lot of manual work with something your team can run "
-    "in an afternoon.",
+    "Our {product} replaces a lot of manual work with something your team can run in an afternoon.",
+    "Most {industry} we talk to tell us they lose a few hours every single week to {pain}.",
+    "If I could show you a way to cut {pain} by {pct} percent, would that be worth fifteen minutes?",
+    "I understand, and a lot of our best customers said exactly the same thing when we first spoke.",
+    "We already work with {count} {industry}, so we've seen most of the problems you're describing.",
+    "The reason I'm calling is that {industry} in your area keep telling us about {pain}.",
 ]
 
 PROSPECT_SENTENCES = [
@@ -133,6 +137,17 @@ PROSPECT_SENTENCES = [
     "We switched vendors once and lost a month of records in the move.",
     "Our {boss} picked {competitor} personally, so I'm not going to be the one who suggests replacing it.",
     "I'd need it in writing, including every fee, before I take it to anyone here.",
+    "We looked at {competitor} last year and it came in way over what we could spend.",
+    "I don't have the bandwidth for a new {product} right now, so call me back in {month}.",
+    "Even if I liked it, I'd need buy-in from finance and IT, which is at least two more meetings.",
+    "Our {boss} would have to sign off, and honestly that's not an easy sell this year.",
+    "We're heading into our busy season and nobody here has time to think about a new {product}.",
+    "Send me something in writing with the full price, and I'll look at it when I get a chance.",
+    "The last vendor promised us the moon and then disappeared after the contract was signed.",
+    "What would your {product} cost us for about {count} people, including setup and support?",
+    "We've been doing it this way with {competitor} for years, and I don't see a good reason to change now.",
+    "I'm happy to take a look, but realistically nothing gets approved here until {quarter}, and even then "
+    "it's a maybe.",
 ]
 
 _FORMATTER = string.Formatter()
@@ -140,25 +155,32 @@ _FORMATTER = string.Formatter()
 
 def _fill(rng, template):
     """Fill a template's slots with random choices from SLOTS."""
-    names = {name for _, name, _, _ in _FORMATTER.parse(template) if name}
-    return template.format(**{name: rng.choice(SLOTS[name]) for name in names})
+    values = {}
+    for _, name, _, _ in _FORMATTER.parse(template):
+        if name and name not in values:
+            values[name] = rng.choice(SLOTS[name])
+    return template.format(**values)
 
 
 def _build_pool(rng, templates):
-    """Return (all sentences as (text, words), sentences bucketed by word count) for one speaker."""
-    sentences = {}
-    for _ in range(POOL_SIZE):
-        text = _fill(rng, rng.choice(templates))
-        words = len(text.split())
-        if words <= MAX_SENTENCE_WORDS:
-            sentences[text] = words
+    """Return (sentences as (text, words), distinct sentences bucketed by word count) for one speaker.
+
+    The first list keeps repeats so that a uniform draw from it picks templates about evenly.
+    """
+    sentences = []
+    for template in templates:
+        for _ in range(VARIANTS_PER_TEMPLATE):
+            text = _fill(rng, template)
+            words = len(text.split())
+            if words <= MAX_SENTENCE_WORDS:
+                sentences.append((text, words))
     by_len = [[] for _ in range(MAX_SENTENCE_WORDS + 1)]
-    for text, words in sentences.items():
+    for text, words in dict(sentences).items():
         by_len[words].append(text)
     missing = [k for k in range(1, MAX_SENTENCE_WORDS + 1) if not by_len[k]]
     if missing:
         raise ValueError("sentence pool has no sentence of length {}".format(missing))
-    return list(sentences.items()), by_len
+    return sentences, by_len
 
 
 @functools.lru_cache(maxsize=None)
@@ -174,12 +196,15 @@ def _length(rng, low, high, median, sigma):
 
 
 def _text(rand, pool, target):
-    """Concatenate pool sentences into exactly `target` words."""
+    """Concatenate pool sentences into exactly `target` words, never repeating a sentence back to back."""
     sentences, by_len = pool
-    parts = []
+    parts, previous = [], None
     while target > MAX_SENTENCE_WORDS:
         text, words = sentences[int(rand() * len(sentences))]
+        if text == previous:
+            continue
         parts.append(text)
+        previous = text
         target -= words
     bucket = by_len[target]
     parts.append(bucket[int(rand() * len(bucket))])
@@ -198,6 +223,7 @@ def generate_pairs(n: int, seed: int = 0) -> Iterator[dict]:
 
 
 def main(argv=None):
+    """Write generate_pairs() output as JSONL."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="number of records")
     parser.add_argument("--seed", type=int, default=0)

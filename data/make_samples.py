@@ -92,7 +92,7 @@ INDUSTRIES = [
                     ("trucking company", "Transport"), ("third-party warehouse operator", "Distribution")],
          titles=["IT director", "operations manager", "VP of operations", "fleet manager", "controller"],
          bosses=["CFO", "COO", "owner"], busy="peak season",
-         rule="our shippers' data security requirements", data="shipment and customer data"),
+         rule="shipper data security requirements", data="shipment and customer data"),
     dict(name="healthcare", sector="healthcare", plural="healthcare practices",
          companies=[("multi-location dental group", "Dental Group"), ("family medicine clinic", "Family Medicine"),
                     ("home health agency", "Home Health"), ("physical therapy practice", "Physical Therapy")],
@@ -100,7 +100,8 @@ INDUSTRIES = [
          bosses=["practice owner", "medical director", "CFO"], busy="flu season",
          rule="HIPAA", data="patient records"),
     dict(name="SaaS", sector="SaaS", plural="software companies",
-         companies=[("B2B software company", "Software"), ("SaaS startup", "Labs"), ("software company", "Systems")],
+         companies=[("B2B software company", "Software"), ("SaaS startup", "Labs"),
+                    ("software company", "Systems")],
          titles=["head of sales ops", "VP of engineering", "CTO", "head of people", "finance lead"],
          bosses=["CEO", "CFO", "founders"], busy="our big product launch",
          rule="SOC 2", data="customer data"),
@@ -109,7 +110,7 @@ INDUSTRIES = [
                     ("food packaging plant", "Packaging"), ("metal fabrication company", "Fabrication")],
          titles=["plant manager", "IT manager", "purchasing manager", "HR director", "controller"],
          bosses=["CFO", "owner", "general manager", "president"], busy="our annual retooling shutdown",
-         rule="our customers' supplier security audits", data="engineering drawings"),
+         rule="customer supplier security audits", data="engineering drawings"),
     dict(name="retail", sector="retail", plural="retailers",
          companies=[("chain of outdoor-gear stores", "Outfitters"), ("regional grocery chain", "Market"),
                     ("furniture retailer", "Home"), ("group of boutique clothing stores", "Boutique")],
@@ -121,7 +122,7 @@ INDUSTRIES = [
                     ("residential builder", "Homes"), ("electrical contractor", "Electric")],
          titles=["project manager", "operations director", "office manager", "safety manager"],
          bosses=["owner", "president", "CFO"], busy="the start of building season",
-         rule="our insurance carrier's requirements", data="bids and project files"),
+         rule="insurance carrier requirements", data="bids and project files"),
     dict(name="education", sector="education", plural="schools",
          companies=[("public school district", "School District"), ("community college", "Community College"),
                     ("charter school network", "Academies"), ("private K-12 school", "Academy")],
@@ -133,7 +134,7 @@ INDUSTRIES = [
                     ("accounting firm", "CPA Group"), ("community bank", "Community Bank")],
          titles=["CIO", "operations manager", "compliance officer", "branch manager", "controller"],
          bosses=["CEO", "CFO", "board"], busy="tax season",
-         rule="our regulators' vendor management rules", data="account data"),
+         rule="regulatory vendor management rules", data="account data"),
     dict(name="hospitality", sector="hospitality", plural="hospitality groups",
          companies=[("boutique hotel group", "Hotels"), ("restaurant group", "Restaurant Group"),
                     ("lakeside resort", "Resort"), ("catering company", "Catering")],
@@ -157,7 +158,7 @@ INDUSTRIES = [
                     ("greenhouse grower", "Growers"), ("dairy operation", "Dairy")],
          titles=["farm manager", "general manager", "office manager", "operations lead"],
          bosses=["owner", "co-op board", "family partners"], busy="harvest",
-         rule="our buyers' food safety audits", data="crop and financial records"),
+         rule="buyer food safety audits", data="crop and financial records"),
     dict(name="nonprofit", sector="the nonprofit world", plural="nonprofits",
          companies=[("nonprofit", "Foundation"), ("community health nonprofit", "Community Services")],
          titles=["executive director", "operations director", "development director", "finance manager"],
@@ -174,79 +175,82 @@ INDUSTRIES = [
 # system/users may be None; templates that need a missing slot are skipped.
 # skip lists objection types that make no sense for the product.
 PRODUCTS = [
-    dict(short="CRM", vendor_kind="CRM vendor", long="a CRM platform", topic="tracking leads and customer follow-ups",
+    dict(vendor_kind="CRM vendor", long="a CRM platform", topic="tracking leads and customer follow-ups",
          competitors=["Pipewell", "DealStream", "Contactly", "SalesNest"],
          users="salespeople", systems=["Outlook", "Gmail", "our ERP"],
          process="a shared spreadsheet and everyone's inbox", pain="deals falling through the cracks",
          benefit="keep every lead and follow-up in one place", result="about a fifth more deals closed",
          unit=("users", "per user a month", 35, 120, 0.2), skip=[], industries=None),
-    dict(short="payroll system", vendor_kind="payroll provider", long="a payroll and HR platform", topic="payroll and time tracking",
+    dict(vendor_kind="payroll provider", long="a payroll and HR platform", topic="payroll and time tracking",
          competitors=["Payvance", "ClockCore", "PayLedger"],
          users="managers", systems=["QuickBooks", "our time clocks", "our accounting software"],
-         process="our bookkeeper running payroll by hand", pain="fixing payroll errors every other week",
+         process="a bookkeeper running payroll by hand", pain="fixing payroll errors every other week",
          benefit="run payroll in minutes and stay on top of tax filings",
          result="payroll processing time cut by more than half",
          unit=("employees", "per employee a month", 6, 15, 1.0), skip=[], industries=None),
-    dict(short="security service", vendor_kind="security provider", long="a managed cybersecurity service",
+    dict(vendor_kind="security provider", long="a managed cybersecurity service",
          topic="endpoint security and threat monitoring",
          competitors=["ShieldPoint", "Cyberwall", "SentraGuard"],
          users="staff", systems=["Microsoft 365", "our firewall", "our help desk tools"],
-         process="antivirus and a firewall our IT contractor set up", pain="phishing emails getting through",
+         process="antivirus and a firewall an IT contractor set up", pain="phishing emails getting through",
          benefit="catch threats around the clock without hiring a security team",
          result="a big drop in phishing incidents",
          unit=("devices", "per device a month", 8, 25, 1.0), skip=[], industries=None),
-    dict(short="telematics system", vendor_kind="telematics provider", long="a fleet telematics system", topic="vehicle tracking and driver safety",
+    dict(vendor_kind="telematics provider", long="a fleet telematics system",
+         topic="vehicle tracking and driver safety",
          competitors=["FleetSight", "TrackRoute", "RoadLogic"],
          users="drivers", systems=["our dispatch software", "our fuel cards", "our ELD devices"],
          process="drivers calling in their locations", pain="never knowing where the trucks actually are",
          benefit="see where every vehicle is and cut fuel costs", result="fuel costs down around twelve percent",
          unit=("vehicles", "per vehicle a month", 20, 45, 0.3), skip=[],
          industries=["logistics", "construction", "agriculture", "automotive", "retail"]),
-    dict(short="copier lease", vendor_kind="copier company", long="managed print and copier leasing", topic="printers and copiers",
+    dict(vendor_kind="copier company", long="managed print and copier leasing", topic="printers and copiers",
          competitors=["PrintPro Solutions", "Copyline", "OfficeEdge"],
          users="office staff", systems=["our network", "our document management system", "Google Workspace"],
-         process="the copiers we bought outright years ago",
+         process="copiers bought outright years ago",
          pain="printers jamming and toner running out at the worst time",
          benefit="replace old copiers with one predictable monthly bill, toner and service included",
          result="print costs down about thirty percent",
          unit=("machines", "per machine a month", 90, 300, 0.03), skip=["security"], industries=None),
-    dict(short="marketing retainer", vendor_kind="marketing agency", long="a digital marketing agency retainer",
+    dict(vendor_kind="marketing agency", long="a digital marketing agency retainer",
          topic="local search and paid advertising",
-         competitors=["BrightFunnel", "RankRise", "a freelancer we've used for years"],
+         competitors=["BrightFunnel", "RankRise", "LocalLift"],
          users=None, systems=["our website", "Google Ads", "our booking system"],
          process="word of mouth and a Facebook page", pain="not getting enough qualified leads from the website",
          benefit="get more qualified leads from local search", result="inbound leads roughly doubled",
          unit=("locations", "per location a month", 900, 2500, 0.02), skip=["security"], industries=None),
-    dict(short="benefits plan", vendor_kind="benefits broker", long="a group benefits insurance plan", topic="employee benefits and insurance",
-         competitors=["Hartwell Mutual", "Keystone Benefits", "our current broker"],
+    dict(vendor_kind="benefits broker", long="a group benefits insurance plan",
+         topic="employee benefits and insurance",
+         competitors=["Hartwell Mutual", "Keystone Benefits", "Ridgeline Benefit Advisors"],
          users=None, systems=None,
-         process="the plan our broker renews every year without much thought",
+         process="a plan the broker renews every year without much thought",
          pain="premiums going up every single year",
          benefit="get better coverage without the yearly premium jump",
          result="premiums held flat at renewal",
          unit=("employees", "per employee a month", 380, 650, 1.0), skip=["implementation", "security"],
          industries=None),
-    dict(short="cloud hosting", vendor_kind="hosting provider", long="managed cloud hosting", topic="servers and hosting",
+    dict(vendor_kind="hosting provider", long="managed cloud hosting", topic="servers and hosting",
          competitors=["StratusCore", "NimbusHost", "Cloudvale"],
          users="developers", systems=["our existing servers", "our backup system", "our ERP"],
          process="servers in a closet downstairs", pain="downtime whenever the old server acts up",
-         benefit="move your servers to the cloud with guaranteed uptime", result="almost no unplanned downtime",
+         benefit="move servers to the cloud with guaranteed uptime", result="almost no unplanned downtime",
          unit=("servers", "per server a month", 150, 600, 0.04), skip=[], industries=None),
-    dict(short="phone system", vendor_kind="phone provider", long="a cloud phone system", topic="business phones and call routing",
+    dict(vendor_kind="phone provider", long="a cloud phone system", topic="business phones and call routing",
          competitors=["RingLane", "CallHarbor", "VoxLine"],
          users="front desk staff", systems=["our CRM", "Microsoft Teams", "our scheduling software"],
-         process="the old desk phones that came with the building", pain="missed calls when the front desk is busy",
+         process="the old desk phones that came with the building",
+         pain="missed calls when the front desk is busy",
          benefit="route every call to the right person, even on cell phones",
          result="missed calls cut by more than half",
          unit=("lines", "per line a month", 18, 35, 0.5), skip=[], industries=None),
-    dict(short="scheduling app", vendor_kind="scheduling vendor", long="an employee scheduling app", topic="shift scheduling",
+    dict(vendor_kind="scheduling vendor", long="an employee scheduling app", topic="shift scheduling",
          competitors=["ShiftHero", "Rosterly", "TimeTable"],
-         users="shift managers", systems=["our payroll system", "our POS", "our time clocks"],
+         users="shift managers", systems=["our payroll system", "our HR system", "our time clocks"],
          process="a paper schedule taped to the break room wall", pain="last-minute call-outs nobody can cover",
          benefit="fill open shifts in minutes instead of hours", result="overtime down about fifteen percent",
          unit=("employees", "per employee a month", 3, 9, 1.0), skip=[],
          industries=["hospitality", "retail", "healthcare", "manufacturing", "logistics"]),
-    dict(short="POS system", vendor_kind="POS vendor", long="a point-of-sale system", topic="checkout and inventory",
+    dict(vendor_kind="POS vendor", long="a point-of-sale system", topic="checkout and inventory",
          competitors=["Tillpoint", "Registra", "CounterTop"],
          users="cashiers", systems=["QuickBooks", "our online store", "our inventory system"],
          process="an old register and a separate card terminal",
@@ -254,7 +258,7 @@ PRODUCTS = [
          benefit="tie checkout, inventory, and online orders together", result="inventory errors down sharply",
          unit=("registers", "per register a month", 60, 150, 0.05), skip=[],
          industries=["retail", "hospitality", "automotive"]),
-    dict(short="AP automation tool", vendor_kind="payables software vendor", long="an accounts payable automation tool",
+    dict(vendor_kind="payables software vendor", long="an accounts payable automation tool",
          topic="invoice processing and approvals",
          competitors=["Billflow", "PayablesHQ", "InvoiceIQ"],
          users="finance team", systems=["QuickBooks", "NetSuite", "our ERP"],
@@ -263,14 +267,15 @@ PRODUCTS = [
          benefit="get invoices approved and paid without chasing signatures",
          result="invoice processing time cut by seventy percent",
          unit=("approvers", "per approver a month", 25, 60, 0.05), skip=[], industries=None),
-    dict(short="training platform", vendor_kind="training vendor", long="an online training platform",
+    dict(vendor_kind="training vendor", long="an online training platform",
          topic="employee training and compliance courses",
          competitors=["Learnwise", "CourseHub", "SkillPath"],
          users="employees", systems=["our HR system", "Microsoft Teams", "single sign-on"],
          process="binders and an annual in-person session", pain="chasing people to finish required training",
-         benefit="assign and track required training automatically", result="completion rates above ninety percent",
+         benefit="assign and track required training automatically",
+         result="completion rates above ninety percent",
          unit=("learners", "per learner a month", 4, 12, 1.0), skip=[], industries=None),
-    dict(short="e-signature tool", vendor_kind="document software vendor", long="a document management and e-signature tool",
+    dict(vendor_kind="document software vendor", long="a document management and e-signature tool",
          topic="contracts and paperwork",
          competitors=["SignStack", "DocuVault", "PaperTrail"],
          users="staff", systems=["Google Drive", "our CRM", "Microsoft 365"],
@@ -290,7 +295,8 @@ OBJECTIONS = {
         "We looked at something similar last year and it came in way over what we could spend. "
         "What makes yours any different?",
         "I'd need to see real numbers. If it doesn't pay for itself inside a year, it's a no.",
-        "Money is tight right now. We just cut two positions, so asking for new spending is not going to go over well.",
+        "Money is tight right now. We just cut two positions, so asking for new spending "
+        "is not going to go over well.",
         "{price}? For a company our size that's steep. {competitor} quoted us a lot less.",
         "What's the total cost, all in? Setup fees, training, support, the whole thing. "
         "I've been surprised by add-ons before.",
@@ -313,7 +319,8 @@ OBJECTIONS = {
     ],
     "competitor": [
         "We already use {competitor} for that, and it works well enough.",
-        "We went with {competitor} a few years ago. Everyone's trained on it, and I don't want to make them start over.",
+        "We went with {competitor} a few years ago. Everyone's trained on it, "
+        "and I don't want to make them start over.",
         "Honestly, {competitor} does everything we need. Why would I switch?",
         "We're pretty happy with {competitor}. Unless you're dramatically cheaper, I don't see it.",
         "What do you do that {competitor} doesn't? From your website, it looks like the same thing.",
@@ -328,19 +335,20 @@ OBJECTIONS = {
         "I can pass it along, but our {boss} decides on anything like this.",
         "Our {boss} would have to sign off, and that's not an easy sell.",
         "Even if I liked it, I'd need buy-in from finance and IT. That's at least two more meetings.",
-        "I can influence it, but I don't own the budget. Can you put together something I can forward to our {boss}?",
+        "I can influence it, but I don't own the budget. "
+        "Can you put together something I can forward to our {boss}?",
         "New vendors get reviewed once a quarter by {committee}. The next window is in {month}.",
         "Honestly, I'm not sure who would own this. Probably our {boss}, but I'd have to check.",
         "I'd love to say yes, but I can't sign anything over {amount} without approval.",
     ],
     "no_need": [
-        "We don't really have that problem. {process_cap} works fine for us.",
+        "We don't really have that problem. We've been fine with {process}.",
         "I don't think we need that. We're a {small_size}-person {company_noun}, not a big corporation.",
         "We've been doing it this way for {years} years and nobody's complained.",
         "What problem would this solve for us, exactly? Because I'm not seeing one.",
         "Sounds nice, but as far as we're concerned it's a solution looking for a problem.",
         "We handle that in-house. It's not perfect, but it's not broken either.",
-        "I don't see the need. {process_cap} gets the job done.",
+        "I don't see the need. We get by with {process}, and it gets the job done.",
         "Honestly, with {small_size} people, I don't think we're big enough to need {product_long}.",
         "If it ain't broke, I'm not fixing it. And right now it isn't broke.",
     ],
@@ -366,10 +374,11 @@ OBJECTIONS = {
         "Legal would never let me break the current agreement. It's not worth the fight.",
         "I'd have to check, but I think we're committed to {competitor} for at least another year.",
         "How long is your contract? I'm not signing anything longer than twelve months after the last experience.",
-        "We're {contract_years} years into a deal with {competitor}, and getting out early would cost more than it saves.",
+        "We're {contract_years} years into a deal with {competitor}, "
+        "and getting out early would cost more than it saves.",
     ],
     "security": [
-        "Where is our data stored? We have strict {rule} requirements and I'd need that in writing.",
+        "Where is our data stored? We have to take {rule} seriously, and I'd need that in writing.",
         "Are you SOC 2 certified? Our security team won't even look at a vendor without it.",
         "Anything that touches {data} has to go through a security review, and that takes months.",
         "Our IT team is going to want a full security questionnaire before we can talk seriously.",
@@ -421,7 +430,7 @@ QUESTIONS = {
         "Can you give me a ballpark on pricing for about {seats} {units}?",
         "What would this cost us, roughly? I don't need an exact quote.",
         "Is it priced per {unit_noun} or flat? And are there setup fees?",
-        "I'm listening. What are we talking about, cost-wise, for a company our size?",
+        "What are we talking about, cost-wise, for a company our size?",
     ],
     "onboarding": [
         "What does onboarding look like, and how long until we're up and running?",
@@ -456,6 +465,7 @@ QUESTIONS = {
         "Huh. That's actually something we've talked about internally. Tell me more.",
         "We have been struggling with {pain}. Could this help with that?",
         "Walk me through what my {users} would actually see.",
+        "How does it actually work, day to day?",
     ],
     "difference": [
         "How is this different from what {competitor} does?",
@@ -523,6 +533,7 @@ BRIDGES = [
 ]
 AFTER_REPLY = ["But ", "That said, ", "Still, ", "Anyway, "]
 STACKERS = ["On top of that, ", "And ", "Plus, ", "Also, "]
+NO_FOLLOW_UP = ("busy", "send_email")  # replies to these handles grant time; don't pile on an objection
 STACKABLE = ["price", "timing", "competitor", "authority", "contract", "security", "implementation"]
 
 TONE_DESCRIPTIONS = {
@@ -569,7 +580,7 @@ OPENERS = [
     "Hi {first}, {rep} from {vendor} here. I'll be brief: we help {industry_plural} {benefit}. "
     "Is that something on your radar this year?",
     "Good morning {first}. My name is {rep}, and I work with {industry_plural} on {topic}. "
-    "I'm calling because {trigger}, and I wanted to see if {pain} is something you're dealing with.",
+    "I'm calling because {trigger}, and I wanted to see if you're dealing with {pain}.",
     "{first}, this is {rep} at {vendor}. We've never spoken, so I'll be upfront: this is a sales call. "
     "Can I take thirty seconds to tell you why I called, and you tell me if it's worth continuing?",
     "Hey {first}, it's {rep} from {vendor}. I'm calling because we just helped another {company_noun} "
@@ -580,7 +591,7 @@ OPENERS = [
     "Would you be open to a short conversation?",
     "Hi {first}, thanks for picking up. I'm {rep} with {vendor}. We provide {product_long}, "
     "mostly for {industry_plural} between twenty and a thousand people. The reason I'm calling is that "
-    "most of the people I talk to in your role tell me {pain} is a constant headache. "
+    "most of the people I talk to in your role tell me they lose time every week to {pain}. "
     "Our customers usually see {result} within the first few months. "
     "Would it be crazy to set up twenty minutes to see if that applies to you?",
     "{first}, {rep} with {vendor}. I work with {industry_plural} on {topic}, and I'd like to ask you two "
@@ -599,19 +610,19 @@ DISCOVERY = {
     "current": (
         ["How are you handling {topic} today?",
          "Can I ask what you're using for {topic} right now?",
-         "Walk me through how {topic} works at {company} today."],
+         "Walk me through how you handle {topic} at {company} today."],
         ["Right now it's mostly {process}. It works, but it's slow.",
          "Mostly {process}. Lots of manual work.",
-         "We use {competitor}. It's fine, but {pain} is still an issue.",
+         "We use {competitor}. It's fine, but we still struggle with {pain}.",
          "It's a mix. Some teams use {competitor}, others still rely on {process}.",
          "We've tried a couple of things over the years. Nothing really stuck.",
          "It's handled by one person in the office, and when that person is out, nothing happens."]),
     "pain": (
         ["What's the biggest headache with your current setup?",
-         "If you could fix one thing about how {topic} works at {company}, what would it be?",
+         "If you could fix one thing about {topic} at {company}, what would it be?",
          "What part of {topic} gives you the most trouble?"],
         ["Honestly, the biggest headache is {pain}. It eats a few hours every week.",
-         "If I'm being honest, {pain} is the thing that keeps me up at night.",
+         "If I'm being honest, what keeps me up at night is {pain}.",
          "Probably {pain}. Everything else is manageable.",
          "Nothing major. Small annoyances, mostly."]),
     "time": (
@@ -681,7 +692,7 @@ HANDLES = {
           "It's not in the budget. If it were, we could talk."]),
     ],
     "timing": [
-        ("Makes sense. When things calm down after {busy}, would it help to put fifteen minutes on the "
+        ("Makes sense. When things calm down after {your_busy}, would it help to put fifteen minutes on the "
          "calendar now so it doesn't slip?",
          ["Fine. Put something in for {month} and I'll see if I can keep it.",
           "I'd rather you just call me then. My calendar is a mess.",
@@ -847,8 +858,8 @@ HANDLES = {
          ["That would help. They won't take my word for it.",
           "Maybe later. Let's see if this is even a fit first.",
           "Sure, but they'll want the documentation first."]),
-        ("We work with a number of {industry_plural}, so {rule} comes up a lot. I can walk you through exactly "
-         "how we handle it.",
+        ("We work with a number of {industry_plural}, so questions about {rule} come up a lot. "
+         "I can walk you through how we handle it.",
          ["Please do. That's the part that'll make or break this.",
           "Okay. Start with where the data lives and who can see it.",
           "Alright, but I'll need it in writing too."]),
@@ -864,7 +875,7 @@ HANDLES = {
          ["Two hours a week I can probably manage.",
           "Two hours sounds optimistic. What's the real number?",
           "A dedicated person for how long? Just the setup, or after too?"]),
-        ("It works with {system} out of the box. No custom work needed.",
+        ("It works with {your_system} out of the box. No custom work needed.",
          ["Good. That was going to be a dealbreaker.",
           "Out of the box, or out of the box after a consulting fee?",
           "Okay. Can you show me that working in a demo?"]),
@@ -954,9 +965,9 @@ ANSWERS = {
         "There's a pilot option. Small scope, fixed price, and you decide afterwards whether to expand.",
     ],
     "integration": [
-        "Yes, there's a built-in connection to {system}. Most customers set it up in an afternoon.",
-        "It works alongside {system}, so nobody has to change how they work there.",
-        "We integrate with {system} directly, and our team sets it up for you during onboarding.",
+        "Yes, there's a built-in connection to {your_system}. Most customers set it up in an afternoon.",
+        "It works alongside {your_system}, so nobody has to change how they work there.",
+        "We integrate with {your_system} directly, and our team sets it up for you during onboarding.",
     ],
     "support": [
         "You'd have a named account manager, plus phone and chat support during business hours.",
@@ -964,8 +975,8 @@ ANSWERS = {
         "You'd get me as your main contact, plus a support team that answers within an hour on average.",
     ],
     "how_it_works": [
-        "Sure. In short, we help you {benefit}. Your team logs in, sees everything in one dashboard, and we take care "
-        "of the setup.",
+        "Sure. In short, we help you {benefit}. Your team logs in, sees everything in one dashboard, "
+        "and we take care of the setup.",
         "It's pretty simple. We connect to what you already use, and within a few weeks you'd see where the "
         "time is going. Most customers get {result}.",
         "Day to day, your {users} would use a simple app, and you'd get a weekly report. That's really it.",
@@ -975,7 +986,8 @@ ANSWERS = {
         "And our pricing doesn't jump at renewal.",
         "In one sentence: we're built for companies your size, so you're not paying for enterprise features "
         "you'll never use.",
-        "Honestly, {competitor} is good. Where we win is setup time and the fact that we handle migration for you.",
+        "Honestly, {competitor} is good. Where we win is setup time "
+        "and the fact that we handle migration for you.",
     ],
 }
 
@@ -997,12 +1009,12 @@ CLOSES = [
 SITUATIONS = {
     "price": ["Your budget is frozen until {quarter}.",
               "Money is tight after a rough year, and every new expense gets questioned."],
-    "timing": ["You're heading into {busy} and have no bandwidth for new projects.",
+    "timing": ["You're heading into {your_busy} and have no bandwidth for new projects.",
                "You're in the middle of {project} and everything else is on hold."],
     "competitor": ["You already use {competitor} and are mostly satisfied with it."],
     "contract": ["You're locked into a contract with {competitor} until {month}."],
     "authority": ["Any purchase over {amount} needs approval from your {boss}.",
-                  "You can recommend vendors, but {committee} makes the final decision."],
+                  "You can recommend vendors, but {your_committee} makes the final decision."],
     "no_need": ["You think your current setup ({process}) works well enough."],
     "bad_experience": ["You were burned by a previous {vendor_kind} that overpromised and underdelivered."],
     "security": ["Your company is strict about {rule}, and every new vendor needs a security review."],
@@ -1043,19 +1055,28 @@ def lower_first(text):
     return text[0].lower() + text[1:]
 
 
-def pick(rng, templates, scenario, used=None):
-    """Choose a template whose slots the scenario can fill (and not in `used`); return it unfilled."""
-    options = [t for t in templates
-               if fields(t) <= scenario["available"] and (used is None or t not in used)]
-    choice = rng.choice(options)
-    if used is not None:
-        used.add(choice)
+def connect(rng, connectors, template):
+    """Prefix a template with a connector, avoiding a second "but" when the template already has one."""
+    if ", but" in template:
+        connectors = [c for c in connectors if "but" not in c.lower()]
+    return rng.choice(connectors) + lower_first(template)
+
+
+def pick(rng, templates, scenario, used):
+    """Choose an unused template whose slots the scenario can fill, mark it used, and return it unfilled."""
+    choice = rng.choice([t for t in templates if fields(t) <= scenario["available"] and t not in used])
+    used.add(choice)
     return choice
 
 
 def fill(template, scenario):
     """Fill a template's slots from the scenario."""
     return template.format(**scenario)
+
+
+def second_person(phrase):
+    """Turn a prospect-voice phrase like "our ERP" into the rep's "your ERP"."""
+    return "your " + phrase[4:] if phrase.startswith("our ") else phrase
 
 
 def money(amount):
@@ -1085,10 +1106,10 @@ def make_scenario(rng):
         busy=industry["busy"], rule=industry["rule"], data=industry["data"],
         boss=rng.choice(industry["bosses"]), committee=rng.choice(COMMITTEES),
         amount=rng.choice(APPROVAL_AMOUNTS),
-        product=product["short"], product_long=product["long"], topic=product["topic"],
+        product_long=product["long"], topic=product["topic"],
         vendor=rng.choice(VENDORS), rep=rng.choice(REP_NAMES), competitor=rng.choice(product["competitors"]),
         users=product["users"], system=rng.choice(product["systems"]) if product["systems"] else None,
-        process=product["process"], process_cap=product["process"][0].upper() + product["process"][1:],
+        process=product["process"],
         pain=product["pain"], benefit=product["benefit"], result=product["result"],
         units=units, unit_noun=units[:-1], seats=seats,
         price="{} {}".format(money(unit_price), per_phrase),
@@ -1101,6 +1122,8 @@ def make_scenario(rng):
         vendor_kind=product["vendor_kind"],
         objection_types=[k for k in OBJECTIONS if k not in product["skip"] and k != "busy"],
     )
+    for key in ("busy", "system", "committee"):
+        sc["your_" + key] = second_person(sc[key]) if sc[key] else None
     sc["available"] = {k for k, v in sc.items() if v is not None}
     return sc
 
@@ -1109,7 +1132,7 @@ def decorate(rng, sc, text, mode):
     """Add tone colour to a prospect line.
 
     mode "objection": opener or lead-in, maybe a closer; "bridged": maybe a closer only;
-    "question": maybe an opener; "plain": unchanged.
+    "question": maybe an opener.
     """
     tone = sc["tone"]
     roll = rng.random()
@@ -1123,18 +1146,18 @@ def decorate(rng, sc, text, mode):
 
 
 # --------------------------------------------------------------------------
-# Line builders: each returns filled text
+# Line builders (templates are assembled first and filled last, so lower_first never sees a filled slot)
 # --------------------------------------------------------------------------
 
 def objection_line(rng, sc, kind, used, bridge=False, stack=False):
     """A prospect objection of `kind`, optionally bridged from the rep's last point and stacked with a second."""
     text = pick(rng, OBJECTIONS[kind], sc, used)
     if bridge:
-        text = rng.choice(BRIDGES) + lower_first(text)
+        text = connect(rng, BRIDGES, text)
     if stack:
         second = rng.choice([k for k in STACKABLE if k != kind and k in sc["objection_types"]])
-        text += " " + rng.choice(STACKERS) + lower_first(pick(rng, OBJECTIONS[second], sc, used))
-    return decorate(rng, sc, fill(text, sc), "bridged" if bridge else "objection")
+        text += " " + connect(rng, STACKERS, pick(rng, OBJECTIONS[second], sc, used))
+    return fill(decorate(rng, sc, text, "bridged" if bridge else "objection"), sc)
 
 
 def handle_line(rng, sc, kind, used):
@@ -1142,20 +1165,21 @@ def handle_line(rng, sc, kind, used):
     options = [h for h in HANDLES[kind] if fields(h[0]) <= sc["available"] and h[0] not in used]
     template, replies = rng.choice(options)
     used.add(template)
-    return address(rng, sc, fill(template, sc)), replies
+    return fill(address(rng, template), sc), replies
 
 
 def reply_line(rng, sc, replies, used, next_kind=None, statements_only=False):
     """The prospect answering the rep's handling line, optionally moving on to another objection.
 
-    statements_only avoids replies that end in a question the rep's next line would not answer.
+    statements_only avoids replies that end in a question the rep's next line would not answer;
+    a reply followed by another objection is always a statement.
     """
-    if statements_only:
+    if statements_only or next_kind:
         replies = [r for r in replies if not r.endswith("?")]
-    text = fill(pick(rng, replies, sc, used), sc)
+    text = pick(rng, replies, sc, used)
     if next_kind:
-        text += " " + rng.choice(AFTER_REPLY) + lower_first(fill(pick(rng, OBJECTIONS[next_kind], sc, used), sc))
-    return text
+        text += " " + connect(rng, AFTER_REPLY, pick(rng, OBJECTIONS[next_kind], sc, used))
+    return fill(text, sc)
 
 
 def question_topics(sc, traits):
@@ -1166,23 +1190,32 @@ def question_topics(sc, traits):
     return topics
 
 
+def opens_with_question(template):
+    """True if the template's first sentence is a question."""
+    ends = [i for i in (template.find("."), template.find("?")) if i != -1]
+    return bool(ends) and min(ends) == template.find("?")
+
+
 def question_line(rng, sc, topic, used, bridge=False):
-    """A prospect question about `topic`."""
-    text = pick(rng, QUESTIONS[topic], sc, used)
+    """A prospect question about `topic`; bridged questions must open with the question itself."""
+    templates = [q for q in QUESTIONS[topic] if opens_with_question(q)] if bridge else QUESTIONS[topic]
+    text = pick(rng, templates, sc, used)
     if bridge:
-        text = rng.choice(BRIDGES) + lower_first(text)
-    return decorate(rng, sc, fill(text, sc), "bridged" if bridge else "question")
+        text = connect(rng, BRIDGES, text)
+    return fill(decorate(rng, sc, text, "bridged" if bridge else "question"), sc)
 
 
 def discovery_exchange(rng, sc, traits, used):
-    """A rep discovery question and the prospect's answer, consistent with whether they use a competitor."""
+    """A rep discovery question and the prospect's answer template (unfilled).
+
+    Answers stay consistent with whether the persona uses a competitor.
+    """
     group = rng.choice([g for g in DISCOVERY if g not in used])
     used.add(group)
     questions, answers = DISCOVERY[group]
     uses_competitor = bool({"competitor", "contract"} & set(traits))
     answers = [a for a in answers if ("{competitor}" in a) == uses_competitor or "{competitor}" not in a]
-    question = address(rng, sc, rep_line(rng, sc, questions, used))
-    return question, fill(pick(rng, answers, sc, used), sc)
+    return rep_line(rng, sc, questions, used, named=True), pick(rng, answers, sc, used)
 
 
 def simple_line(rng, sc, templates, used):
@@ -1198,16 +1231,17 @@ def final_line(rng, sc, used):
     return simple_line(rng, sc, pool, used)
 
 
-def address(rng, sc, text):
-    """Sometimes have the rep open with the prospect's first name."""
-    if rng.random() < 0.2 and not text.startswith(sc["first"]):
-        return sc["first"] + ", " + lower_first(text)
-    return text
+def address(rng, template):
+    """Sometimes have the rep open a line template with the prospect's first name."""
+    if rng.random() < 0.2 and not template.startswith("{first}"):
+        return "{first}, " + lower_first(template)
+    return template
 
 
-def rep_line(rng, sc, templates, used):
-    """A sales rep line from `templates`."""
-    return fill(pick(rng, templates, sc, used), sc)
+def rep_line(rng, sc, templates, used, named=False):
+    """A sales rep line from `templates`, optionally opening with the prospect's name."""
+    template = pick(rng, templates, sc, used)
+    return fill(address(rng, template) if named else template, sc)
 
 
 # --------------------------------------------------------------------------
@@ -1234,10 +1268,12 @@ def make_pair(rng):
     elif move == "handle":
         handled = rng.choice(kinds + ["busy"])
         rep, replies = handle_line(rng, sc, handled, used)
-        next_kind = rng.choice([k for k in kinds if k != handled]) if rng.random() < 0.3 else None
+        moves_on = handled not in NO_FOLLOW_UP and rng.random() < 0.3
+        next_kind = rng.choice([k for k in kinds if k != handled]) if moves_on else None
         bot = reply_line(rng, sc, replies, used, next_kind)
     elif move == "discovery":
-        rep, bot = discovery_exchange(rng, sc, rng.choice([[], ["competitor"]]), used)
+        rep, answer = discovery_exchange(rng, sc, rng.choice([[], ["competitor"]]), used)
+        bot = fill(answer, sc)
     elif move == "answer":
         topic = rng.choice(topics)
         rep = rep_line(rng, sc, ANSWERS[topic], used)
@@ -1251,7 +1287,7 @@ def make_pair(rng):
         else:
             bot = simple_line(rng, sc, AGREE, used)
     else:
-        rep = address(rng, sc, rep_line(rng, sc, CLOSES, used))
+        rep = rep_line(rng, sc, CLOSES, used, named=True)
         bot = final_line(rng, sc, used)
     return {"input": rep, "output": bot}
 
@@ -1287,18 +1323,18 @@ def persona_prompt(rng, sc, traits):
     return rng.choice(PERSONA_TEMPLATES).format(situation=situation, tone_desc=TONE_DESCRIPTIONS[sc["tone"]], **sc)
 
 
-def make_conversation(rng):
+def make_conversation(rng, assistant_first):
     """One roleplay conversation: system persona, then alternating turns ending with the prospect.
 
     The rep's move depends on the prospect's last line (handle an objection, answer a question,
-    otherwise ask a discovery question); the second-to-last turn of longer calls asks for a next step.
+    otherwise ask a discovery question); in longer calls, if nothing is left unanswered, the rep's
+    last turn asks for a next step.
     The prospect works through the persona's objections in order, then asks questions or warms up.
     """
     sc = make_scenario(rng)
     traits = pick_traits(rng, sc)
     pending = list(traits)
     topics = question_topics(sc, traits)
-    assistant_first = rng.random() < ASSISTANT_FIRST_SHARE
     n_turns = rng.choice([3, 5, 7, 9, 11] if assistant_first else [4, 6, 8, 10, 12])
     roles = ["assistant", "user"] if assistant_first else ["user", "assistant"]
     used = set()
@@ -1312,8 +1348,8 @@ def make_conversation(rng):
             if rep_move is None:
                 openers = OPENERS if assistant_first else OPENERS + COLD_CHECK_OPENERS
                 text, rep_move = rep_line(rng, sc, openers, used), "opener"
-            elif n_turns - i == 2 and n_turns >= 6:
-                text, rep_move = address(rng, sc, rep_line(rng, sc, CLOSES, used)), "close"
+            elif n_turns - i == 2 and n_turns >= 6 and bot_move not in ("objection", "question"):
+                text, rep_move = rep_line(rng, sc, CLOSES, used, named=True), "close"
             elif bot_move == "objection":
                 (text, replies), rep_move = handle_line(rng, sc, bot_key, used), "handle"
             elif bot_move == "question":
@@ -1325,11 +1361,16 @@ def make_conversation(rng):
         elif rep_move == "close":
             text, bot_move = final_line(rng, sc, used), "final"
         elif rep_move == "handle":
-            next_kind = pending.pop(0) if pending and rng.random() < 0.7 else None
+            moves_on = pending and bot_key not in NO_FOLLOW_UP and rng.random() < 0.7
+            next_kind = pending.pop(0) if moves_on else None
             text = reply_line(rng, sc, replies, used, next_kind, statements_only=True)
             bot_move, bot_key = ("objection", next_kind) if next_kind else ("reply", None)
         elif rep_move == "discovery":
-            text, bot_move = answer, "discovery"
+            bot_move = "discovery"
+            if pending and rng.random() < 0.5:
+                bot_move, bot_key = "objection", pending.pop(0)
+                answer += " " + connect(rng, AFTER_REPLY, pick(rng, OBJECTIONS[bot_key], sc, used))
+            text = fill(answer, sc)
         elif pending and not (rep_move == "opener" and rng.random() < 0.15):
             bot_move, bot_key = "objection", pending.pop(0)
             text = objection_line(rng, sc, bot_key, used, bridge=rep_move != "opener")
@@ -1345,10 +1386,11 @@ def make_conversation(rng):
 
 
 def make_conversations(rng, n):
-    """n distinct conversations."""
+    """n distinct conversations, ASSISTANT_FIRST_SHARE of them opened by the prospect."""
+    assistant_first = set(rng.sample(range(n), round(n * ASSISTANT_FIRST_SHARE)))
     conversations, seen = [], set()
     while len(conversations) < n:
-        conv = make_conversation(rng)
+        conv = make_conversation(rng, len(conversations) in assistant_first)
         key = json.dumps(conv, sort_keys=True)
         if key not in seen:
             seen.add(key)

