@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 from array import array
+from itertools import islice
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,18 +102,10 @@ def _build(path, tokenizer, options: DataOptions, max_length: int, entry: Path, 
     roles: dict[str, int] = {}
     multi_turn = 0
     try:
-        with open(tmp / "ids.bin", "wb") as ids_out, open(tmp / "trained.bin", "wb") as trained_out:
-            bar = tqdm(desc="Tokenising", unit=" records", disable=not progress, mininterval=1.0)
-            chunk = []
+        with open(tmp / "ids.bin", "wb") as ids_out, open(tmp / "trained.bin", "wb") as trained_out, \
+                tqdm(desc="Tokenising", unit=" records", disable=None if progress else True, mininterval=1.0) as bar:
             conversations = load_conversations(path, options, load_stats)
-            while True:
-                chunk.clear()
-                for conversation in conversations:
-                    chunk.append(conversation)
-                    if len(chunk) == CHUNK_RECORDS:
-                        break
-                if not chunk:
-                    break
+            while chunk := list(islice(conversations, CHUNK_RECORDS)):
                 for conversation, encoded in zip(chunk, encoder.encode_many(chunk)):
                     format_stats.add(encoded)
                     record = len(hashes)
@@ -126,7 +119,6 @@ def _build(path, tokenizer, options: DataOptions, max_length: int, entry: Path, 
                         offsets.append(offsets[-1] + len(sequence.input_ids))
                         records.append(record)
                 bar.update(len(chunk))
-            bar.close()
         _bin_to_npy(tmp / "ids.bin", np.int32)
         _bin_to_npy(tmp / "trained.bin", np.bool_)
         np.save(tmp / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))

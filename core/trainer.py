@@ -231,8 +231,12 @@ def validate(run: Run) -> dict:
     return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": tokens}
 
 
-def train_step(run: Run, micro_batches: list[np.ndarray]) -> tuple[float, float, int, int]:
-    """One optimizer step over the micro-batches: (mean token loss, grad norm, trained tokens, real tokens)."""
+def accumulate_gradients(run: Run, micro_batches: list[np.ndarray]) -> tuple[float, int, int]:
+    """Backward over the micro-batches, each scaled by 1 / (trained tokens of all of them).
+
+    Returns (mean token loss, trained tokens, real tokens). The gradient equals that of one batch
+    holding all the micro-batches, whatever their sizes.
+    """
     pad = run.tokenizer.pad_token_id
     tensors = [collate(run.data, b, pad) for b in micro_batches]
     n_trained = sum(int((labels[:, 1:] != IGNORE).sum()) for _, labels in tensors)
@@ -242,11 +246,16 @@ def train_step(run: Run, micro_batches: list[np.ndarray]) -> tuple[float, float,
         loss = _loss_sum(run, input_ids.to(run.device), labels.to(run.device))
         run.scaler.scale(loss / max(n_trained, 1)).backward()
         total += loss.detach()
+    return float(total) / max(n_trained, 1), n_trained, n_real
+
+
+def train_step(run: Run, micro_batches: list[np.ndarray]) -> tuple[float, float, int, int]:
+    """One optimizer step: (mean token loss or NaN if the update was skipped, grad norm, trained, real tokens)."""
+    mean_loss, n_trained, n_real = accumulate_gradients(run, micro_batches)
     run.scaler.unscale_(run.optimizer)
     params = [p for p in run.model.parameters() if p.grad is not None]
-    max_norm = run.config.max_grad_norm or float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    mean_loss = float(total) / max(n_trained, 1)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, run.config.max_grad_norm or float("inf")))
+    # With fp16 the scaler itself skips steps with overflowing gradients; only a bad loss is ours to count.
     finite = math.isfinite(mean_loss) and (math.isfinite(grad_norm) or run.scaler.is_enabled())
     if finite:
         run.scaler.step(run.optimizer)

@@ -1,0 +1,122 @@
+"""The training loop on the tiny Qwen2 model: accumulation, split, loss, batching, outputs on disk."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import ROOT, write_jsonl
+from core.batching import collate, epoch_batches
+from core.config import TrainConfig
+from core.loss import summed_loss, summed_loss_full_logits
+from core.tokenized import split_records
+from core.trainer import accumulate_gradients, fit, setup
+
+SAMPLE = ROOT / "data" / "training.jsonl"
+
+
+def small_data(tmp_path, n=24):
+    records = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:n]]
+    return write_jsonl(tmp_path / "small.jsonl", records)
+
+
+def make_run(tmp_path, model_dir, cache_dir, **overrides):
+    options = dict(data_path=str(small_data(tmp_path)), model_name=str(model_dir), output_dir=str(tmp_path / "out"),
+                   cache_dir=str(cache_dir), epochs=1, batch_size=4, lr=1e-3, log_steps=2, save_steps=0,
+                   eval_split=0.25)
+    options.update(overrides)
+    config = TrainConfig(**options)
+    config.validate()
+    return setup(config, log=lambda *_: None)
+
+
+def gradients(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_accumulation_equals_one_large_batch(tmp_path, tiny_qwen_dir, cache_dir):
+    run = make_run(tmp_path, tiny_qwen_dir, cache_dir)
+    idx = run.train_idx[:6]
+    lengths = run.data.lengths[idx]
+    assert len(set(lengths.tolist())) > 1  # micro-batches of different lengths and token counts
+    accumulate_gradients(run, [idx[:1], idx[1:4], idx[4:]])
+    accumulated = gradients(run.model)
+    run.model.zero_grad(set_to_none=True)
+    accumulate_gradients(run, [idx])
+    single = gradients(run.model)
+    for name, grad in single.items():
+        rel = (accumulated[name] - grad).norm() / grad.norm().clamp_min(1e-12)
+        assert rel < 1e-4, name
+
+
+def test_split_is_deterministic_and_seeded():
+    a, b = split_records(100, 0.1, 42), split_records(100, 0.1, 42)
+    assert (a == b).all() and a.sum() == 10
+    assert not (a == split_records(100, 0.1, 43)).all()
+    assert split_records(5, 0.1, 0).sum() == 1  # at least one held out when asked for
+
+
+def test_selective_logits_loss_equals_full_logits(tiny_qwen_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir, dtype=torch.float32)
+    torch.manual_seed(0)
+    ids = torch.randint(0, 5000, (3, 40))
+    labels = ids.clone()
+    labels[:, :15] = -100
+    labels[1, 30:] = -100
+    selective = summed_loss(model, ids, labels, chunk_size=7)
+    selective.backward()
+    grads = gradients(model)
+    model.zero_grad(set_to_none=True)
+    full = summed_loss_full_logits(model, ids, labels)
+    full.backward()
+    assert abs(selective.item() - full.item()) / full.item() < 1e-5
+    for name, grad in gradients(model).items():
+        assert (grads[name] - grad).norm() / grad.norm().clamp_min(1e-12) < 1e-4, name
+
+
+def test_padded_batch_loss_equals_sum_of_examples_alone(tmp_path, tiny_qwen_dir, cache_dir):
+    run = make_run(tmp_path, tiny_qwen_dir, cache_dir)
+    batch = run.train_idx[:4]
+    ids, labels = collate(run.data, batch, run.tokenizer.pad_token_id)
+    assert (labels == -100).any() and len(set(run.data.lengths[batch].tolist())) > 1
+    with torch.no_grad():
+        together = summed_loss(run.model, ids, labels).item()
+        alone = sum(summed_loss(run.model, *collate(run.data, batch[i:i + 1], 0)).item() for i in range(4))
+    assert abs(together - alone) / alone < 1e-5
+
+
+def test_length_grouped_batches_cover_each_example_once_and_are_seeded():
+    lengths = np.random.default_rng(0).integers(10, 500, size=1000)
+    indices = np.arange(1000)
+    batches = epoch_batches(indices, lengths, 4, seed=1, epoch=0)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    again = epoch_batches(indices, lengths, 4, seed=1, epoch=0)
+    assert all((x == y).all() for x, y in zip(batches, again))
+    assert not all((x == y).all() for x, y in zip(batches, epoch_batches(indices, lengths, 4, seed=1, epoch=1)))
+    padding = sum(len(b) * lengths[b].max() - lengths[b].sum() for b in batches) / lengths.sum()
+    assert padding < 0.05
+
+
+def test_every_output_directory_loads_with_transformers(tmp_path, tiny_qwen_dir, cache_dir):
+    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, epochs=2, save_steps=3)
+    summary = fit(run, log=lambda *_: None)
+    out = tmp_path / "out"
+    names = sorted(p.name for p in out.iterdir())
+    assert {"best_model", "epoch_1", "epoch_2", "checkpoint-3", "checkpoint-6", "metrics.jsonl",
+            "train_config.json"} <= set(names)
+    for name in ["best_model", "epoch_1", "epoch_2", "checkpoint-3", "checkpoint-6"]:
+        model = AutoModelForCausalLM.from_pretrained(out / name)
+        tokenizer = AutoTokenizer.from_pretrained(out / name)
+        assert (out / name / "model.safetensors").is_file()
+        assert tokenizer.chat_template == run.tokenizer.chat_template
+        assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    entries = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in entries if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [summary["steps"] // 2, summary["steps"]]
+    assert all(e["eval_ppl"] == pytest.approx(np.exp(e["eval_loss"])) for e in evals)
+    assert [e["step"] for e in entries if e["type"] == "train"] == list(range(2, summary["steps"] + 1, 2))
+    best = json.loads((out / "best_model" / "best.json").read_text())
+    assert best["eval_loss"] == min(e["eval_loss"] for e in evals)
+    assert json.loads((out / "train_config.json").read_text())["batch_size"] == 4
