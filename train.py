@@ -19,9 +19,6 @@ def _fail(message: str, code: int = 2) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Imports are deferred so that `--help` and bad options answer at once.
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own bar is the one to watch
     from core.chat_format import TemplateError
     from core.checkpoint import CheckpointError
     from core.config import ConfigError, TrainConfig, parse_args

@@ -54,6 +54,25 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def matmul_peak(device: str, repeats: int = 7) -> tuple[float, str]:
+    """Median FLOP/s of square matmuls: fp32 2048^3 on the CPU, bf16 8192^3 on a GPU."""
+    import torch
+    size, dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    times = []
+    for i in range(repeats + 2):  # the first two warm up
+        synchronize(device)
+        started = time.perf_counter()
+        a @ b
+        synchronize(device)
+        if i >= 2:
+            times.append(time.perf_counter() - started)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # the operands must not count as a worker's peak memory
+    return 2 * size**3 / statistics.median(times), f"{str(dtype).removeprefix('torch.')} {size}x{size} @ {size}x{size}"
+
+
 def memory_report(device: str) -> dict:
     import torch
     report = {"peak_rss_mb": peak_rss_mb()}
@@ -166,6 +185,7 @@ def project_worker(args) -> dict:
     from core.config import TrainConfig
     from core.trainer import setup, train_step
 
+    matmul_now = matmul_peak(args.device, repeats=3)[0]
     work = Path(args.work_dir)
     config = TrainConfig(data_path=args.data, model_name=args.model_dir, output_dir=str(work / "project-out"),
                          epochs=1, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
@@ -184,7 +204,7 @@ def project_worker(args) -> dict:
         synchronize(args.device)
         lengths = run.data.lengths[batch].tolist()
         steps.append(step_record(dims, time.perf_counter() - started, lengths, trained, max(lengths), loss))
-    return {"setup_s": setup_s, "steps": steps, "threads": torch.get_num_threads(),
+    return {"setup_s": setup_s, "steps": steps, "matmul_at_start": matmul_now, "threads": torch.get_num_threads(),
             "shortened": run.data.summary["format"]["shortened"], **memory_report(args.device)}
 
 
@@ -194,6 +214,7 @@ def trl_worker(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
+    matmul_now = matmul_peak(args.device, repeats=3)[0]
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
@@ -210,8 +231,8 @@ def trl_worker(args) -> dict:
     trainer.train()
     steps = [step_record(dims, seconds, batch["lengths"], batch["trained"], batch["width"], timer.losses.get(i + 1))
              for i, (seconds, batch) in enumerate(zip(timer.durations, counter.batches))]
-    return {"setup_s": setup_s, "steps": steps, "threads": torch.get_num_threads(), "optimizer": trainer.args.optim,
-            **memory_report(args.device)}
+    return {"setup_s": setup_s, "steps": steps, "matmul_at_start": matmul_now, "threads": torch.get_num_threads(),
+            "optimizer": trainer.args.optim, **memory_report(args.device)}
 
 
 def parity_worker(args) -> dict:
@@ -280,6 +301,19 @@ def tokenize_worker(args) -> dict:
             "sequences": len(data), "tokens": len(data.ids)}
 
 
+def quiet() -> None:
+    """Keep a worker's stderr to its own progress lines: no library progress bars, deprecation notices or info."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    with contextlib.suppress(ImportError):
+        import datasets
+        datasets.disable_progress_bars()
+
+
 WORKERS = {"project": project_worker, "trl": trl_worker, "parity": parity_worker, "tokenize": tokenize_worker}
 
 
@@ -299,23 +333,6 @@ def run_worker(kind: str, args, data: Path, model_dir: Path, work_dir: Path) -> 
 
 
 # Parent ---------------------------------------------------------------------------------------------
-
-def matmul_peak(device: str, repeats: int = 7) -> tuple[float, str]:
-    """Median FLOP/s of square matmuls: fp32 2048^3 on the CPU, bf16 8192^3 on a GPU."""
-    import torch
-    size, dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    b = torch.randn(size, size, dtype=dtype, device=device)
-    times = []
-    for i in range(repeats + 2):  # the first two warm up
-        synchronize(device)
-        started = time.perf_counter()
-        a @ b
-        synchronize(device)
-        if i >= 2:
-            times.append(time.perf_counter() - started)
-    return 2 * size**3 / statistics.median(times), f"{str(dtype).removeprefix('torch.')} {size}x{size} @ {size}x{size}"
-
 
 def write_records(path: Path, n: int) -> Path:
     from synthetic import generate_pairs
@@ -381,7 +398,8 @@ def summarise(result: dict, skip: int, peak: float) -> dict:
             "setup s": result["setup_s"],
             "first loss": steps[0]["loss"], "last loss": steps[-1]["loss"],
             "padding %": 100 * (1 - sum(s["real"] for s in steps) / sum(s["padded"] for s in steps)),
-            "model GFLOP/s": flops / 1e9, "% of matmul peak": 100 * flops / peak}
+            "model GFLOP/s": flops / 1e9, "% of matmul peak": 100 * flops / peak,
+            "matmul GFLOP/s at start": result["matmul_at_start"] / 1e9}
 
 
 def print_report(args, peak: float, peak_what: str, results: dict, parity: dict, tokenize: dict | None) -> None:
@@ -392,10 +410,10 @@ def print_report(args, peak: float, peak_what: str, results: dict, parity: dict,
           f"max length {args.max_length}, lr {args.lr}: {n_steps} steps, the first {args.skip_steps} not timed; "
           f"{results['project']['threads']} torch threads; TRL optimizer {results['trl']['optimizer']}")
     print(f"Matmul peak ({peak_what}): {peak / 1e9:.1f} GFLOP/s\n")
-    print(f"{'':22}{'project':>12}{'TRL':>12}")
+    print(f"{'':26}{'project':>12}{'TRL':>12}")
     for key in project:
-        print(f"{key:22}{project[key]:12.3f}{trl[key]:12.3f}" if "loss" in key else
-              f"{key:22}{project[key]:12.1f}{trl[key]:12.1f}")
+        print(f"{key:26}{project[key]:12.3f}{trl[key]:12.3f}" if "loss" in key else
+              f"{key:26}{project[key]:12.1f}{trl[key]:12.1f}")
     print(f"\nproject / TRL tokens/s: {project['tokens/s'] / trl['tokens/s']:.2f}x   "
           f"project / TRL peak RSS: {project['peak RSS MB'] / trl['peak RSS MB']:.2f}x")
     if results["project"]["shortened"]:
@@ -426,7 +444,7 @@ def print_report(args, peak: float, peak_what: str, results: dict, parity: dict,
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--examples", type=int, default=64, help="training examples (one pass over them)")
+    parser.add_argument("--examples", type=int, default=24, help="training examples (one pass over them)")
     parser.add_argument("--model", choices=("auto", "smollm2", "random-qwen-0.5b"), default="auto",
                         help="auto: smollm2 on the CPU, random-qwen-0.5b on a GPU")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -457,8 +475,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        from transformers.utils import logging as hf_logging
-        hf_logging.set_verbosity_error()
+        quiet()
         with contextlib.redirect_stdout(sys.stderr):
             result = WORKERS[args.worker](args)
         print(RESULT_TAG + json.dumps(result), flush=True)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import get_scheduler
+from transformers.utils import logging as hf_logging
 
 from core import checkpoint as ckpt
 from core.batching import collate, epoch_batches, eval_batches
@@ -72,6 +73,7 @@ class Run:
 
 def setup(config: TrainConfig, log=print) -> Run:
     """Load data, model and optimizer; restore a checkpoint when resuming."""
+    hf_logging.disable_progress_bar()  # our own bar is the one to watch
     output_dir = Path(config.output_dir)
     ckpt.recover_interrupted_swap(output_dir / "best_model")
     resume_dir = _resume_dir(config, output_dir, log)
@@ -292,6 +294,7 @@ class _StopSignal:
 def fit(run: Run, log=tqdm.write) -> dict:
     """Train to the end (or to early stopping); return the final summary."""
     config, state = run.config, run.state
+    run.model.train()  # from_pretrained returns a model in eval mode
     metrics = (run.output_dir / "metrics.jsonl").open("a")
     accum = config.grad_accum_steps
     bar = tqdm(total=run.total_steps, initial=state.step, desc="Training", unit="step", dynamic_ncols=True)

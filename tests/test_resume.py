@@ -73,10 +73,12 @@ def interrupt_during_step(monkeypatch, step: int, micro_batch: int):
 def interrupt_after_save(monkeypatch, name: str):
     """Deliver a real SIGTERM right after a given checkpoint has been written."""
     original = trainer_module._save
+    fired = []
 
     def patched(run, path):
         result = original(run, path)
-        if path.name == name:
+        if path.name == name and not run.state.window_seen and not fired:
+            fired.append(path)
             os.kill(os.getpid(), signal.SIGTERM)
         return result
 
