@@ -211,3 +211,27 @@ def test_resume_with_a_different_data_file_is_refused(tmp_path, tiny_qwen_dir, c
         setup(resumed, **QUIET)
     resumed.force_resume = True
     assert setup(resumed, **QUIET).state.step == 4
+
+
+def test_a_write_error_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, tiny_qwen_dir, cache_dir,
+                                                                       monkeypatch):
+    import errno
+
+    from core import checkpoint as ckpt
+    from core.checkpoint import CheckpointError
+    data_file(tmp_path)
+    run = setup(config_for(tmp_path, tiny_qwen_dir, cache_dir, save_steps=2, eval_steps=0), **QUIET)
+    original = ckpt.torch.save
+
+    def full_disk(obj, path, *args, **kwargs):
+        if "checkpoint-4" in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"could not write .*checkpoint-4: No space left on device; "
+                                              r"earlier checkpoints are intact"):
+        fit(run, **QUIET)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"]
+    assert latest_checkpoint(out) == out / "checkpoint-2"
