@@ -334,8 +334,10 @@ def fit(run: Run, log=tqdm.write) -> dict:
                     stop_reason = _evaluate(run, record, log, end_of_epoch=True)
                     _save(run, run.output_dir / f"epoch_{state.epoch}")
             if stop_reason == "max_steps":
-                _evaluate(run, record, log, end_of_epoch=False)
-                _save(run, run.output_dir / f"checkpoint-{state.step}")
+                if not (config.eval_steps and state.step % config.eval_steps == 0):  # not just evaluated
+                    _evaluate(run, record, log, end_of_epoch=False)
+                if not (config.save_steps and state.step % config.save_steps == 0):  # not just saved
+                    _save(run, run.output_dir / f"checkpoint-{state.step}")
     finally:
         bar.close()
         metrics.close()
