@@ -235,3 +235,27 @@ def test_a_write_error_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path,
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"]
     assert latest_checkpoint(out) == out / "checkpoint-2"
+
+
+def test_sigterm_on_the_command_line_prints_the_resume_command(tmp_path, tiny_qwen_dir, cache_dir):
+    import shlex
+    import time
+    data_file(tmp_path)
+    out = tmp_path / "out"
+    args = ["--data_path", str(tmp_path / "data.jsonl"), "--model_name", str(tiny_qwen_dir), "--cache_dir",
+            str(cache_dir), "--output_dir", str(out), "--batch_size", "2", "--epochs", "2", "--log_steps", "1"]
+    process = subprocess.Popen([sys.executable, "train.py", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=ROOT)
+    deadline = time.time() + 120
+    while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
+    command = next(line for line in stderr.splitlines() if line.startswith("To resume: "))
+    resume = shlex.split(command.removeprefix("To resume: python train.py "))
+    assert resume[:-2] == args and resume[-2] == "--resume_from_checkpoint"
+    assert latest_checkpoint(out).samefile(resume[-1])
+    finished = subprocess.run([sys.executable, "train.py", *resume], capture_output=True, text=True, cwd=ROOT)
+    assert finished.returncode == 0, finished.stderr[-1500:]
+    assert (out / "epoch_2").is_dir()
