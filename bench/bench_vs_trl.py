@@ -107,7 +107,8 @@ def clock() -> tuple[float, float]:
 
 def step_record(dims: dict, started: tuple[float, float], ended: tuple[float, float], lengths: list[int],
                 trained: int, width: int, loss: float | None) -> dict:
-    return {"seconds": ended[0] - started[0], "cpu_seconds": ended[1] - started[1], "real": int(sum(lengths)), "padded": len(lengths) * width, "trained": trained,
+    return {"seconds": ended[0] - started[0], "cpu_seconds": ended[1] - started[1], "real": int(sum(lengths)),
+            "padded": len(lengths) * width, "trained": trained,
             "flops": step_flops(dims, lengths, trained), "loss": loss}
 
 
@@ -201,6 +202,7 @@ def project_worker(args) -> dict:
     run = setup(config)
     setup_s = time.perf_counter() - started
     dims = model_dims(run.model)
+    run.model.train()  # as fit() does: from_pretrained returns a model in eval mode
     steps = []
     for batch in epoch_batches(run.train_idx, run.data.lengths, config.batch_size, config.seed, epoch=0):
         synchronize(args.device)
@@ -288,7 +290,8 @@ def parity_worker(args) -> dict:
     if same_ids and tuple(labels.shape) == tuple(batch["labels"].shape):
         # TRL's forward and loss on this project's mask: isolates the arithmetic from the masking
         with torch.no_grad():
-            result["trl_loss_on_project_mask"] = float(trainer.compute_loss(model, {**batch, "labels": labels.to(device)}))
+            aligned = trainer.compute_loss(model, {**batch, "labels": labels.to(device)})
+        result["trl_loss_on_project_mask"] = float(aligned)
     return result
 
 
@@ -394,14 +397,16 @@ def tokenize_benchmark(args, tmp: Path, model_dir: Path) -> dict:
 def summarise(result: dict, skip: int, peak: float) -> dict:
     """Speed over the steps after the first `skip`; losses of the first and last steps.
 
-    CPU share is the process's CPU time over wall time times its torch threads: well under 100% on the
-    CPU means other processes held the cores, and tokens per CPU-second is then the fairer comparison.
-    """
+    The median step's rate shrugs off a few steps slowed by another process, which the total does not.
+    CPU share is the process's CPU time over wall time times its torch threads: under 100% either other
+    processes held the cores or the step has single-threaded parts. Tokens per CPU-second barely depends on
+    other processes (it is also not wall-clock speed)."""
     steps, timed = result["steps"], result["steps"][skip:]
     seconds = sum(s["seconds"] for s in timed)
     cpu_seconds = sum(s["cpu_seconds"] for s in timed)
     flops = sum(s["flops"] for s in timed) / seconds
     return {"tokens/s": sum(s["real"] for s in timed) / seconds,
+            "tokens/s (median step)": statistics.median(s["real"] / s["seconds"] for s in timed),
             "s/step (median)": statistics.median(s["seconds"] for s in timed),
             "tokens per CPU-s": sum(s["real"] for s in timed) / cpu_seconds,
             "CPU share %": 100 * cpu_seconds / (seconds * result["threads"]),
@@ -429,7 +434,8 @@ def print_report(args, start_rate: float, peak_what: str, results: dict, parity:
     for key in project:
         print(f"{key:26}{project[key]:12.3f}{trl[key]:12.3f}" if "loss" in key else
               f"{key:26}{project[key]:12.1f}{trl[key]:12.1f}")
-    print(f"\nproject / TRL tokens/s: {project['tokens/s'] / trl['tokens/s']:.2f}x   "
+    print(f"\nproject / TRL tokens/s: {project['tokens/s'] / trl['tokens/s']:.2f}x (median step "
+          f"{project['tokens/s (median step)'] / trl['tokens/s (median step)']:.2f}x)   "
           f"project / TRL peak RSS: {project['peak RSS MB'] / trl['peak RSS MB']:.2f}x")
     if results["project"]["shortened"]:
         print(f"({results['project']['shortened']} sequences exceeded --max_length: the project drops the prompt's "
@@ -441,7 +447,8 @@ def print_report(args, start_rate: float, peak_what: str, results: dict, parity:
           f"over {parity['trl_trained']}: relative difference {100 * relative:.3f}% "
           f"({'within' if relative <= 0.01 else 'NOT within'} 1%)")
     print(f"  identical input ids: {parity['same_input_ids']}; tokens trained only by TRL: "
-          f"{parity['trained_only_by_trl'] or 'none'}; only by the project: {parity['trained_only_by_project'] or 'none'}")
+          f"{parity['trained_only_by_trl'] or 'none'}; only by the project: "
+          f"{parity['trained_only_by_project'] or 'none'}")
     if "trl_loss_on_project_mask" in parity:
         aligned = abs(parity["project_loss"] - parity["trl_loss_on_project_mask"]) / parity["project_loss"]
         print(f"  TRL's loss with the project's mask: {parity['trl_loss_on_project_mask']:.5f} "
@@ -451,7 +458,8 @@ def print_report(args, start_rate: float, peak_what: str, results: dict, parity:
         build, hit = tokenize["build"], tokenize["hit"]
         print(f"\nTokenisation of {tokenize['records']} records ({tokenize['file_mb']:.0f} MB JSONL, written in "
               f"{tokenize['write_s']:.1f} s): {build['sequences']} sequences, {build['tokens']} tokens")
-        print(f"  first run (build): {build['seconds']:.1f} s ({tokenize['records'] / build['seconds']:.0f} records/s), "
+        print(f"  first run (build): {build['seconds']:.1f} s "
+              f"({tokenize['records'] / build['seconds']:.0f} records/s), "
               f"peak RSS {build['peak_rss_mb']:.0f} MB ({build['rss_before_mb']:.0f} MB before the call)")
         print(f"  second run (cache hit): {hit['seconds']:.2f} s in tokenize_file, {hit['wall_s']:.1f} s for the whole "
               f"process; {'under' if hit['seconds'] < 5 else 'NOT under'} 5 s")

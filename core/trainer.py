@@ -93,6 +93,7 @@ def setup(config: TrainConfig, log=print) -> Run:
     _set_stop_tokens(model, tokenizer, data)
 
     model.to(device)
+    model.train()  # from_pretrained returns eval mode, in which gradient checkpointing is inactive
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -167,13 +168,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW without weight decay on biases and norm weights; fused kernels on CUDA, foreach elsewhere."""
+    """AdamW without weight decay on biases and norm weights; fused kernels on CUDA and CPU, foreach elsewhere."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda"
+    fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=config.lr, fused=fused, foreach=None if fused else True)
 
 
