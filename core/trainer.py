@@ -295,7 +295,6 @@ class _StopSignal:
 def fit(run: Run, log=tqdm.write) -> dict:
     """Train to the end (or to early stopping); return the final summary."""
     config, state = run.config, run.state
-    run.model.train()  # from_pretrained returns a model in eval mode
     metrics = (run.output_dir / "metrics.jsonl").open("a")
     accum = config.grad_accum_steps
     bar = tqdm(total=run.total_steps, initial=state.step, desc="Training", unit="step", dynamic_ncols=True)
