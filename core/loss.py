@@ -59,19 +59,18 @@ def trained_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return batch * labels.shape[1] + pos, shifted[batch, pos]
 
 
-def summed_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, chunk_size: int = 2048,
-                body=None) -> torch.Tensor:
+def summed_loss(model, inputs: dict, labels: torch.Tensor, chunk_size: int = 2048, body=None) -> torch.Tensor:
     """Sum (not mean) of token cross-entropies over trained tokens; the caller divides by its token count.
 
-    Right padding needs no attention mask: attention is causal, so a real token never sees the pads
-    after it, and pads carry no loss. `body` is the (optionally compiled) transformer without its head.
+    `inputs` are the model inputs of a padded or packed batch (`core.batching`, `core.packing`);
+    `body` is the (optionally compiled) transformer without its head.
     """
     body = body if body is not None else model.get_decoder()
-    hidden = body(input_ids=input_ids).last_hidden_state
+    hidden = body(**inputs).last_hidden_state
     index, targets = trained_positions(labels)
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
     head = model.get_output_embeddings()
-    with torch.autocast(device_type=input_ids.device.type, enabled=False):
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
         return _ChunkedHeadCrossEntropy.apply(selected, head.weight, targets, chunk_size)
 
 
@@ -84,9 +83,9 @@ def supports_selective_head(model) -> bool:
             and model.get_decoder() is not None)
 
 
-def summed_loss_full_logits(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def summed_loss_full_logits(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
     """Reference (and fallback) loss through the model's own head on every position."""
-    logits = model(input_ids=input_ids).logits.float()
+    logits = model(**inputs).logits.float()
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
         ignore_index=IGNORE, reduction="sum")

@@ -24,15 +24,17 @@ from core.batching import collate, epoch_batches, eval_batches
 from core.checkpoint import TrainState
 from core.config import TrainConfig
 from core.dataset import DataOptions
+from core.lean_layers import make_lean
 from core.loss import IGNORE, summed_loss, summed_loss_full_logits, supports_selective_head
 from core.models import default_cache_dir, load_model_and_tokenizer
+from core.packing import can_pack, enable_packing, pack
 from core.tokenized import TokenizedData, split_sequences, tokenize_file
 from core.utils import autocast, get_rng_state, pick_device, pick_precision, set_rng_state, set_seed
 
 # Options whose change makes a resumed run differ from the interrupted one.
 RESUME_CRITICAL = ("model_name", "epochs", "batch_size", "grad_accum_steps", "max_steps", "lr", "lr_scheduler",
                    "warmup_ratio", "weight_decay", "max_grad_norm", "seed", "eval_split", "max_length", "train_on",
-                   "system_prompt", "merge_consecutive", "precision")
+                   "system_prompt", "merge_consecutive", "precision", "packing")
 
 
 class TrainingStopped(RuntimeError):
@@ -60,6 +62,7 @@ class Run:
     total_steps: int
     state: TrainState = field(default_factory=TrainState)
     body: object = None           # the (optionally compiled) transformer without its head
+    packed: bool = False          # batches are packed rows (core.packing), not padded ones
     resumed_from: Path | None = None
     fingerprint: dict = field(default_factory=dict)
     window_start: float = 0.0     # when the current log window began (for tokens per second)
@@ -94,6 +97,15 @@ def setup(config: TrainConfig, log=print) -> Run:
 
     model.to(device)
     model.train()  # from_pretrained returns eval mode, in which gradient checkpointing is inactive
+    make_lean(model)
+    packed = False
+    if config.packing:
+        reason = can_pack(model, config.max_length)
+        if reason:
+            log(f"Packing is off: {reason}; training on right-padded batches of similar lengths")
+        else:
+            enable_packing(model)
+            packed = True
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -114,7 +126,7 @@ def setup(config: TrainConfig, log=print) -> Run:
     fingerprint = {"data_sha256": data.data_hash,
                    "config": {k: getattr(config, k) for k in RESUME_CRITICAL}}
     run = Run(config, model, tokenizer, data, train_idx, eval_idx, device, amp_dtype, optimizer, scheduler,
-              scaler, total_steps, body=body, fingerprint=fingerprint)
+              scaler, total_steps, body=body, packed=packed, fingerprint=fingerprint)
     if resume_dir is not None:
         _restore(run, resume_dir, log)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -213,11 +225,18 @@ def describe_data(data: TokenizedData, train_idx: np.ndarray, eval_idx: np.ndarr
 
 # Loop --------------------------------------------------------------------------------------------
 
-def _loss_sum(run: Run, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def make_batch(run: Run, batch: np.ndarray) -> tuple[dict, torch.Tensor]:
+    """(model inputs, labels) on the run's device: one packed row, or right-padded rows."""
+    inputs, labels = pack(run.data, batch) if run.packed else collate(run.data, batch, run.tokenizer.pad_token_id)
+    return ({k: v.to(run.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()},
+            labels.to(run.device))
+
+
+def _loss_sum(run: Run, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
     with autocast(run.device, run.amp_dtype):
         if run.body is not None:
-            return summed_loss(run.model, input_ids, labels, body=run.body)
-        return summed_loss_full_logits(run.model, input_ids, labels)
+            return summed_loss(run.model, inputs, labels, body=run.body)
+        return summed_loss_full_logits(run.model, inputs, labels)
 
 
 @torch.no_grad()
@@ -226,8 +245,8 @@ def validate(run: Run) -> dict:
     run.model.eval()
     total, tokens = 0.0, 0
     for batch in eval_batches(run.eval_idx, run.data.lengths, run.config.batch_size):
-        input_ids, labels = (t.to(run.device) for t in collate(run.data, batch, run.tokenizer.pad_token_id))
-        total += _loss_sum(run, input_ids, labels).item()
+        inputs, labels = make_batch(run, batch)
+        total += _loss_sum(run, inputs, labels).item()
         tokens += int((labels[:, 1:] != IGNORE).sum())
     run.model.train()
     loss = total / max(tokens, 1)
@@ -240,13 +259,12 @@ def accumulate_gradients(run: Run, micro_batches: list[np.ndarray]) -> tuple[flo
     Returns (mean token loss, trained tokens, real tokens). The gradient equals that of one batch
     holding all the micro-batches, whatever their sizes.
     """
-    pad = run.tokenizer.pad_token_id
-    tensors = [collate(run.data, b, pad) for b in micro_batches]
-    n_trained = sum(int((labels[:, 1:] != IGNORE).sum()) for _, labels in tensors)
+    batches = [make_batch(run, b) for b in micro_batches]
+    n_trained = sum(int((labels[:, 1:] != IGNORE).sum()) for _, labels in batches)
     n_real = int(sum(run.data.lengths[b].sum() for b in micro_batches))
     total = torch.zeros((), device=run.device)
-    for input_ids, labels in tensors:
-        loss = _loss_sum(run, input_ids.to(run.device), labels.to(run.device))
+    for inputs, labels in batches:
+        loss = _loss_sum(run, inputs, labels)
         run.scaler.scale(loss / max(n_trained, 1)).backward()
         total += loss.detach()
     return float(total) / max(n_trained, 1), n_trained, n_real
@@ -308,7 +326,8 @@ def fit(run: Run, log=tqdm.write) -> dict:
     try:
         with _StopSignal() as stop:
             while state.epoch < config.epochs and state.step < run.total_steps and stop_reason is None:
-                batches = epoch_batches(run.train_idx, run.data.lengths, config.batch_size, config.seed, state.epoch)
+                batches = epoch_batches(run.train_idx, run.data.lengths, config.batch_size, config.seed, state.epoch,
+                                        by_length=not run.packed)
                 while state.batch_in_epoch < len(batches) and stop_reason is None:
                     group = batches[state.batch_in_epoch: state.batch_in_epoch + accum]
                     loss, grad_norm, n_trained, n_real = train_step(run, group)

@@ -10,7 +10,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import ROOT, write_jsonl
 from core.batching import collate, epoch_batches
 from core.config import TrainConfig
+from core.lean_layers import make_lean
 from core.loss import summed_loss, summed_loss_full_logits
+from core.packing import ATTENTION, pack
 from core.tokenized import split_records
 from core.trainer import accumulate_gradients, fit, setup
 
@@ -65,11 +67,11 @@ def test_selective_logits_loss_equals_full_logits(tiny_qwen_dir):
     labels = ids.clone()
     labels[:, :15] = -100
     labels[1, 30:] = -100
-    selective = summed_loss(model, ids, labels, chunk_size=7)
+    selective = summed_loss(model, {"input_ids": ids}, labels, chunk_size=7)
     selective.backward()
     grads = gradients(model)
     model.zero_grad(set_to_none=True)
-    full = summed_loss_full_logits(model, ids, labels)
+    full = summed_loss_full_logits(model, {"input_ids": ids}, labels)
     full.backward()
     assert abs(selective.item() - full.item()) / full.item() < 1e-5
     for name, grad in gradients(model).items():
@@ -77,14 +79,71 @@ def test_selective_logits_loss_equals_full_logits(tiny_qwen_dir):
 
 
 def test_padded_batch_loss_equals_sum_of_examples_alone(tmp_path, tiny_qwen_dir, cache_dir):
-    run = make_run(tmp_path, tiny_qwen_dir, cache_dir)
+    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, packing=False)
+    assert not run.packed
     batch = run.train_idx[:4]
-    ids, labels = collate(run.data, batch, run.tokenizer.pad_token_id)
+    inputs, labels = collate(run.data, batch, run.tokenizer.pad_token_id)
     assert (labels == -100).any() and len(set(run.data.lengths[batch].tolist())) > 1
     with torch.no_grad():
-        together = summed_loss(run.model, ids, labels).item()
+        together = summed_loss(run.model, inputs, labels).item()
         alone = sum(summed_loss(run.model, *collate(run.data, batch[i:i + 1], 0)).item() for i in range(4))
     assert abs(together - alone) / alone < 1e-5
+
+
+def test_packed_batch_loss_and_gradients_equal_sum_of_examples_alone(tmp_path, tiny_qwen_dir, cache_dir):
+    """One packed row through the training model (packed attention, lean layers) against each example
+    alone through a stock transformers model with SDPA: same loss, same gradients, so nothing crosses
+    a sequence boundary."""
+    run = make_run(tmp_path, tiny_qwen_dir, cache_dir)
+    assert run.packed and run.model.config._attn_implementation == ATTENTION
+    batch = run.train_idx[:4]
+    inputs, labels = pack(run.data, batch)
+    assert inputs["input_ids"].shape == (1, run.data.lengths[batch].sum())
+    assert len(set(run.data.lengths[batch].tolist())) > 1
+    together = summed_loss(run.model, inputs, labels)
+    together.backward()
+    packed_grads = gradients(run.model)
+
+    stock = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir, dtype=torch.float32, attn_implementation="sdpa")
+    alone = sum(summed_loss_full_logits(stock, *collate(run.data, batch[i:i + 1], 0)) for i in range(4))
+    alone.backward()
+    assert abs(together.item() - alone.item()) / alone.item() < 1e-5
+    stock_grads = gradients(stock)
+    for name, grad in packed_grads.items():
+        assert (stock_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12) < 1e-4, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_layers_match_stock_layers(tiny_qwen_dir, dtype):
+    """The lean RMSNorm and SwiGLU give the stock outputs and gradients, also under bf16 autocast."""
+    stock = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir, dtype=torch.float32)
+    lean = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir, dtype=torch.float32)
+    assert make_lean(lean) == 2 * 3 + 1  # two norms and an MLP per layer, and the final norm
+    ids = torch.randint(0, 5000, (2, 33), generator=torch.Generator().manual_seed(0))
+    results = []
+    for model in (stock, lean):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            logits = model(input_ids=ids).logits.float()
+        (logits.square().mean()).backward()
+        results.append((logits.detach(), gradients(model)))
+    (stock_logits, stock_grads), (lean_logits, lean_grads) = results
+    assert (lean_logits - stock_logits).norm() / stock_logits.norm() < 1e-6
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2  # bf16 rounds the reordered backward differently
+    for name, grad in stock_grads.items():
+        assert (lean_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12) < tolerance, name
+
+
+def test_packed_rows_restart_positions_and_never_train_across_a_boundary(tmp_path, tiny_qwen_dir, cache_dir):
+    run = make_run(tmp_path, tiny_qwen_dir, cache_dir)
+    batch = run.train_idx[:3]
+    inputs, labels = pack(run.data, batch)
+    starts = inputs["cu_seq_lens_q"][:-1].tolist()
+    assert inputs["cu_seq_lens_q"][-1] == inputs["input_ids"].shape[1]
+    assert (inputs["position_ids"][0, starts] == 0).all() and (labels[0, starts] == -100).all()
+    for row, (start, end) in zip(batch, zip(starts, inputs["cu_seq_lens_q"][1:].tolist())):
+        ids, trained = run.data.sequence(int(row))
+        assert inputs["input_ids"][0, start:end].tolist() == list(ids)
+        assert (labels[0, start:end] != -100).tolist() == [False] + list(trained)[1:]
 
 
 def test_length_grouped_batches_cover_each_example_once_and_are_seeded():
@@ -97,6 +156,9 @@ def test_length_grouped_batches_cover_each_example_once_and_are_seeded():
     assert not all((x == y).all() for x, y in zip(batches, epoch_batches(indices, lengths, 4, seed=1, epoch=1)))
     padding = sum(len(b) * lengths[b].max() - lengths[b].sum() for b in batches) / lengths.sum()
     assert padding < 0.05
+    shuffled = epoch_batches(indices, lengths, 4, seed=1, epoch=0, by_length=False)  # for packed rows
+    assert sorted(np.concatenate(shuffled).tolist()) == list(range(1000))
+    assert all((x == y).all() for x, y in zip(shuffled, epoch_batches(indices, lengths, 4, 1, 0, by_length=False)))
 
 
 def test_every_output_directory_loads_with_transformers(tmp_path, tiny_qwen_dir, cache_dir):
