@@ -15,7 +15,7 @@ each exact, and the summary counts it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from core.dataset import Conversation, DataError, Message
 
@@ -48,7 +48,6 @@ class FormatStats:
     shortened: int = 0
     dropped_tokens: int = 0
     replies_cut: int = 0
-    end_of_turn_ids: set[int] = field(default_factory=set)
 
     def add(self, encoded: Encoded) -> None:
         self.records += 1
@@ -57,17 +56,18 @@ class FormatStats:
         self.shortened += encoded.shortened
         self.dropped_tokens += encoded.dropped_tokens
         self.replies_cut += encoded.replies_cut
-        for seq in encoded.sequences:
-            self.end_of_turn_ids.update(t for t, m, nxt in zip(seq.input_ids, seq.trained, seq.trained[1:] + [False])
-                                        if m and not nxt)
 
 
 class ChatEncoder:
-    """Holds the tokenizer and what is derived from it once: special ids and a guard against injected tokens."""
+    """Holds the tokenizer and what is derived from it once: special ids and a guard against injected tokens.
+
+    `end_of_turn_ids` collects the tokens that close trained replies: generation stops on them.
+    """
 
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.end_of_turn_ids: set[int] = set()
         self.special_ids = set(tokenizer.all_special_ids) | {
             i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}
         names = sorted({tokenizer.convert_ids_to_tokens(i) for i in self.special_ids}, key=len, reverse=True)
@@ -140,6 +140,7 @@ class ChatEncoder:
         """Train the reply through its end-of-turn token (the last special token); what follows (a newline) is not trained."""
         for i in range(len(reply) - 1, -1, -1):
             if reply[i] in self.special_ids:
+                self.end_of_turn_ids.add(reply[i])
                 return i + 1
         raise TemplateError(f"{where}: the chat template does not close assistant turns with a special "
                             "token, so the model could not learn to stop; use a chat model's template")

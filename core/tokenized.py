@@ -1,8 +1,8 @@
 """Tokenise a whole data file into flat on-disk arrays, streamed in bounded memory and cached.
 
 Layout of a cache entry (one directory, renamed into place only when complete):
-  ids.npy      int32, every sequence's token ids end to end
-  trained.npy  bool, whether each token carries loss
+  ids.bin      int32, every sequence's token ids end to end (raw, memory-mapped)
+  trained.bin  bool, whether each token carries loss (raw, memory-mapped)
   offsets.npy  int64, sequence i is ids[offsets[i]:offsets[i+1]]
   records.npy  int64, the record each sequence came from (the split is by record)
   hashes.npy   uint64, a content hash per record (duplicate detection)
@@ -28,7 +28,8 @@ from tqdm import tqdm
 from core.chat_format import ChatEncoder, FormatStats
 from core.dataset import DataOptions, LoadStats, load_conversations
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+TOKEN_ARRAYS = {"ids": np.int32, "trained": np.bool_}  # written as they are produced: raw files, no header
 CHUNK_RECORDS = 512
 
 
@@ -82,8 +83,10 @@ def tokenize_file(path: str | Path, tokenizer, options: DataOptions, max_length:
 
 
 def _open(entry: Path, data_hash: str) -> TokenizedData:
-    arrays = {name: np.load(entry / f"{name}.npy", mmap_mode="r")
-              for name in ("ids", "trained", "offsets", "records", "hashes")}
+    arrays = {name: np.load(entry / f"{name}.npy", mmap_mode="r") for name in ("offsets", "records", "hashes")}
+    for name, dtype in TOKEN_ARRAYS.items():
+        path = entry / f"{name}.bin"
+        arrays[name] = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.empty(0, dtype)
     return TokenizedData(**arrays, summary=json.loads((entry / "summary.json").read_text()), data_hash=data_hash)
 
 
@@ -119,13 +122,11 @@ def _build(path, tokenizer, options: DataOptions, max_length: int, entry: Path, 
                         offsets.append(offsets[-1] + len(sequence.input_ids))
                         records.append(record)
                 bar.update(len(chunk))
-        _bin_to_npy(tmp / "ids.bin", np.int32)
-        _bin_to_npy(tmp / "trained.bin", np.bool_)
         np.save(tmp / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
         np.save(tmp / "records.npy", np.frombuffer(records, dtype=np.int64))
         np.save(tmp / "hashes.npy", np.frombuffer(hashes, dtype=np.uint64))
         stats = asdict(format_stats)
-        stats["end_of_turn_ids"] = sorted(format_stats.end_of_turn_ids)
+        stats["end_of_turn_ids"] = sorted(encoder.end_of_turn_ids)
         summary = {"load": asdict(load_stats), "format": stats, "messages_by_role": roles,
                    "multi_turn_records": multi_turn, "max_length": max_length}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -133,19 +134,6 @@ def _build(path, tokenizer, options: DataOptions, max_length: int, entry: Path, 
         tmp.rename(entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _bin_to_npy(raw: Path, dtype) -> None:
-    """Give a raw array file an .npy header without reading it all into memory."""
-    count = raw.stat().st_size // np.dtype(dtype).itemsize
-    out = np.lib.format.open_memmap(raw.with_suffix(".npy"), mode="w+", dtype=dtype, shape=(count,))
-    source = np.memmap(raw, dtype=dtype, mode="r", shape=(count,)) if count else np.empty(0, dtype)
-    step = 1 << 24
-    for start in range(0, count, step):
-        out[start:start + step] = source[start:start + step]
-    out.flush()
-    del out, source
-    raw.unlink()
 
 
 def split_records(n_records: int, eval_split: float, seed: int) -> np.ndarray:

@@ -107,7 +107,7 @@ def setup(config: TrainConfig, log=print) -> Run:
             enable_packing(model)
             packed = True
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     body = model.get_decoder() if supports_selective_head(model) else None
     if config.compile and body is not None:

@@ -187,3 +187,12 @@ def test_reply_longer_than_max_length_is_cut_and_counted(qwen_tokenizer):
     assert len(sequence.input_ids) == 64 and encoded.replies_cut == 1 and encoded.shortened == 1
     assert sequence.trained[-1] and qwen_tokenizer.convert_tokens_to_ids("<|im_end|>") not in \
         [t for t, m in zip(sequence.input_ids, sequence.trained) if m]
+
+
+def test_stop_tokens_are_only_end_of_turn_tokens_even_when_a_reply_is_cut(qwen_tokenizer):
+    """A reply cut by --max_length ends on an ordinary token, which must not become a stop token."""
+    encoder = ChatEncoder(qwen_tokenizer, 64)
+    record = {"input": "Tell me everything.", "output": "word " * 400}
+    (sequence,) = encoder.encode(parse_record("t", record, DataOptions())[0]).sequences
+    assert sequence.trained[-1] and sequence.input_ids[-1] not in encoder.end_of_turn_ids
+    assert encoder.end_of_turn_ids == {qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")}

@@ -53,6 +53,19 @@ def test_accumulation_equals_one_large_batch(tmp_path, tiny_qwen_dir, cache_dir)
         assert rel < 1e-4, name
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_qwen_dir, cache_dir):
+    results = []
+    for checkpointing in (False, True):
+        run = make_run(tmp_path, tiny_qwen_dir, cache_dir, gradient_checkpointing=checkpointing,
+                       output_dir=str(tmp_path / f"out-{checkpointing}"))
+        assert run.model.is_activation_checkpointing == checkpointing
+        results.append((accumulate_gradients(run, [run.train_idx[:4]]), gradients(run.model)))
+    (plain_loss, plain), (checkpointed_loss, checkpointed) = results
+    assert plain_loss == checkpointed_loss
+    for name, grad in plain.items():
+        assert (checkpointed[name] - grad).norm() / grad.norm().clamp_min(1e-12) < 1e-5, name
+
+
 def test_split_is_deterministic_and_seeded():
     a, b = split_records(100, 0.1, 42), split_records(100, 0.1, 42)
     assert (a == b).all() and a.sum() == 10
