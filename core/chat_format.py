@@ -121,7 +121,11 @@ class ChatEncoder:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
     def _assemble(self, turns: list[tuple[list[int], list[int]]], where: str) -> tuple[list[Sequence], bool]:
-        """Join (prompt ids, reply ids) turns into one sequence, or one per turn where prefixes disagree."""
+        """Join (prompt ids, reply ids) turns into one sequence, or one per turn where prefixes disagree.
+
+        A sequence ends with its last trained token: what the template writes after the final
+        end-of-turn token (a newline) would be input that predicts nothing trained.
+        """
         pieces = [(prompt, reply, self._trained_length(reply, where)) for prompt, reply in turns]
         ids: list[int] = []
         trained: list[bool] = []
@@ -130,11 +134,12 @@ class ChatEncoder:
                 return [self._single(p, r, k) for p, r, k in pieces], True
             trained += [False] * (len(prompt) - len(ids)) + [True] * n + [False] * (len(reply) - n)
             ids = prompt + reply
-        return [Sequence(ids, trained)], False
+        end = len(ids) - (len(pieces[-1][1]) - pieces[-1][2]) if pieces else 0
+        return [Sequence(ids[:end], trained[:end])], False
 
     @staticmethod
     def _single(prompt: list[int], reply: list[int], n: int) -> Sequence:
-        return Sequence(prompt + reply, [False] * len(prompt) + [True] * n + [False] * (len(reply) - n))
+        return Sequence(prompt + reply[:n], [False] * len(prompt) + [True] * n)
 
     def _trained_length(self, reply: list[int], where: str) -> int:
         """Train the reply through its end-of-turn token (the last special token); what follows (a newline) is not trained."""

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from core.chat_format import ChatEncoder, FormatStats
 from core.dataset import DataOptions, LoadStats, load_conversations
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 TOKEN_ARRAYS = {"ids": np.int32, "trained": np.bool_}  # written as they are produced: raw files, no header
 CHUNK_RECORDS = 512
 

@@ -92,7 +92,7 @@ def test_single_turn_labels_on_qwen(qwen_tokenizer):
                                                 add_generation_prompt=True, tokenize=True, return_dict=False)
     reply = qwen_tokenizer("Two minutes, go ahead.", add_special_tokens=False)["input_ids"]
     im_end = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert sequence.trained == [False] * len(prompt) + [True] * (len(reply) + 1) + [False]  # the final "\n"
+    assert sequence.trained == [False] * len(prompt) + [True] * (len(reply) + 1)  # no "\n" after <|im_end|>
     assert sequence.input_ids[len(prompt):len(prompt) + len(reply) + 1] == reply + [im_end]
 
 

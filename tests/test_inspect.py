@@ -40,16 +40,16 @@ def test_statistics_match_a_hand_count(tmp_path, tiny_qwen_dir, cache_dir, qwen_
     # Trained tokens: each reply plus its <|im_end|>.
     expected_trained = sum(len(qwen_tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in REPLIES)
     assert stats["trained_tokens"] == expected_trained
-    lengths = []
+    lengths = []  # the template's rendering, less the newline it writes after the last <|im_end|>
     for record in RECORDS[:4]:
         chat = record.get("messages") or [
             {"role": "user" if m.get("from", "") == "human" else "assistant", "content": m["value"]}
             for m in record.get("conversations", [])] or [
             {"role": "user", "content": record["input"]}, {"role": "assistant", "content": record["output"]}]
-        lengths.append(len(qwen_tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)))
+        lengths.append(len(qwen_tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)) - 1)
     full_long = len(qwen_tokenizer.apply_chat_template(
         [{"role": "user", "content": PITCH}, {"role": "assistant", "content": "ok"}], tokenize=True,
-        return_dict=False))
+        return_dict=False)) - 1
     assert full_long > 64 and stats["dropped_tokens"] > 0
     lengths.append(full_long - stats["dropped_tokens"])
     assert stats["tokens"] == sum(lengths)
