@@ -44,6 +44,8 @@ def can_pack(model, max_length: int) -> str | None:
     """None if `model` can train on packed rows; otherwise the reason it cannot."""
     if not getattr(model, "_supports_attention_backend", False):
         return f"{type(model).__name__} does not route attention through transformers' attention functions"
+    if not getattr(model, "_supports_sdpa", False):
+        return f"{type(model).__name__} does not support SDPA attention"
     config = model.config.get_text_config()
     window = getattr(config, "sliding_window", None)
     if window and getattr(config, "use_sliding_window", True) and window < max_length:

@@ -1,6 +1,8 @@
 """The training loop on the tiny Qwen2 model: accumulation, split, loss, batching, outputs on disk."""
 
 import json
+import math
+import shutil
 
 import numpy as np
 import pytest
@@ -124,6 +126,22 @@ def test_packed_batch_loss_and_gradients_equal_sum_of_examples_alone(tmp_path, t
     stock_grads = gradients(stock)
     for name, grad in packed_grads.items():
         assert (stock_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12) < 1e-4, name
+
+
+def test_a_model_that_cannot_pack_trains_on_padded_batches_and_says_why(tmp_path, tiny_qwen_dir, cache_dir):
+    model_dir = tmp_path / "windowed"
+    shutil.copytree(tiny_qwen_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(use_sliding_window=True, sliding_window=16, max_window_layers=0)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    messages = []
+    options = TrainConfig(data_path=str(small_data(tmp_path)), model_name=str(model_dir), cache_dir=str(cache_dir),
+                          output_dir=str(tmp_path / "out"), epochs=1, eval_split=0.25, save_steps=0)
+    run = setup(options, log=messages.append)
+    assert not run.packed and run.model.config._attn_implementation == "sdpa"
+    assert any("Packing is off" in m and "sliding attention window (16)" in m for m in messages)
+    loss, trained, real = accumulate_gradients(run, [run.train_idx[:4]])
+    assert math.isfinite(loss) and trained > 0 and real == run.data.lengths[run.train_idx[:4]].sum()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
