@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import textwrap
 
+import core  # noqa: F401  first: it sets PyTorch's allocator option, which torch reads once when it loads
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -222,7 +223,8 @@ def project_worker(args) -> dict:
         positions = sum(lengths) if run.packed else len(lengths) * max(lengths)
         steps.append(step_record(dims, started, clock(), lengths, trained, positions, loss))
     return {"setup_s": setup_s, "steps": steps, "matmul_at_start": matmul_now, "threads": torch.get_num_threads(),
-            "packed": run.packed, "shortened": run.data.summary["format"]["shortened"], **memory_report(args.device)}
+            "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1", "packed": run.packed,
+            "shortened": run.data.summary["format"]["shortened"], **memory_report(args.device)}
 
 
 def trl_worker(args) -> dict:
@@ -250,7 +252,8 @@ def trl_worker(args) -> dict:
                          len(batch["lengths"]) * batch["width"], timer.losses.get(i + 1))
              for i, batch in enumerate(counter.batches)]
     return {"setup_s": setup_s, "steps": steps, "matmul_at_start": matmul_now, "threads": torch.get_num_threads(),
-            "optimizer": trainer.args.optim, **memory_report(args.device)}
+            "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1", "optimizer": trainer.args.optim,
+            **memory_report(args.device)}
 
 
 def parity_worker(args) -> dict:
@@ -439,7 +442,9 @@ def print_report(args, start_rate: float, peak_what: str, results: dict, parity:
     print(f"\nModel {args.model} on {args.device}, {args.examples} examples, batch {args.batch_size}, "
           f"max length {args.max_length}, lr {args.lr}: {n_steps} steps, the first {args.skip_steps} not timed; "
           f"{results['project']['threads']} torch threads; TRL optimizer {results['trl']['optimizer']}; project batches "
-          f"{'packed into one row each' if results['project']['packed'] else 'right-padded'}, TRL's right-padded")
+          f"{'packed into one row each' if results['project']['packed'] else 'right-padded'}, TRL's right-padded; "
+          f"PyTorch huge-page allocations (THP_MEM_ALLOC_ENABLE) for the project: {results['project']['huge_pages']}, "
+          f"for TRL: {results['trl']['huge_pages']}")
     print(f"Matmul peak ({peak_what}): {peak / 1e9:.1f} GFLOP/s, the best of {start_rate / 1e9:.1f} at the start "
           "and the rates at each worker's start (last row)\n")
     print(f"{'':26}{'project':>12}{'TRL':>12}")
@@ -506,6 +511,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
+        if args.worker == "project":
+            import core  # noqa: F401  before anything loads torch, as in train.py (see core/__init__.py)
         quiet()
         with contextlib.redirect_stdout(sys.stderr):
             result = WORKERS[args.worker](args)
