@@ -339,14 +339,22 @@ def quiet() -> None:
 WORKERS = {"project": project_worker, "trl": trl_worker, "parity": parity_worker, "tokenize": tokenize_worker}
 
 
-def run_worker(kind: str, args, data: Path, model_dir: Path, work_dir: Path) -> dict:
-    """Run one worker in a fresh Python process and return its JSON result (and its wall time)."""
+def run_worker(kind: str, args, data: Path, model_dir: Path, work_dir: Path, huge_pages: bool | None = None) -> dict:
+    """Run one worker in a fresh Python process and return its JSON result (and its wall time).
+
+    `huge_pages` sets or clears THP_MEM_ALLOC_ENABLE for the child (None: inherit). This process has
+    imported `core`, which sets it, so a worker that must run as its framework ships says False.
+    """
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--data", str(data),
                "--model_dir", str(model_dir), "--work_dir", str(work_dir), "--device", args.device,
                "--batch_size", str(args.batch_size), "--max_length", str(args.max_length), "--lr", str(args.lr)]
+    env = dict(os.environ)
+    if huge_pages is not None:
+        env.pop("THP_MEM_ALLOC_ENABLE", None)
+        env.update({"THP_MEM_ALLOC_ENABLE": "1"} if huge_pages else {})
     print(f"[{kind}] running ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    child = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
     wall = time.perf_counter() - started
     lines = [line for line in child.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if child.returncode or not lines:
@@ -436,24 +444,28 @@ def summarise(result: dict, skip: int, peak: float) -> dict:
 def print_report(args, start_rate: float, peak_what: str, results: dict, parity: dict,
                  tokenize: dict | None) -> None:
     peak = max(start_rate, *(r["matmul_at_start"] for r in results.values()))
-    project = summarise(results["project"], args.skip_steps, peak)
-    trl = summarise(results["trl"], args.skip_steps, peak)
+    columns = {name: summarise(result, args.skip_steps, peak) for name, result in results.items()}
+    project = columns["project"]
+    titles = {"project": "project", "trl": "TRL", "trl_thp": "TRL+THP"}
     n_steps = len(results["project"]["steps"])
     print(f"\nModel {args.model} on {args.device}, {args.examples} examples, batch {args.batch_size}, "
           f"max length {args.max_length}, lr {args.lr}: {n_steps} steps, the first {args.skip_steps} not timed; "
           f"{results['project']['threads']} torch threads; TRL optimizer {results['trl']['optimizer']}; project batches "
-          f"{'packed into one row each' if results['project']['packed'] else 'right-padded'}, TRL's right-padded; "
-          f"PyTorch huge-page allocations (THP_MEM_ALLOC_ENABLE) for the project: {results['project']['huge_pages']}, "
-          f"for TRL: {results['trl']['huge_pages']}")
+          f"{'packed into one row each' if results['project']['packed'] else 'right-padded'}, TRL's right-padded")
+    print("PyTorch huge-page allocations (THP_MEM_ALLOC_ENABLE): " + ", ".join(
+        f"{titles[name]} {'on' if result['huge_pages'] else 'off'}" for name, result in results.items()))
     print(f"Matmul peak ({peak_what}): {peak / 1e9:.1f} GFLOP/s, the best of {start_rate / 1e9:.1f} at the start "
           "and the rates at each worker's start (last row)\n")
-    print(f"{'':26}{'project':>12}{'TRL':>12}")
+    print(f"{'':26}" + "".join(f"{titles[name]:>12}" for name in columns))
     for key in project:
-        print(f"{key:26}{project[key]:12.3f}{trl[key]:12.3f}" if "loss" in key else
-              f"{key:26}{project[key]:12.1f}{trl[key]:12.1f}")
-    print(f"\nproject / TRL tokens/s: {project['tokens/s'] / trl['tokens/s']:.2f}x (median step "
-          f"{project['tokens/s (median step)'] / trl['tokens/s (median step)']:.2f}x)   "
-          f"project / TRL peak RSS: {project['peak RSS MB'] / trl['peak RSS MB']:.2f}x")
+        digits = 3 if "loss" in key else 1
+        print(f"{key:26}" + "".join(f"{column[key]:12.{digits}f}" for column in columns.values()))
+    for name, column in columns.items():
+        if name != "project":
+            print(f"\nproject / {titles[name]} tokens/s: {project['tokens/s'] / column['tokens/s']:.2f}x (median step "
+                  f"{project['tokens/s (median step)'] / column['tokens/s (median step)']:.2f}x)   "
+                  f"peak RSS: {project['peak RSS MB'] / column['peak RSS MB']:.2f}x", end="")
+    print()
     if results["project"]["shortened"]:
         print(f"({results['project']['shortened']} sequences exceeded --max_length: the project drops the prompt's "
               "oldest text, TRL truncates the end)")
@@ -490,6 +502,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip_steps", type=int, default=2, help="warm-up steps left out of the timing")
     parser.add_argument("--tokenize_records", type=int, default=0,
                         help="also time tokenize_file on this many records, then its cache hit (0: skip)")
+    parser.add_argument("--trl_huge_pages", action="store_true",
+                        help="also run TRL with THP_MEM_ALLOC_ENABLE=1, the allocator option this project sets")
     parser.add_argument("--cache_dir", default="", help="the project's model cache (default: its own default)")
     for internal in ("--data", "--model_dir", "--work_dir"):
         parser.add_argument(internal, help=argparse.SUPPRESS)
@@ -524,7 +538,10 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmp)
         data = write_records(tmp / "train.jsonl", args.examples)
         model_dir = prepare_model(args.model, tmp, args.cache_dir)
-        results = {kind: run_worker(kind, args, data, model_dir, tmp) for kind in ("project", "trl")}
+        results = {"project": run_worker("project", args, data, model_dir, tmp),
+                   "trl": run_worker("trl", args, data, model_dir, tmp, huge_pages=False)}
+        if args.trl_huge_pages:
+            results["trl_thp"] = run_worker("trl", args, data, model_dir, tmp, huge_pages=True)
         parity = run_worker("parity", args, data, model_dir, tmp)
         tokenize = tokenize_benchmark(args, tmp, model_dir) if args.tokenize_records else None
     print_report(args, start_rate, peak_what, results, parity, tokenize)
