@@ -223,7 +223,7 @@ def project_worker(args) -> dict:
         positions = sum(lengths) if run.packed else len(lengths) * max(lengths)
         steps.append(step_record(dims, started, clock(), lengths, trained, positions, loss))
     return {"setup_s": setup_s, "steps": steps, "matmul_at_start": matmul_now, "threads": torch.get_num_threads(),
-            "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1", "packed": run.packed,
+            "packed": run.packed,
             "shortened": run.data.summary["format"]["shortened"], **memory_report(args.device)}
 
 
@@ -252,7 +252,7 @@ def trl_worker(args) -> dict:
                          len(batch["lengths"]) * batch["width"], timer.losses.get(i + 1))
              for i, batch in enumerate(counter.batches)]
     return {"setup_s": setup_s, "steps": steps, "matmul_at_start": matmul_now, "threads": torch.get_num_threads(),
-            "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1", "optimizer": trainer.args.optim,
+            "optimizer": trainer.args.optim,
             **memory_report(args.device)}
 
 
@@ -527,9 +527,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         if args.worker == "project":
             import core  # noqa: F401  before anything loads torch, as in train.py (see core/__init__.py)
+        huge_pages = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"  # as torch reads it at its first allocation
         quiet()
         with contextlib.redirect_stdout(sys.stderr):
-            result = WORKERS[args.worker](args)
+            result = {**WORKERS[args.worker](args), "huge_pages": huge_pages}
         print(RESULT_TAG + json.dumps(result), flush=True)
         return
     start_rate, peak_what = matmul_rate(args.device)
