@@ -197,9 +197,8 @@ def project_worker(args) -> dict:
     """Train this project for one pass with `setup` + `train_step`, the loop `fit` runs, timing every step."""
     import torch
 
-    from core.batching import epoch_batches
     from core.config import TrainConfig
-    from core.trainer import setup, train_step
+    from core.trainer import setup, train_batches, train_step
 
     matmul_now = matmul_rate(args.device)[0]
     work = Path(args.work_dir)
@@ -213,8 +212,7 @@ def project_worker(args) -> dict:
     setup_s = time.perf_counter() - started
     dims = model_dims(run.model)
     steps = []
-    for batch in epoch_batches(run.train_idx, run.data.lengths, config.batch_size, config.seed, epoch=0,
-                               by_length=not run.packed):
+    for batch in train_batches(run, epoch=0):
         synchronize(args.device)
         started = clock()
         loss, _, trained, _ = train_step(run, [batch])

@@ -101,7 +101,7 @@ def make_lean(model: torch.nn.Module) -> int:
         if name in RMS_NORMS and hasattr(module, "variance_epsilon"):
             module.forward = types.MethodType(_lean_rms_norm_forward, module)
             changed += 1
-        elif name in SWIGLU_MLPS and _is_plain_swiglu(module):
+        elif _is_plain_swiglu(module):
             module.forward = types.MethodType(_lean_swiglu_forward, module)
             changed += 1
     return changed

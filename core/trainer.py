@@ -225,6 +225,12 @@ def describe_data(data: TokenizedData, train_idx: np.ndarray, eval_idx: np.ndarr
 
 # Loop --------------------------------------------------------------------------------------------
 
+def train_batches(run: Run, epoch: int) -> list[np.ndarray]:
+    """The epoch's batch order: shuffled, and length-grouped only when batches are padded."""
+    return epoch_batches(run.train_idx, run.data.lengths, run.config.batch_size, run.config.seed, epoch,
+                         by_length=not run.packed)
+
+
 def make_batch(run: Run, batch: np.ndarray) -> tuple[dict, torch.Tensor]:
     """(model inputs, labels) on the run's device: one packed row, or right-padded rows."""
     inputs, labels = pack(run.data, batch) if run.packed else collate(run.data, batch, run.tokenizer.pad_token_id)
@@ -326,8 +332,7 @@ def fit(run: Run, log=tqdm.write) -> dict:
     try:
         with _StopSignal() as stop:
             while state.epoch < config.epochs and state.step < run.total_steps and stop_reason is None:
-                batches = epoch_batches(run.train_idx, run.data.lengths, config.batch_size, config.seed, state.epoch,
-                                        by_length=not run.packed)
+                batches = train_batches(run, state.epoch)
                 while state.batch_in_epoch < len(batches) and stop_reason is None:
                     group = batches[state.batch_in_epoch: state.batch_in_epoch + accum]
                     loss, grad_norm, n_trained, n_real = train_step(run, group)
