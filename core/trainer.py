@@ -29,7 +29,8 @@ from core.loss import IGNORE, summed_loss, summed_loss_full_logits, supports_sel
 from core.models import default_cache_dir, load_model_and_tokenizer
 from core.packing import can_pack, enable_packing, pack
 from core.tokenized import TokenizedData, split_sequences, tokenize_file
-from core.utils import autocast, get_rng_state, pick_device, pick_precision, set_rng_state, set_seed
+from core.utils import (autocast, get_rng_state, pick_device, pick_precision, retain_freed_memory, set_rng_state,
+                        set_seed)
 
 # Options whose change makes a resumed run differ from the interrupted one.
 RESUME_CRITICAL = ("model_name", "epochs", "batch_size", "grad_accum_steps", "max_steps", "lr", "lr_scheduler",
@@ -95,6 +96,8 @@ def setup(config: TrainConfig, log=print) -> Run:
     log(describe_data(data, train_idx, eval_idx))
     _set_stop_tokens(model, tokenizer, data)
 
+    if device.type == "cpu":
+        retain_freed_memory()
     model.to(device)
     model.train()  # from_pretrained returns eval mode, in which gradient checkpointing is inactive
     make_lean(model)
