@@ -57,7 +57,7 @@ def retain_freed_memory() -> bool:
     touch and unmaps when the tensor is freed, so each training step on the CPU faults in all its
     activations and gradients again (about a tenth of a step's time for SmolLM2-135M on 2 cores). With
     mmap off and trimming off, the heap grows to the run's peak once and later steps reuse it: the
-    process's peak memory is the same, but it is not handed back until the process ends.
+    process's peak memory barely moves, but it is not handed back until the process ends.
     """
     libc_name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(libc_name) if libc_name else None
