@@ -28,12 +28,13 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    bounds = cu_seq_lens_q.tolist()
+    # split (not slices): its backward is one concatenation, not a zero-filled copy per sequence
+    lengths = cu_seq_lens_q.diff().tolist()
     gqa = query.shape[1] != key.shape[1]
     parts = [torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], is_causal=True, scale=scaling,
-        dropout_p=dropout, enable_gqa=gqa) for start, end in zip(bounds[:-1], bounds[1:])]
-    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+        q, k, v, is_causal=True, scale=scaling, dropout_p=dropout, enable_gqa=gqa).transpose(1, 2)
+        for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
+    return torch.cat(parts, dim=1), None
 
 
 AttentionInterface.register(ATTENTION, packed_sdpa_attention)
