@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from core.last_layer import ROWS, is_trimmed
+
 IGNORE = -100
 
 
@@ -66,11 +68,14 @@ def summed_loss(model, inputs: dict, labels: torch.Tensor, chunk_size: int = 204
     `body` is the (optionally compiled) transformer without its head.
     """
     body = body if body is not None else model.get_decoder()
-    hidden = body(**inputs).last_hidden_state
     index, targets = trained_positions(labels)
-    selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+    if is_trimmed(model):  # the last layer returns the trained rows only
+        selected = body(**inputs, **{ROWS: index}).last_hidden_state[0]
+    else:
+        hidden = body(**inputs).last_hidden_state
+        selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
     head = model.get_output_embeddings()
-    with torch.autocast(device_type=hidden.device.type, enabled=False):
+    with torch.autocast(device_type=selected.device.type, enabled=False):
         return _ChunkedHeadCrossEntropy.apply(selected, head.weight, targets, chunk_size)
 
 

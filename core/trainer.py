@@ -24,6 +24,7 @@ from core.batching import collate, epoch_batches, eval_batches
 from core.checkpoint import TrainState
 from core.config import TrainConfig
 from core.dataset import DataOptions
+from core.last_layer import trim_last_layer
 from core.lean_layers import make_lean
 from core.loss import IGNORE, summed_loss, summed_loss_full_logits, supports_selective_head
 from core.models import default_cache_dir, load_model_and_tokenizer
@@ -112,7 +113,10 @@ def setup(config: TrainConfig, log=print) -> Run:
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    body = model.get_decoder() if supports_selective_head(model) else None
+    body = None
+    if supports_selective_head(model):
+        body = model.get_decoder()
+        trim_last_layer(model)
     if config.compile and body is not None:
         body = torch.compile(body)
 

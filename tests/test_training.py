@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import ROOT, write_jsonl
 from core.batching import collate, epoch_batches
 from core.config import TrainConfig
+from core.last_layer import is_trimmed, trim_last_layer
 from core.lean_layers import make_lean
 from core.loss import summed_loss, summed_loss_full_logits
 from core.packing import ATTENTION, pack
@@ -71,6 +72,18 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_qwen_dir
         assert (checkpointed[name] - grad).norm() / grad.norm().clamp_min(1e-12) < 1e-5, name
 
 
+def test_compiled_body_gives_the_same_loss_and_gradients(tmp_path, tiny_qwen_dir, cache_dir):
+    results = []
+    for compiled in (False, True):
+        run = make_run(tmp_path, tiny_qwen_dir, cache_dir, compile=compiled, output_dir=str(tmp_path / f"out-{compiled}"))
+        assert isinstance(run.body, torch._dynamo.eval_frame.OptimizedModule) == compiled
+        results.append((accumulate_gradients(run, [run.train_idx[:4]]), gradients(run.model)))
+    ((plain_loss, *plain_tokens), plain), ((compiled_loss, *compiled_tokens), compiled_grads) = results
+    assert abs(plain_loss - compiled_loss) / plain_loss < 1e-5 and plain_tokens == compiled_tokens
+    for name, grad in plain.items():
+        assert (compiled_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12) < 1e-4, name
+
+
 def test_split_is_deterministic_and_seeded():
     a, b = split_records(100, 0.1, 42), split_records(100, 0.1, 42)
     assert (a == b).all() and a.sum() == 10
@@ -96,6 +109,41 @@ def test_selective_logits_loss_equals_full_logits(tiny_qwen_dir):
         assert (grads[name] - grad).norm() / grad.norm().clamp_min(1e-12) < 1e-4, name
 
 
+def tiny_llama(vocab: int) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_trimmed_last_layer_gives_the_same_loss_and_gradients_on_trained_rows_only(tiny_qwen_dir, family):
+    """The last layer's MLP sees only the rows that predict a trained token; loss and gradients are unchanged."""
+    def load():
+        return (AutoModelForCausalLM.from_pretrained(tiny_qwen_dir, dtype=torch.float32) if family == "qwen2"
+                else tiny_llama(5000))
+    stock, trimmed = load(), load()
+    assert not is_trimmed(stock) and trim_last_layer(trimmed) and is_trimmed(trimmed)
+    mlp_rows = []
+    trimmed.model.layers[-1].mlp.register_forward_hook(lambda m, args, out: mlp_rows.append(args[0].shape[:-1]))
+    ids = torch.randint(0, 5000, (3, 40), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :15] = -100
+    labels[1, 30:] = -100
+    results = []
+    for model in (stock, trimmed):
+        loss = summed_loss(model, {"input_ids": ids}, labels, chunk_size=7)
+        loss.backward()
+        results.append((loss.item(), gradients(model)))
+    (stock_loss, stock_grads), (trimmed_loss, trimmed_grads) = results
+    assert mlp_rows == [(int((labels[:, 1:] != -100).sum()),)]  # 2 * 25 + 15 rows, not 3 * 40
+    assert abs(trimmed_loss - stock_loss) / stock_loss < 1e-6
+    for name, grad in stock_grads.items():
+        assert (trimmed_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12) < 1e-5, name
+    with torch.no_grad():  # without trained rows (generation, the full-logits path) it is the stock layer
+        assert torch.equal(trimmed(input_ids=ids).logits, stock(input_ids=ids).logits)
+
+
 def test_padded_batch_loss_equals_sum_of_examples_alone(tmp_path, tiny_qwen_dir, cache_dir):
     run = make_run(tmp_path, tiny_qwen_dir, cache_dir, packing=False)
     assert not run.packed
@@ -113,7 +161,7 @@ def test_packed_batch_loss_and_gradients_equal_sum_of_examples_alone(tmp_path, t
     alone through a stock transformers model with SDPA: same loss, same gradients, so nothing crosses
     a sequence boundary."""
     run = make_run(tmp_path, tiny_qwen_dir, cache_dir)
-    assert run.packed and run.model.config._attn_implementation == ATTENTION
+    assert run.packed and run.model.config._attn_implementation == ATTENTION and is_trimmed(run.model)
     batch = run.train_idx[:4]
     inputs, labels = pack(run.data, batch)
     assert inputs["input_ids"].shape == (1, run.data.lengths[batch].sum())
