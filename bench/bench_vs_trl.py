@@ -12,11 +12,13 @@ shared machine any one of them can be taken while another process holds the core
 JSON line, tagged RESULT_TAG, on stdout; everything else they print goes to stderr.
 
 Model FLOPs of a training step (forward + backward, useful work only, the same for both frameworks):
-    6 * N * real_tokens                  N = non-embedding parameters (the head is counted apart)
+    6 * (N - M) * real_tokens            N = non-embedding parameters (the head is counted apart)
+  + 6 * M * trained_tokens               M = the last layer's MLP, whose output only the head reads
   + 6 * hidden * vocab * trained_tokens  the output head, needed only where a token is trained
   + 12 * layers * hidden * T^2           attention scores and weighted values, per sequence of T real tokens
                                          (12 * layers * hidden * T per token, as in PaLM, appendix B)
-Padding, recomputation and a head run on untrained positions are not counted: they are not useful work.
+Padding, recomputation and a head or last MLP run on untrained positions are not counted: they are
+not useful work.
 """
 
 from __future__ import annotations
@@ -86,20 +88,22 @@ def memory_report(device: str) -> dict:
 
 
 def model_dims(model) -> dict:
-    """What the FLOP formula needs: non-embedding parameters, hidden size, vocabulary, layers."""
+    """What the FLOP formula needs: non-embedding and last-MLP parameters, hidden size, vocabulary, layers."""
     config = model.config.get_text_config()
     embedding = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
     total = sum(p.numel() for p in model.parameters())  # tied weights are listed once
     non_embedding = total - embedding.numel() - (0 if head is embedding else head.numel())
-    return {"non_embedding": non_embedding, "hidden": config.hidden_size, "vocab": head.shape[0],
-            "layers": config.num_hidden_layers}
+    last_mlp = model.get_decoder().layers[config.num_hidden_layers - 1].mlp
+    return {"non_embedding": non_embedding, "last_mlp": sum(p.numel() for p in last_mlp.parameters()),
+            "hidden": config.hidden_size, "vocab": head.shape[0], "layers": config.num_hidden_layers}
 
 
 def step_flops(dims: dict, lengths: list[int], trained: int) -> float:
     """Useful model FLOPs of one forward + backward pass (formula in the module docstring)."""
     attention = 12 * dims["layers"] * dims["hidden"] * sum(t * t for t in lengths)
-    return 6 * dims["non_embedding"] * sum(lengths) + 6 * dims["hidden"] * dims["vocab"] * trained + attention
+    body = 6 * (dims["non_embedding"] - dims["last_mlp"]) * sum(lengths) + 6 * dims["last_mlp"] * trained
+    return body + 6 * dims["hidden"] * dims["vocab"] * trained + attention
 
 
 def clock() -> tuple[float, float]:
