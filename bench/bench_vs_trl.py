@@ -3,6 +3,7 @@
   python bench/bench_vs_trl.py                          # CPU: SmolLM2-135M-Instruct fp32, 32 examples
   python bench/bench_vs_trl.py --tokenize_records 200000  # also time tokenisation at scale
   python bench/bench_vs_trl.py --device cuda            # GPU: random Qwen2.5-0.5B-sized model, bf16 autocast
+  python bench/bench_vs_trl.py --repeats 3              # alternate the frameworks 3 times, report medians
 
 One invocation measures the machine's matmul rate, then runs each framework in its own child process
 (`--worker project|trl`) so that peak RSS is per framework, checks loss parity on one batch
@@ -443,10 +444,14 @@ def summarise(result: dict, skip: int, peak: float) -> dict:
             "matmul GFLOP/s at start": result["matmul_at_start"] / 1e9}
 
 
-def print_report(args, start_rate: float, peak_what: str, results: dict, parity: dict,
+def print_report(args, start_rate: float, peak_what: str, runs: dict[str, list[dict]], parity: dict,
                  tokenize: dict | None) -> None:
-    peak = max(start_rate, *(r["matmul_at_start"] for r in results.values()))
-    columns = {name: summarise(result, args.skip_steps, peak) for name, result in results.items()}
+    """The table holds each figure's median over the repeats; ratios are taken within a repeat, then their median."""
+    peak = max(start_rate, *(r["matmul_at_start"] for repeats in runs.values() for r in repeats))
+    per_repeat = {name: [summarise(r, args.skip_steps, peak) for r in repeats] for name, repeats in runs.items()}
+    columns = {name: {key: statistics.median(s[key] for s in summaries) for key in summaries[0]}
+               for name, summaries in per_repeat.items()}
+    results = {name: repeats[0] for name, repeats in runs.items()}  # what every repeat shares
     project = columns["project"]
     titles = {"project": "project", "trl": "TRL", "trl_thp": "TRL+THP"}
     n_steps = len(results["project"]["steps"])
@@ -457,16 +462,27 @@ def print_report(args, start_rate: float, peak_what: str, results: dict, parity:
     print("PyTorch huge-page allocations (THP_MEM_ALLOC_ENABLE): " + ", ".join(
         f"{titles[name]} {'on' if result['huge_pages'] else 'off'}" for name, result in results.items()))
     print(f"Matmul peak ({peak_what}): {peak / 1e9:.1f} GFLOP/s, the best of {start_rate / 1e9:.1f} at the start "
-          "and the rates at each worker's start (last row)\n")
+          "and the rates at each worker's start (last row)")
+    if args.repeats > 1:
+        print(f"{args.repeats} repeats, the frameworks' order reversed every other time; each figure is the median")
+    print()
     print(f"{'':26}" + "".join(f"{titles[name]:>12}" for name in columns))
     for key in project:
         digits = 3 if "loss" in key else 1
         print(f"{key:26}" + "".join(f"{column[key]:12.{digits}f}" for column in columns.values()))
-    for name, column in columns.items():
-        if name != "project":
-            print(f"\nproject / {titles[name]} tokens/s: {project['tokens/s'] / column['tokens/s']:.2f}x (median step "
-                  f"{project['tokens/s (median step)'] / column['tokens/s (median step)']:.2f}x)   "
-                  f"peak RSS: {project['peak RSS MB'] / column['peak RSS MB']:.2f}x", end="")
+    for name, summaries in per_repeat.items():
+        if name == "project":
+            continue
+        pairs = list(zip(per_repeat["project"], summaries))
+        ratios = {key: [mine[key] / theirs[key] for mine, theirs in pairs]
+                  for key in ("tokens/s", "tokens/s (median step)", "peak RSS MB")}
+        print(f"\nproject / {titles[name]} tokens/s: {statistics.median(ratios['tokens/s']):.2f}x (median step "
+              f"{statistics.median(ratios['tokens/s (median step)']):.2f}x)   "
+              f"peak RSS: {statistics.median(ratios['peak RSS MB']):.2f}x", end="")
+        if len(pairs) > 1:
+            print("\n  tokens/s ratio in each repeat: " + ", ".join(
+                f"{mine['tokens/s']:.1f} / {theirs['tokens/s']:.1f} = {ratio:.2f}x"
+                for (mine, theirs), ratio in zip(pairs, ratios["tokens/s"])), end="")
     print()
     if results["project"]["shortened"]:
         print(f"({results['project']['shortened']} sequences exceeded --max_length: the project drops the prompt's "
@@ -504,6 +520,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip_steps", type=int, default=2, help="warm-up steps left out of the timing")
     parser.add_argument("--tokenize_records", type=int, default=0,
                         help="also time tokenize_file on this many records, then its cache hit (0: skip)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="train each framework this many times, alternating, and report medians")
     parser.add_argument("--trl_huge_pages", action="store_true",
                         help="also run TRL with THP_MEM_ALLOC_ENABLE=1, the allocator option this project sets")
     parser.add_argument("--cache_dir", default="", help="the project's model cache (default: its own default)")
@@ -518,6 +536,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.model == "auto":
         args.model = "random-qwen-0.5b" if args.device == "cuda" else "smollm2"
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.examples < PARITY_EXAMPLES or math.ceil(args.examples / args.batch_size) <= args.skip_steps:
         parser.error(f"--examples must give more than --skip_steps {args.skip_steps} steps "
                      f"and at least {PARITY_EXAMPLES} examples")
@@ -541,13 +561,17 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmp)
         data = write_records(tmp / "train.jsonl", args.examples)
         model_dir = prepare_model(args.model, tmp, args.cache_dir)
-        results = {"project": run_worker("project", args, data, model_dir, tmp),
-                   "trl": run_worker("trl", args, data, model_dir, tmp, huge_pages=False)}
+        workers = {"project": ("project", None), "trl": ("trl", False)}  # name: (worker, huge pages)
         if args.trl_huge_pages:
-            results["trl_thp"] = run_worker("trl", args, data, model_dir, tmp, huge_pages=True)
+            workers["trl_thp"] = ("trl", True)
+        runs = {name: [] for name in workers}
+        for repeat in range(args.repeats):  # reversing the order cancels a drift in the machine's speed
+            for name in list(workers) if repeat % 2 == 0 else list(workers)[::-1]:
+                kind, huge_pages = workers[name]
+                runs[name].append(run_worker(kind, args, data, model_dir, tmp, huge_pages=huge_pages))
         parity = run_worker("parity", args, data, model_dir, tmp)
         tokenize = tokenize_benchmark(args, tmp, model_dir) if args.tokenize_records else None
-    print_report(args, start_rate, peak_what, results, parity, tokenize)
+    print_report(args, start_rate, peak_what, runs, parity, tokenize)
 
 
 if __name__ == "__main__":
