@@ -97,8 +97,9 @@ def setup(config: TrainConfig, log=print) -> Run:
     log(describe_data(data, train_idx, eval_idx))
     _set_stop_tokens(model, tokenizer, data)
 
-    if device.type == "cpu":
-        retain_freed_memory()
+    if device.type == "cpu" and not retain_freed_memory():
+        log("Note: the C library (not glibc?) refused to keep freed memory for reuse, so every step faults its "
+            "activations in afresh: slower on the CPU, not wrong")
     model.to(device)
     model.train()  # from_pretrained returns eval mode, in which gradient checkpointing is inactive
     make_lean(model)
