@@ -75,7 +75,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_qwen_dir
 def test_compiled_body_gives_the_same_loss_and_gradients(tmp_path, tiny_qwen_dir, cache_dir):
     results = []
     for compiled in (False, True):
-        run = make_run(tmp_path, tiny_qwen_dir, cache_dir, compile=compiled, output_dir=str(tmp_path / f"out-{compiled}"))
+        run = make_run(tmp_path, tiny_qwen_dir, cache_dir, compile=compiled,
+                       output_dir=str(tmp_path / f"out-{compiled}"))
         assert isinstance(run.body, torch._dynamo.eval_frame.OptimizedModule) == compiled
         results.append((accumulate_gradients(run, [run.train_idx[:4]]), gradients(run.model)))
     ((plain_loss, *plain_tokens), plain), ((compiled_loss, *compiled_tokens), compiled_grads) = results
@@ -284,15 +285,6 @@ print(fresh, faults_of_64mb_tensors())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
-def test_setup_says_when_freed_memory_cannot_be_kept(tmp_path, tiny_qwen_dir, cache_dir, monkeypatch):
-    monkeypatch.setattr("core.trainer.retain_freed_memory", lambda: False)  # as on macOS or musl
-    messages = []
-    config = TrainConfig(data_path=str(small_data(tmp_path)), model_name=str(tiny_qwen_dir), cache_dir=str(cache_dir),
-                         output_dir=str(tmp_path / "out"), epochs=1, eval_split=0.25, save_steps=0, device="cpu")
-    setup(config, log=messages.append)
-    assert any("refused to keep freed memory" in m for m in messages)
-
-
 def test_freed_memory_is_reused_without_page_faults():
     """Each 64 MB tensor is a fresh mmap faulted in page by page, until retain_freed_memory() keeps the heap."""
     env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}  # count 4 KB pages
@@ -301,3 +293,12 @@ def test_freed_memory_is_reused_without_page_faults():
     fresh, retained = map(int, result.stdout.split())
     assert fresh > 3 * 16_000  # 64 MB is 16,384 pages, each faulted in, three times
     assert retained < 100
+
+
+def test_setup_says_when_freed_memory_cannot_be_kept(tmp_path, tiny_qwen_dir, cache_dir, monkeypatch):
+    monkeypatch.setattr("core.trainer.retain_freed_memory", lambda: False)  # as on macOS or musl
+    messages = []
+    config = TrainConfig(data_path=str(small_data(tmp_path)), model_name=str(tiny_qwen_dir), cache_dir=str(cache_dir),
+                         output_dir=str(tmp_path / "out"), epochs=1, eval_split=0.25, save_steps=0, device="cpu")
+    setup(config, log=messages.append)
+    assert any("refused to keep freed memory" in m for m in messages)
