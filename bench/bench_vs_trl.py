@@ -95,7 +95,8 @@ def model_dims(model) -> dict:
     head = model.get_output_embeddings().weight
     total = sum(p.numel() for p in model.parameters())  # tied weights are listed once
     non_embedding = total - embedding.numel() - (0 if head is embedding else head.numel())
-    last_mlp = model.get_decoder().layers[config.num_hidden_layers - 1].mlp
+    from core.last_layer import last_decoder_layer
+    last_mlp = last_decoder_layer(model).mlp
     return {"non_embedding": non_embedding, "last_mlp": sum(p.numel() for p in last_mlp.parameters()),
             "hidden": config.hidden_size, "vocab": head.shape[0], "layers": config.num_hidden_layers}
 

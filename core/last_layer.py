@@ -26,7 +26,8 @@ ROWS = "trained_rows"
 PRE_NORM_LAYERS = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "MistralDecoderLayer"}
 
 
-def _last_layer(model) -> torch.nn.Module | None:
+def last_decoder_layer(model) -> torch.nn.Module | None:
+    """The decoder's last layer, or None where the model has no `layers` list of the configured depth."""
     decoder = model.get_decoder()
     layers = getattr(decoder, "layers", None)
     n_layers = model.config.get_text_config().num_hidden_layers
@@ -44,7 +45,7 @@ def _forward_on_trained_rows(self, hidden_states: torch.Tensor, trained_rows: to
 
 def trim_last_layer(model) -> bool:
     """Let the last decoder layer run its MLP on trained rows only; False if its layer type is not recognised."""
-    layer = _last_layer(model)
+    layer = last_decoder_layer(model)
     if layer is None or type(layer).__name__ not in PRE_NORM_LAYERS:
         return False
     layer.forward = types.MethodType(_forward_on_trained_rows, layer)
@@ -52,5 +53,5 @@ def trim_last_layer(model) -> bool:
 
 
 def is_trimmed(model) -> bool:
-    layer = _last_layer(model)
+    layer = last_decoder_layer(model)
     return layer is not None and getattr(layer.forward, "__func__", None) is _forward_on_trained_rows
