@@ -30,14 +30,14 @@ def small_data(tmp_path, n=24):
     return write_jsonl(tmp_path / "small.jsonl", records)
 
 
-def make_run(tmp_path, model_dir, cache_dir, **overrides):
+def make_run(tmp_path, model_dir, cache_dir, log=lambda *_: None, **overrides):
     options = dict(data_path=str(small_data(tmp_path)), model_name=str(model_dir), output_dir=str(tmp_path / "out"),
                    cache_dir=str(cache_dir), epochs=1, batch_size=4, lr=1e-3, log_steps=2, save_steps=0,
                    eval_split=0.25)
     options.update(overrides)
     config = TrainConfig(**options)
     config.validate()
-    return setup(config, log=lambda *_: None)
+    return setup(config, log=log)
 
 
 def gradients(model):
@@ -298,7 +298,5 @@ def test_freed_memory_is_reused_without_page_faults():
 def test_setup_says_when_freed_memory_cannot_be_kept(tmp_path, tiny_qwen_dir, cache_dir, monkeypatch):
     monkeypatch.setattr("core.trainer.retain_freed_memory", lambda: False)  # as on macOS or musl
     messages = []
-    config = TrainConfig(data_path=str(small_data(tmp_path)), model_name=str(tiny_qwen_dir), cache_dir=str(cache_dir),
-                         output_dir=str(tmp_path / "out"), epochs=1, eval_split=0.25, save_steps=0, device="cpu")
-    setup(config, log=messages.append)
+    make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, device="cpu")
     assert any("refused to keep freed memory" in m for m in messages)
