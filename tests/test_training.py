@@ -100,11 +100,13 @@ def test_selective_logits_loss_equals_full_logits(tiny_qwen_dir):
     labels[:, :15] = -100
     labels[1, 30:] = -100
     selective = summed_loss(model, {"input_ids": ids}, labels, chunk_size=7)
-    selective.backward()
+    (selective / 3).backward(retain_graph=True)  # a scaled loss, as the trainer's mean over tokens
     grads = gradients(model)
+    with pytest.raises(RuntimeError, match="back-propagated twice"):
+        selective.backward()  # its gradients were computed once, in the forward pass, and are used up
     model.zero_grad(set_to_none=True)
     full = summed_loss_full_logits(model, {"input_ids": ids}, labels)
-    full.backward()
+    (full / 3).backward()
     assert abs(selective.item() - full.item()) / full.item() < 1e-5
     for name, grad in gradients(model).items():
         assert (grads[name] - grad).norm() / grad.norm().clamp_min(1e-12) < 1e-4, name
