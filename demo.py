@@ -11,32 +11,36 @@ from __future__ import annotations
 import sys
 import textwrap
 
-import core  # noqa: F401  first: it sets PyTorch's allocator option, which torch reads once when it loads
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from core.chat import generate_reply
+from core.cli import InspectConfig, inspect, report_errors
 from core.config import TrainConfig, parse_args
-from core.dataset import DataOptions, load_conversations
-from core.inspect import InspectConfig, inspect
+from core.dataset import data_options, load_conversations
+from core.run_setup import setup
 from core.tokenized import split_records
-from core.trainer import fit, setup, validate
+from core.trainer import fit, validate
 
 DEMO_DEFAULTS = ["--data_path", "data/training.jsonl", "--model_name", "smollm2", "--output_dir", "runs/demo",
                  "--epochs", "1", "--max_steps", "45", "--batch_size", "4", "--lr", "1e-4", "--warmup_ratio", "0.1",
-                 "--eval_steps", "15", "--log_steps", "5", "--save_steps", "0"]
+                 "--eval_steps", "15", "--log_steps", "5", "--save_steps", "0", "--overwrite_output_dir"]
 HELD_OUT_SHOWN = 4
 
 
 def held_out_prompts(config: TrainConfig, count: int) -> list[list[dict]]:
     """The first few validation records, as the conversation up to their last reply."""
-    conversations = list(load_conversations(config.data_path, DataOptions(config.system_prompt)))
+    conversations = list(load_conversations(config.data_path, data_options(config)))
     is_eval = split_records(len(conversations), config.eval_split, config.seed)
     chats = [c.as_chat() for c, held in zip(conversations, is_eval) if held][:count]
     return [chat[:max(i for i, m in enumerate(chat) if m["role"] == "assistant")] + [chat[-1]] for chat in chats]
 
 
-def main(argv: list[str]) -> int:
+def wrap(label: str, text: str) -> str:
+    return textwrap.fill(text, 100, initial_indent=label, subsequent_indent=" " * 12)
+
+
+def demo(argv: list[str]) -> int:
     hf_logging.disable_progress_bar()
     print("== The multi-turn sample, as it would be trained (trained tokens marked) ==")
     inspect(parse_args(["--data_path", "data/roleplay_conversations.jsonl", "--model_name", "smollm2",
@@ -45,7 +49,7 @@ def main(argv: list[str]) -> int:
     print(f"\n== Fine-tuning {config.model_name} on {config.data_path} ==")
     run = setup(config)
     prompts = held_out_prompts(config, HELD_OUT_SHOWN)
-    base_replies = [generate_reply(run.model, run.tokenizer, chat[:-1]) for chat in prompts]
+    base_replies = [generate_reply(run.prepared.model, run.tokenizer, chat[:-1]) for chat in prompts]
     print(f"validation before training: loss {validate(run)['eval_loss']:.4f}")
     summary = fit(run)
     best = f"{config.output_dir}/best_model"
@@ -53,7 +57,6 @@ def main(argv: list[str]) -> int:
     print(f"\n== Held-out prompts: base model vs fine-tuned ({best}, validation loss "
           f"{summary['best_eval_loss']:.4f}) ==")
     for chat, base in zip(prompts, base_replies):
-        wrap = lambda label, text: textwrap.fill(text, 100, initial_indent=label, subsequent_indent=" " * 12)
         print("\n" + wrap("rep:        ", chat[-2]["content"]))
         print(wrap("base:       ", base))
         print(wrap("fine-tuned: ", generate_reply(model, tokenizer, chat[:-1])))
@@ -62,4 +65,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(report_errors(lambda: demo(sys.argv[1:])))

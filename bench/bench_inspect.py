@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from synthetic import generate_pairs  # bench/ is on the path when this script runs
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-from synthetic import generate_pairs  # noqa: E402
 
 
 def write_mixed(path: Path, n: int) -> None:
@@ -56,9 +56,9 @@ def main() -> None:
         size_mb = data.stat().st_size / 1e6
         model_cache = tmp / "model-cache"
         # Convert the model once first (a GGUF conversion is a one-time cost, not part of inspect).
-        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
-                        "from core.models import load_tokenizer; load_tokenizer(sys.argv[2], sys.argv[3])",
-                        str(ROOT), args.model_name, str(model_cache)], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", "import sys; from core.models import load_tokenizer; "
+                        "load_tokenizer(sys.argv[1], sys.argv[2])",
+                        args.model_name, str(model_cache)], check=True, capture_output=True)
         cold, report = timed_inspect(data, args.model_name, model_cache)
         warm, _ = timed_inspect(data, args.model_name, model_cache)
     print(report.strip())

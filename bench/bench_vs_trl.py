@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 RESULT_TAG = "BENCH_RESULT "
 SEED = 42                 # the project's default seed, given to both frameworks
@@ -204,7 +203,8 @@ def project_worker(args) -> dict:
     import torch
 
     from core.config import TrainConfig
-    from core.trainer import setup, train_batches, train_step
+    from core.run_setup import setup
+    from core.trainer import train_batches, train_step
 
     matmul_now = matmul_rate(args.device)[0]
     work = Path(args.work_dir)
@@ -216,19 +216,19 @@ def project_worker(args) -> dict:
     started = time.perf_counter()
     run = setup(config)
     setup_s = time.perf_counter() - started
-    dims = model_dims(run.model)
+    dims = model_dims(run.prepared.model)
     steps = []
     for batch in train_batches(run, epoch=0):
         synchronize(args.device)
         started = clock()
         loss, _, trained, _ = train_step(run, [batch])
         synchronize(args.device)
-        lengths = run.data.lengths[batch].tolist()
-        positions = sum(lengths) if run.packed else len(lengths) * max(lengths)
+        lengths = run.data.sequences.lengths[batch].tolist()
+        positions = sum(lengths) if run.prepared.packed else len(lengths) * max(lengths)
         steps.append(step_record(dims, started, clock(), lengths, trained, positions, loss))
     return {"setup_s": setup_s, "steps": steps, "matmul_at_start": matmul_now, "threads": torch.get_num_threads(),
-            "packed": run.packed,
-            "shortened": run.data.summary["format"]["shortened"], **memory_report(args.device)}
+            "packed": run.prepared.packed,
+            "shortened": run.data.sequences.summary["format"]["shortened"], **memory_report(args.device)}
 
 
 def trl_worker(args) -> dict:
@@ -263,7 +263,7 @@ def trl_worker(args) -> dict:
 def parity_worker(args) -> dict:
     """The loss of one batch (the first examples) through this project's training path and through TRL's, in fp32.
 
-    The project side is what `fit` runs: `setup` (lean layers, packed attention) and `make_batch`;
+    The project side is what `fit` runs: `setup` (the prepared model) and `make_batch`;
     the TRL side is a stock transformers model with TRL's dataset preparation, collator and `compute_loss`.
     """
     import numpy as np
@@ -271,9 +271,10 @@ def parity_worker(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
+    from core.batching import IGNORE
     from core.config import TrainConfig
-    from core.loss import IGNORE, summed_loss
-    from core.trainer import make_batch, setup
+    from core.run_setup import setup
+    from core.trainer import make_batch
 
     work = Path(args.work_dir)
     data = work / "parity.jsonl"
@@ -285,7 +286,7 @@ def parity_worker(args) -> dict:
     run = setup(config)
     inputs, labels = make_batch(run, np.arange(PARITY_EXAMPLES))
     with torch.no_grad():
-        project_sum = summed_loss(run.model, inputs, labels, body=run.body)
+        project_sum = run.prepared.loss_sum(inputs, labels)
     project_trained = int((labels[:, 1:] != IGNORE).sum())
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
@@ -297,10 +298,10 @@ def parity_worker(args) -> dict:
     with torch.no_grad():
         trl_loss = float(trainer.compute_loss(model, dict(batch)))
 
-    same_ids = all(run.data.sequence(i)[0].tolist() == row["input_ids"] for i, row in enumerate(rows))
+    same_ids = all(run.data.sequences.sequence(i)[0].tolist() == row["input_ids"] for i, row in enumerate(rows))
     only_trl, only_project = {}, {}
     for i, row in enumerate(rows):
-        project_mask = list(run.data.sequence(i)[1])
+        project_mask = list(run.data.sequences.sequence(i)[1])
         trl_mask = [label != IGNORE for label in row["labels"]]
         for token, p, t in zip(row["input_ids"], project_mask, trl_mask):
             if p != t:
@@ -309,7 +310,7 @@ def parity_worker(args) -> dict:
                 side[name] = side.get(name, 0) + 1
     return {"project_loss": float(project_sum) / project_trained, "trl_loss": trl_loss,
             "project_trained": project_trained, "trl_trained": int((batch["labels"][:, 1:] != IGNORE).sum()),
-            "project_packed": run.packed, "same_input_ids": same_ids, "trained_only_by_trl": only_trl,
+            "project_packed": run.prepared.packed, "same_input_ids": same_ids, "trained_only_by_trl": only_trl,
             "trained_only_by_project": only_project}
 
 
@@ -404,8 +405,8 @@ def prepare_model(name: str, tmp: Path, cache_dir: str) -> Path:
     """The directory both frameworks load: the project's cached SmolLM2 conversion, or a fresh random Qwen."""
     if name == "random-qwen-0.5b":
         return build_random_qwen(tmp / "random-qwen-0.5b")
-    from core.models import _converted_gguf_dir, default_cache_dir, resolve_model_path
-    return _converted_gguf_dir(Path(resolve_model_path("smollm2")), default_cache_dir(cache_dir))
+    from core.models import converted_gguf_dir, default_cache_dir, resolve_model_path
+    return converted_gguf_dir(Path(resolve_model_path("smollm2")), default_cache_dir(cache_dir))
 
 
 def tokenize_benchmark(args, tmp: Path, model_dir: Path) -> dict:
@@ -458,7 +459,8 @@ def print_report(args, start_rate: float, peak_what: str, runs: dict[str, list[d
     n_steps = len(results["project"]["steps"])
     print(f"\nModel {args.model} on {args.device}, {args.examples} examples, batch {args.batch_size}, "
           f"max length {args.max_length}, lr {args.lr}: {n_steps} steps, the first {args.skip_steps} not timed; "
-          f"{results['project']['threads']} torch threads; TRL optimizer {results['trl']['optimizer']}; project batches "
+          f"{results['project']['threads']} torch threads; TRL optimizer {results['trl']['optimizer']}; "
+          "project batches "
           f"{'packed into one row each' if results['project']['packed'] else 'right-padded'}, TRL's right-padded")
     print("PyTorch huge-page allocations (THP_MEM_ALLOC_ENABLE): " + ", ".join(
         f"{titles[name]} {'on' if result['huge_pages'] else 'off'}" for name, result in results.items()))
@@ -524,7 +526,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1,
                         help="train each framework this many times, alternating, and report medians")
     parser.add_argument("--trl_huge_pages", action="store_true",
-                        help="also run TRL with THP_MEM_ALLOC_ENABLE=1, the allocator option this project sets")
+                        help="also run TRL with THP_MEM_ALLOC_ENABLE=1 (PyTorch's huge-page allocator option)")
     parser.add_argument("--cache_dir", default="", help="the project's model cache (default: its own default)")
     for internal in ("--data", "--model_dir", "--work_dir"):
         parser.add_argument(internal, help=argparse.SUPPRESS)
@@ -548,8 +550,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        if args.worker == "project":
-            import core  # noqa: F401  before anything loads torch, as in train.py (see core/__init__.py)
         huge_pages = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"  # as torch reads it at its first allocation
         quiet()
         with contextlib.redirect_stdout(sys.stderr):
@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmp)
         data = write_records(tmp / "train.jsonl", args.examples)
         model_dir = prepare_model(args.model, tmp, args.cache_dir)
-        workers = {"project": ("project", None), "trl": ("trl", False)}  # name: (worker, huge pages)
+        workers = {"project": ("project", False), "trl": ("trl", False)}  # name: (worker, huge pages)
         if args.trl_huge_pages:
             workers["trl_thp"] = ("trl", True)
         runs = {name: [] for name in workers}

@@ -17,7 +17,7 @@ import math
 import random
 import string
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 # (min words, max words, median words, log-normal sigma)
 INPUT_WORDS = (15, 300, 90, 0.55)
@@ -179,11 +179,11 @@ def _build_pool(rng, templates):
         by_len[words].append(text)
     missing = [k for k in range(1, MAX_SENTENCE_WORDS + 1) if not by_len[k]]
     if missing:
-        raise ValueError("sentence pool has no sentence of length {}".format(missing))
+        raise ValueError(f"sentence pool has no sentence of length {missing}")
     return sentences, by_len
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pools():
     """Build the rep and prospect sentence pools once."""
     rng = random.Random(POOL_SEED)

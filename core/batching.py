@@ -1,9 +1,14 @@
-"""Batch order and padded batches.
+"""Batches: the epoch's order, and token sequences turned into model inputs with labels.
 
-An epoch's batch order is a pure function of (lengths, batch size, seed, epoch, by_length), so a
+An epoch's batch order is a pure function of (lengths, batch size, seed, epoch, grouping), so a
 resumed run rebuilds it and starts at the next unseen batch without iterating over the ones before.
-Padded batches (for models that cannot take packed rows, see `core.packing`) are cut from shuffled
-groups of similar length so that they carry almost no padding.
+Two layouts:
+  packed  a micro-batch's sequences laid end to end in one row, no padding; position ids restart at
+          0 for every sequence and the boundaries travel as `cu_seq_lens_q/k` and `max_length_q/k`,
+          the keywords transformers' variable-length attention reads (see core/packed_attention.py)
+  padded  right-padded rows, cut from shuffled groups of similar length, for models that cannot
+          take packed rows
+Labels are IGNORE wherever no loss is taken.
 """
 
 from __future__ import annotations
@@ -11,24 +16,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core.loss import IGNORE
 from core.tokenized import TokenizedData
 
-GROUP_BATCHES = 64  # batches per length-sorted group: larger groups pad less, smaller ones shuffle more
+IGNORE = -100  # the label of positions that carry no loss (PyTorch's cross-entropy default)
 
 
 def epoch_batches(indices: np.ndarray, lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  by_length: bool = True) -> list[np.ndarray]:
-    """Shuffle; with `by_length`, sort each group of GROUP_BATCHES batches by length, cut, and shuffle the batches.
+                  group_batches: int | None = 64) -> list[np.ndarray]:
+    """Shuffle; with `group_batches`, sort each group of that many batches by length, cut, and shuffle the batches.
 
-    Packed rows carry no padding whatever their mix of lengths, so they take `by_length=False`: plain
-    shuffled batches, whose sizes in tokens (and so peak memory) vary less.
+    Packed rows carry no padding whatever their mix of lengths, so they take `group_batches=None`:
+    plain shuffled batches, whose sizes in tokens (and so peak memory) vary less.
     """
     rng = np.random.default_rng([seed, epoch])
     order = indices[rng.permutation(len(indices))]
-    if not by_length:
+    if not group_batches:
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    group = batch_size * GROUP_BATCHES
+    group = batch_size * group_batches
     batches = []
     for start in range(0, len(order), group):
         chunk = order[start:start + group]
@@ -58,3 +62,27 @@ def collate(data: TokenizedData, batch: np.ndarray, pad_id: int) -> tuple[dict, 
         input_ids[row, :len(ids)] = ids_t
         labels[row, :len(ids)] = torch.where(torch.from_numpy(np.array(trained)), ids_t, IGNORE)
     return {"input_ids": input_ids}, labels
+
+
+def pack(data: TokenizedData, batch: np.ndarray) -> tuple[dict, torch.Tensor]:
+    """(model inputs, labels) for `batch` laid end to end in one row.
+
+    Each sequence's first label is IGNORE too, so the last token of one sequence is never trained to
+    predict the first of the next.
+    """
+    ids_parts, label_parts, lengths = [], [], []
+    for i in batch:
+        ids, trained = data.sequence(int(i))
+        ids = np.asarray(ids, dtype=np.int64)
+        labels = np.where(np.asarray(trained, dtype=bool), ids, IGNORE)
+        labels[0] = IGNORE
+        ids_parts.append(ids)
+        label_parts.append(labels)
+        lengths.append(len(ids))
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    positions = np.concatenate([np.arange(n) for n in lengths])
+    cu = torch.from_numpy(bounds.astype(np.int32))
+    inputs = {"input_ids": torch.from_numpy(np.concatenate(ids_parts))[None],
+              "position_ids": torch.from_numpy(positions)[None],
+              "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lengths), "max_length_k": max(lengths)}
+    return inputs, torch.from_numpy(np.concatenate(label_parts))[None]

@@ -142,7 +142,7 @@ class ChatEncoder:
         return Sequence(prompt + reply[:n], [False] * len(prompt) + [True] * n)
 
     def _trained_length(self, reply: list[int], where: str) -> int:
-        """Train the reply through its end-of-turn token (the last special token); what follows (a newline) is not trained."""
+        """Train the reply through its end-of-turn token (its last special token), not what follows (a newline)."""
         for i in range(len(reply) - 1, -1, -1):
             if reply[i] in self.special_ids:
                 self.end_of_turn_ids.add(reply[i])

@@ -1,34 +1,44 @@
-"""Checkpoints that are either complete or absent, and everything needed to continue a run exactly.
+"""Checkpoints that are either complete or absent, resume, and who owns an output directory.
 
 A checkpoint directory is a complete Hugging Face model directory (safetensors weights, config,
 generation config, tokenizer with its chat template) plus:
   train_config.json   the run's resolved configuration
-  trainer_state.json  step, epoch, position in the epoch, best validation loss, counters, fingerprints
+  trainer_state.json  step, epoch, position in the epoch, best validation loss, counters, fingerprint
   training_state.pt   optimizer, scheduler, gradient-scaler and RNG states (tensors and plain types
                       only, read back with torch.load(weights_only=True))
 It is written into a hidden temporary directory beside its final name and renamed into place when
-complete, so a crash mid-save leaves no directory that looks complete.
+complete (core.utils.atomic_directory), so a crash mid-save leaves no directory that looks complete.
+
+The output directory's `run.json` holds the fingerprint of the run that owns it (data hash and the
+options marked `changes_run`): a later run with another fingerprint is refused unless it resumes or
+overwrites, so two runs never mix their logs and checkpoints.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
+import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from core.utils import atomic_directory, remove_stale_temporaries
+
 STATE_FILE = "trainer_state.json"
 TENSORS_FILE = "training_state.pt"
 CONFIG_FILE = "train_config.json"
+WEIGHTS_FILE = "model.safetensors"
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+RUN_OUTPUTS = (RUN_FILE, CONFIG_FILE, METRICS_FILE, "summary.json", "best_model")
 _NAME = re.compile(r"^(checkpoint-\d+|epoch_\d+)$")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message says which and why."""
+    """A checkpoint could not be written or read, or the output directory belongs to another run."""
 
 
 @dataclass
@@ -47,33 +57,31 @@ class TrainState:
     tokens_seen: int = 0
 
 
+@dataclass
+class Restored:
+    """What a checkpoint holds besides the model weights."""
+    path: Path
+    state: TrainState
+    fingerprint: dict
+    tensors: dict
+
+
+# Writing -----------------------------------------------------------------------------------------
+
 def save_model_dir(target: Path, model, tokenizer, extra_files: dict[str, str] | None = None,
                    tensors: dict | None = None) -> None:
-    """Write a loadable model directory atomically (temporary sibling, then rename)."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    """Write a loadable model directory atomically; any failure leaves the previous one and no leftovers."""
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if tensors is not None:
-            torch.save(tensors, tmp / TENSORS_FILE)
-        for name, text in (extra_files or {}).items():  # trainer_state.json goes last: it marks completeness
-            (tmp / name).write_text(text)
-        _replace_dir(tmp, target)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write {target}: {err.strerror or err}; earlier checkpoints are intact"
-                              ) from None
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put `new` at `target`; an existing `target` is moved aside first and removed only afterwards."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+        with atomic_directory(target) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if tensors is not None:
+                torch.save(tensors, tmp / TENSORS_FILE)
+            for name, text in (extra_files or {}).items():  # trainer_state.json goes last: it marks completeness
+                (tmp / name).write_text(text)
+    except Exception as err:  # OSError, torch's RuntimeError, SafetensorError: a full disk wears many types
+        reason = getattr(err, "strerror", None) or (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"could not write {target}: {reason}; earlier checkpoints are intact") from None
 
 
 def save_checkpoint(target: Path, model, tokenizer, config, state: TrainState, fingerprint: dict,
@@ -83,33 +91,6 @@ def save_checkpoint(target: Path, model, tokenizer, config, state: TrainState, f
     save_model_dir(target, model, tokenizer, tensors=tensors, extra_files={
         CONFIG_FILE: json.dumps(config.to_dict(), indent=2),
         STATE_FILE: json.dumps({"state": asdict(state), "fingerprint": fingerprint}, indent=2)})
-
-
-def load_checkpoint(path: Path) -> tuple[TrainState, dict, dict, dict]:
-    """(state, fingerprint, saved config, tensors) of a complete checkpoint."""
-    if not (path / STATE_FILE).is_file() or not (path / TENSORS_FILE).is_file():
-        raise CheckpointError(f"{path} is not a complete training checkpoint (no {STATE_FILE} or {TENSORS_FILE}); "
-                              "pass a checkpoint-N/ or epoch_N/ directory, or 'auto'")
-    saved = json.loads((path / STATE_FILE).read_text())
-    config = json.loads((path / CONFIG_FILE).read_text())
-    tensors = torch.load(path / TENSORS_FILE, weights_only=True, map_location="cpu")
-    return TrainState(**saved["state"]), saved["fingerprint"], config, tensors
-
-
-def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every complete checkpoint-N/ and epoch_N/, oldest first."""
-    found = []
-    if output_dir.is_dir():
-        for path in output_dir.iterdir():
-            if _NAME.match(path.name) and (path / STATE_FILE).is_file() and (path / TENSORS_FILE).is_file():
-                step = json.loads((path / STATE_FILE).read_text())["state"]["step"]
-                found.append((step, path))
-    return sorted(found, key=lambda item: (item[0], item[1].name.startswith("epoch_")))
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = complete_checkpoints(output_dir)
-    return found[-1][1] if found else None
 
 
 def rotate_checkpoints(output_dir: Path, keep: int, protected: set[Path]) -> list[Path]:
@@ -124,10 +105,151 @@ def rotate_checkpoints(output_dir: Path, keep: int, protected: set[Path]) -> lis
     return deleted
 
 
-def recover_interrupted_swap(target: Path) -> None:
-    """If a crash hit between the two renames of `_replace_dir`, put the old directory back."""
-    if target.exists():
+# Reading -----------------------------------------------------------------------------------------
+
+def load_checkpoint(path: Path) -> Restored:
+    """Read a checkpoint's state, refusing with one line anything missing, truncated or unsafe."""
+    for name in (STATE_FILE, TENSORS_FILE, CONFIG_FILE, WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path} is not a complete training checkpoint (no {name}); pass a checkpoint-N/ "
+                                  "or epoch_N/ directory, or 'auto'")
+    try:
+        saved = json.loads((path / STATE_FILE).read_text())
+        json.loads((path / CONFIG_FILE).read_text())
+        state = TrainState(**saved["state"])
+        fingerprint = saved["fingerprint"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: {STATE_FILE} or {CONFIG_FILE} is damaged ({type(err).__name__}: {err})"
+                              ) from None
+    _check_safetensors(path / WEIGHTS_FILE)
+    try:
+        tensors = torch.load(path / TENSORS_FILE, weights_only=True, map_location="cpu")
+    except Exception as err:  # a truncated zip, a refused pickle global, ...: all mean "do not trust this file"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path / TENSORS_FILE} cannot be read safely ({reason})") from None
+    if not isinstance(tensors, dict) or not {"optimizer", "scheduler", "scaler", "rng"} <= tensors.keys():
+        raise CheckpointError(f"{path / TENSORS_FILE} does not hold the optimizer, scheduler, scaler and RNG states")
+    return Restored(path, state, fingerprint, tensors)
+
+
+def _check_safetensors(path: Path) -> None:
+    """The header parses and the file is as long as the header says: catches truncation without reading it all."""
+    try:
+        with path.open("rb") as handle:
+            (header_size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(header_size))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        complete = path.stat().st_size >= 8 + header_size + end
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        complete = False
+    if not complete:
+        raise CheckpointError(f"{path} is truncated or damaged")
+
+
+def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint-N/ and epoch_N/ with a readable state file, oldest first."""
+    found = []
+    if output_dir.is_dir():
+        for path in output_dir.iterdir():
+            if _NAME.match(path.name) and (path / STATE_FILE).is_file() and (path / TENSORS_FILE).is_file():
+                try:
+                    step = int(json.loads((path / STATE_FILE).read_text())["state"]["step"])
+                except (ValueError, KeyError, TypeError):
+                    step = -1  # damaged: sorted first, and load_checkpoint says why when it is tried
+                found.append((step, path))
+    return sorted(found, key=lambda item: (item[0], item[1].name.startswith("epoch_")))
+
+
+def latest_checkpoint(output_dir: Path, log=print) -> Restored | None:
+    """The newest checkpoint that loads; each newer one that does not is logged with the reason."""
+    for _, path in reversed(complete_checkpoints(output_dir)):
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as err:
+            log(f"Skipping {path.name}: {err}")
+    return None
+
+
+# Resume ------------------------------------------------------------------------------------------
+
+def find_resume(resume_from: str, output_dir: Path, log=print) -> Restored | None:
+    """The checkpoint to resume from: a given path, the newest intact one for 'auto', or None."""
+    if not resume_from:
+        return None
+    if resume_from == "auto":
+        found = latest_checkpoint(output_dir, log)
+        log(f"Resuming from {found.path}" if found else f"No intact checkpoint in {output_dir}; starting fresh")
+        return found
+    path = Path(resume_from)
+    if not path.is_dir():
+        raise CheckpointError(f"--resume_from_checkpoint {path}: no such directory")
+    return load_checkpoint(path)
+
+
+def fingerprint_differences(before: dict, now: dict) -> list[str]:
+    """What differs between two run fingerprints, one phrase per difference."""
+    differences = []
+    if before.get("data_sha256") != now["data_sha256"]:
+        differences.append(f"data file (sha256 {str(before.get('data_sha256'))[:12]} -> {now['data_sha256'][:12]})")
+    old_options = before.get("config", {})
+    for key in sorted(set(old_options) | set(now["config"])):
+        if old_options.get(key) != now["config"].get(key):
+            differences.append(f"--{key} {old_options.get(key)!r} -> {now['config'].get(key)!r}")
+    return differences
+
+
+def check_resumable(restored: Restored, fingerprint: dict, force: bool, log=print) -> None:
+    """Refuse to resume a checkpoint written with other data or options, unless forced."""
+    differences = fingerprint_differences(restored.fingerprint, fingerprint)
+    if not differences:
         return
-    leftovers = sorted(target.parent.glob(f".{target.name}.old-*"))
-    if leftovers:
-        leftovers[-1].rename(target)
+    message = f"{restored.path} was written with different inputs: {'; '.join(differences)}"
+    if not force:
+        raise CheckpointError(message + ". The resumed run would not match the original; restore them, or pass "
+                              "--force_resume if you changed them on purpose")
+    log(f"Warning: {message}; continuing because of --force_resume")
+
+
+def truncate_metrics(output_dir: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint, so the resumed run's lines are not doubled."""
+    path = output_dir / METRICS_FILE
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+# The output directory ----------------------------------------------------------------------------
+
+def claim_output_dir(output_dir: Path, fingerprint: dict, resuming: bool, overwrite: bool, log=print) -> None:
+    """Make `output_dir` this run's: clean crash leftovers, and refuse (or clear) another run's outputs."""
+    removed = remove_stale_temporaries(output_dir)
+    if removed:
+        log(f"Removed {len(removed)} unfinished temporary directories left by an earlier crash: {', '.join(removed)}")
+    earlier = _run_outputs(output_dir)
+    if earlier and not resuming:
+        if not overwrite:
+            raise CheckpointError(_occupied_message(output_dir, fingerprint))
+        for path in earlier:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        log(f"--overwrite_output_dir: removed the earlier run's {len(earlier)} outputs from {output_dir}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RUN_FILE).write_text(json.dumps(fingerprint, indent=2) + "\n")
+
+
+def _run_outputs(output_dir: Path) -> list[Path]:
+    if not output_dir.is_dir():
+        return []
+    return sorted(p for p in output_dir.iterdir() if p.name in RUN_OUTPUTS or _NAME.match(p.name))
+
+
+def _occupied_message(output_dir: Path, fingerprint: dict) -> str:
+    try:
+        before = json.loads((output_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        before = None
+    if before is not None and not fingerprint_differences(before, fingerprint):
+        return (f"--output_dir {output_dir} already holds a run with the same data and options; pass "
+                "--resume_from_checkpoint auto to continue it, or --overwrite_output_dir to start again")
+    what = "; ".join(fingerprint_differences(before, fingerprint)[:3]) if before else "its origin is unknown"
+    return (f"--output_dir {output_dir} holds another run ({what}); choose another --output_dir, or pass "
+            "--overwrite_output_dir to delete it and start afresh")

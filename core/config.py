@@ -1,13 +1,17 @@
 """Every hyper-parameter in one dataclass, which is also the command line and the YAML schema.
 
-Precedence: dataclass defaults < `--config file.yaml` < flags on the command line.
+Precedence: dataclass defaults < `--config file.yaml` < flags on the command line. Each option says
+whether it changes the run (`changes_run`): those make up the run's fingerprint, which a resumed run
+must match and which decides whether an output directory holds this run or another one.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,64 +23,80 @@ class ConfigError(ValueError):
     """A bad option or config file; the message is meant for the user as it is."""
 
 
-def option(default: Any, help: str, choices: tuple | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def option(default: Any, help: str, choices: tuple | None = None, changes_run: bool = False) -> Any:
+    """A config field; `changes_run` marks options whose change would make a resumed run differ."""
+    return field(default=default, metadata={"help": help, "choices": choices, "changes_run": changes_run})
 
 
 @dataclass
 class TrainConfig:
     # Data and model
     data_path: str = option("", "training data: .jsonl or .json (input/output, messages or ShareGPT records); required")
-    model_name: str = option("Qwen/Qwen2.5-0.5B-Instruct", "hub id, local Hugging Face directory, local .gguf file, or 'smollm2' for the offline SmolLM2-135M-Instruct")
+    model_name: str = option("Qwen/Qwen2.5-0.5B-Instruct", "hub id, local Hugging Face directory, local .gguf file, or 'smollm2' for the offline SmolLM2-135M-Instruct", changes_run=True)
     output_dir: str = option("./checkpoints", "where checkpoints, best_model/, config and metrics go")
+    overwrite_output_dir: bool = option(False, "start afresh in an --output_dir that holds an earlier run (its checkpoints and logs are deleted)")
     # Schedule
-    epochs: int = option(3, "passes over the training split")
-    batch_size: int = option(4, "sequences per micro-batch")
-    grad_accum_steps: int = option(1, "micro-batches per optimizer step; the loss is normalised by the trained tokens of all of them")
-    max_steps: int = option(0, "stop after this many optimizer steps (0: run all epochs)")
-    lr: float = option(2e-5, "peak learning rate (AdamW)")
-    lr_scheduler: str = option("cosine", "decay after warmup", ("cosine", "linear", "constant"))
-    warmup_ratio: float = option(0.03, "fraction of optimizer steps spent warming up linearly")
-    weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms)")
-    max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)")
-    seed: int = option(42, "seed for the split, the sample order and initialisation")
+    epochs: int = option(3, "passes over the training split", changes_run=True)
+    batch_size: int = option(4, "sequences per micro-batch", changes_run=True)
+    grad_accum_steps: int = option(1, "micro-batches per optimizer step; the loss is normalised by the trained tokens of all of them", changes_run=True)
+    max_steps: int = option(0, "stop after this many optimizer steps (0: run all epochs)", changes_run=True)
+    lr: float = option(2e-5, "peak learning rate (AdamW)", changes_run=True)
+    lr_scheduler: str = option("cosine", "decay after warmup", ("cosine", "linear", "constant"), changes_run=True)
+    warmup_ratio: float = option(0.03, "fraction of optimizer steps spent warming up linearly", changes_run=True)
+    weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms)", changes_run=True)
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)", changes_run=True)
+    seed: int = option(42, "seed for the split, the sample order and initialisation", changes_run=True)
     # Data handling
-    eval_split: float = option(0.1, "fraction of records held out for validation (0: none)")
-    max_length: int = option(512, "longest sequence in tokens; longer conversations lose their oldest turns")
-    train_on: str = option("all_assistant", "which assistant turns carry loss", ("all_assistant", "last_assistant"))
-    system_prompt: str = option("", "default system prompt (persona) for records that have none")
-    merge_consecutive: bool = option(False, "merge consecutive messages of one role instead of rejecting the record")
+    eval_split: float = option(0.1, "fraction of records held out for validation (0: none)", changes_run=True)
+    max_length: int = option(512, "longest sequence in tokens; longer conversations lose their oldest turns", changes_run=True)
+    train_on: str = option("all_assistant", "which assistant turns carry loss", ("all_assistant", "last_assistant"), changes_run=True)
+    system_prompt: str = option("", "default system prompt (persona) for records that have none", changes_run=True)
+    merge_consecutive: bool = option(False, "merge consecutive messages of one role instead of rejecting the record", changes_run=True)
+    allow_extra_keys: bool = option(False, "accept record and message keys the formats do not define (metadata such as 'id'); by default they are refused, so that a misspelt key is not silently ignored")
+    length_group_batches: int = option(64, "padded batches only: batches per length-sorted group (larger pads less, smaller shuffles more)", changes_run=True)
     cache_dir: str = option("", "tokenised-data and converted-model cache (default: ~/.cache/roleplay-tuner)")
     # Evaluation, logging, checkpoints
-    eval_steps: int = option(0, "also evaluate every N optimizer steps (0: only at the end of each epoch)")
+    eval_steps: int = option(0, "also evaluate every N optimizer steps (0: only at the end of each epoch)", changes_run=True)
     log_steps: int = option(100, "write a log line every N optimizer steps")
     save_steps: int = option(500, "write checkpoint-N/ every N optimizer steps (0: never)")
     save_total_limit: int = option(0, "keep only the K newest checkpoint-N/ (0: keep all)")
-    early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0: off)")
-    early_stopping_threshold: float = option(0.0, "smallest drop in validation loss that counts as an improvement")
+    early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0: off)", changes_run=True)
+    early_stopping_threshold: float = option(0.0, "smallest drop in validation loss that counts as an improvement", changes_run=True)
     max_bad_steps: int = option(5, "stop after this many non-finite losses or gradients in a row")
-    resume_from_checkpoint: str = option("", "checkpoint directory to resume from, or 'auto' for the newest complete one")
+    resume_from_checkpoint: str = option("", "checkpoint directory to resume from, or 'auto' for the newest intact one")
     force_resume: bool = option(False, "resume even if the data or hyper-parameters differ from the checkpoint's")
     # Hardware and speed
     device: str = option("auto", "cuda, mps or cpu (auto: the first available in that order)", ("auto", "cuda", "mps", "cpu"))
-    precision: str = option("auto", "auto: bf16 autocast on GPUs that support it, fp16 on older GPUs, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"))
-    packing: bool = option(True, "lay each micro-batch's sequences end to end in one row (no padding, attention kept within each sequence); off: right-padded batches of similar lengths")
+    precision: str = option("auto", "auto: bf16 autocast on GPUs that support it, fp16 on older GPUs, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"), changes_run=True)
+    packing: bool = option(True, "lay each micro-batch's sequences end to end in one row (no padding, attention kept within each sequence); off: right-padded batches of similar lengths", changes_run=True)
+    head_chunk_rows: int = option(2048, "trained positions whose logits are computed at once by the selective loss (lower: less memory, more kernel launches)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
     compile: bool = option(False, "torch.compile the transformer body")
     trust_remote_code: bool = option(False, "allow model repositories to run their own Python code")
 
     def validate(self) -> None:
+        """Check every option before anything loads: ranges, finiteness, and directories that are files."""
         if not self.data_path:
             raise ConfigError("--data_path is required (a .jsonl or .json file of training records)")
-        positive = ("epochs", "batch_size", "grad_accum_steps", "max_length", "log_steps")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{f.name} must be a finite number, got {value}")
+            choices = f.metadata["choices"]
+            if choices and value not in choices:
+                raise ConfigError(f"--{f.name} must be one of {', '.join(choices)}, got {value!r}")
+        positive = ("epochs", "batch_size", "grad_accum_steps", "max_length", "log_steps", "length_group_batches",
+                    "head_chunk_rows")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
         non_negative = ("max_steps", "save_steps", "eval_steps", "save_total_limit", "early_stopping_patience",
-                        "max_grad_norm", "weight_decay", "early_stopping_threshold", "max_bad_steps")
+                        "max_grad_norm", "weight_decay", "early_stopping_threshold", "max_bad_steps", "seed")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if self.seed >= 2**63:
+            raise ConfigError(f"--seed must be below 2**63, got {self.seed}")
         if not 0.0 <= self.eval_split < 1.0:
             raise ConfigError(f"--eval_split must be in [0, 1), got {self.eval_split}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -85,16 +105,24 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.early_stopping_patience and not self.eval_split:
             raise ConfigError("--early_stopping_patience needs a validation split (--eval_split > 0)")
-        for f in dataclasses.fields(self):
-            choices = f.metadata["choices"]
-            if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"--{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        self._validate_paths()
+
+    def _validate_paths(self) -> None:
+        for name in ("output_dir", "cache_dir"):
+            path = Path(getattr(self, name)) if getattr(self, name) else None
+            if path is not None and path.exists() and not path.is_dir():
+                raise ConfigError(f"--{name} {path} is a file, not a directory; pass a directory path")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def run_options(config: TrainConfig) -> dict[str, Any]:
+    """The options marked `changes_run`: a run with other values is a different run."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata["changes_run"]}
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -113,9 +141,11 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
 def load_yaml(path: str, cls: type = TrainConfig) -> dict[str, Any]:
     """Read a YAML config, refusing unknown keys so that a typo is not silently ignored."""
     try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the config file is not UTF-8 text") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(values, dict):
@@ -123,7 +153,9 @@ def load_yaml(path: str, cls: type = TrainConfig) -> dict[str, Any]:
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"{path}: unknown option {key!r}")
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{path}: unknown option {key!r}{hint}")
         expected = type(known[key].default)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -133,10 +165,17 @@ def load_yaml(path: str, cls: type = TrainConfig) -> dict[str, Any]:
     return values
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as a ConfigError (one line, exit 2) instead of exiting itself."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
 def parse_args(argv: list[str] | None, cls: type = TrainConfig, prog: str = "train.py",
                description: str = "") -> Any:
     """Build a config of type `cls` from defaults, an optional YAML file and command-line flags."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = _Parser(prog=prog, description=description)
     parser.add_argument("--config", help="YAML file of options; flags on the command line override it")
     _add_fields(parser, cls)
     args = vars(parser.parse_args(argv))

@@ -10,13 +10,18 @@ Nothing is skipped silently: blank JSONL lines are the only thing passed over.
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+# The keys each format defines; anything else is refused unless extra keys are allowed (a typo such as
+# "sytem" or "trian" would otherwise be ignored and silently change what is trained).
+RECORD_KEYS = {"output": ("input", "output", "system"), "messages": ("messages",), "conversations": ("conversations",)}
+TURN_KEYS = {"messages": ("role", "content", "train"), "conversations": ("from", "value", "train")}
 
 
 class DataError(ValueError):
@@ -46,6 +51,12 @@ class DataOptions:
     system_prompt: str = ""
     merge_consecutive: bool = False
     train_on: str = "all_assistant"
+    allow_extra_keys: bool = False
+
+
+def data_options(config) -> DataOptions:
+    """The data-handling options of a TrainConfig (or anything with the same fields)."""
+    return DataOptions(config.system_prompt, config.merge_consecutive, config.train_on, config.allow_extra_keys)
 
 
 @dataclass
@@ -56,21 +67,35 @@ class LoadStats:
     formats: dict[str, int] = field(default_factory=dict)
 
 
-def iter_raw_records(path: str | Path) -> Iterator[tuple[str, object]]:
-    """Yield (location, parsed JSON value) for each record, streaming JSONL line by line."""
+def check_file(path: str | Path) -> Path:
+    """Refuse, before anything reads it, a path that is no readable data file of a known extension."""
     path = Path(path)
     if path.suffix not in (".jsonl", ".json"):
         raise DataError(f"{path}: unknown extension {path.suffix or '(none)'!r}; use .jsonl (one record per line) "
                         "or .json (a list of records)")
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; pass a .jsonl or .json file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    try:
+        path.open("rb").close()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the file ({err.strerror})") from None
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
+    return path
+
+
+def iter_raw_records(path: str | Path) -> Iterator[tuple[str, object]]:
+    """Yield (location, parsed JSON value) for each record, streaming JSONL line by line."""
+    path = check_file(path)
     if path.suffix == ".jsonl":
         yield from _iter_jsonl(path)
         return
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the file ({err.strerror})") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
     except UnicodeDecodeError:
@@ -85,16 +110,23 @@ def iter_raw_records(path: str | Path) -> Iterator[tuple[str, object]]:
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, object]]:
     seen = False
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    try:
+        handle = path.open("rb")  # bytes: a bad byte is then reported with its line, not as a traceback
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the file ({err.strerror})") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path} line {number}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                                f"{err.start + 1})") from None
             if not line.strip():
                 continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path} line {number}: invalid JSON ({err.msg} at column {err.colno})") from None
-            except UnicodeDecodeError:
-                raise DataError(f"{path} line {number}: not UTF-8 text") from None
             seen = True
             yield f"{path} line {number}", value
     if not seen:
@@ -113,13 +145,24 @@ def parse_record(where: str, record: object, options: DataOptions) -> tuple[Conv
     if not formats:
         raise DataError(f"{where}: record has none of 'input'/'output', 'messages' or 'conversations'")
     kind = formats[0]
+    if not options.allow_extra_keys:
+        _refuse_unknown_keys(where, record, RECORD_KEYS[kind])
     if kind == "output":
         messages = _pair_messages(where, record)
     else:
-        messages = _chat_messages(where, record[kind], kind)
+        messages = _chat_messages(where, record[kind], kind, options.allow_extra_keys)
     conversation = Conversation(messages, where)
     _check_structure(conversation, options)
     return conversation, {"output": "input/output", "messages": "messages", "conversations": "sharegpt"}[kind]
+
+
+def _refuse_unknown_keys(where: str, mapping: dict, known: tuple[str, ...]) -> None:
+    for key in mapping:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise DataError(f"{where}: unknown key {key!r} ({hint}known keys: {', '.join(known)}); "
+                            "pass --allow_extra_keys to accept extra keys")
 
 
 def _text_field(where: str, record: dict, key: str, what: str) -> str:
@@ -140,7 +183,7 @@ def _pair_messages(where: str, record: dict) -> list[Message]:
     return messages
 
 
-def _chat_messages(where: str, turns: object, kind: str) -> list[Message]:
+def _chat_messages(where: str, turns: object, kind: str, allow_extra_keys: bool) -> list[Message]:
     if not isinstance(turns, list):
         raise DataError(f"{where}: {kind!r} must be a list of messages, got {type(turns).__name__}")
     role_key, text_key = ("role", "content") if kind == "messages" else ("from", "value")
@@ -149,6 +192,8 @@ def _chat_messages(where: str, turns: object, kind: str) -> list[Message]:
         at = f"{where}: {kind}[{index}]"
         if not isinstance(turn, dict):
             raise DataError(f"{at} must be an object, got {type(turn).__name__}")
+        if not allow_extra_keys:
+            _refuse_unknown_keys(at, turn, TURN_KEYS[kind])
         if role_key not in turn:
             raise DataError(f"{at} has no {role_key!r}")
         raw_role = turn[role_key]

@@ -6,8 +6,10 @@ and layer), for RMSNorm the input and its normalised copy. The functions here sa
 backward cannot recompute from elementwise work (MLP: input, gate, up; RMSNorm: input and inverse
 norm), which is about a third of a Llama-style layer's activations, at no extra matrix multiply.
 
-`make_lean(model)` swaps the `forward` of the modules it recognises exactly (by class and config)
-and leaves every other module, and the weights, untouched: checkpoints are unaffected.
+`make_lean(model)` swaps the `forward` of the modules it recognises exactly (by class, config and
+plain `nn.Linear` projections, so a wrapped projection such as a LoRA layer is never bypassed) and
+leaves every other module, and the weights, untouched: checkpoints are unaffected. It is a CPU
+measure, applied by `core.model_prep`; on a GPU these chains are cheap next to kernel launches.
 """
 
 from __future__ import annotations
@@ -88,8 +90,9 @@ def _lean_swiglu_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def _is_plain_swiglu(module) -> bool:
+    projections = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
     return (type(module).__name__ in SWIGLU_MLPS
-            and all(getattr(module, name).bias is None for name in ("gate_proj", "up_proj", "down_proj"))
+            and all(type(p) is torch.nn.Linear and p.bias is None for p in projections)
             and (isinstance(module.act_fn, torch.nn.SiLU) or type(module.act_fn).__name__ == "SiLUActivation"))
 
 

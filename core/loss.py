@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from core.batching import IGNORE
 from core.last_layer import ROWS, is_trimmed
-
-IGNORE = -100
 
 
 class _ChunkedHeadCrossEntropy(torch.autograd.Function):
@@ -92,13 +91,19 @@ def summed_loss(model, inputs: dict, labels: torch.Tensor, chunk_size: int = 204
         return _ChunkedHeadCrossEntropy.apply(selected, head.weight, targets, chunk_size)
 
 
-def supports_selective_head(model) -> bool:
-    """The selective loss applies to plain `hidden @ W.T` heads; models with soft-capped or scaled logits do not qualify."""
+def selective_head_refusal(model) -> str | None:
+    """None where the selective loss applies (a plain `hidden @ W.T` head); otherwise why it does not."""
     config = model.config
     head = model.get_output_embeddings()
-    return (isinstance(head, torch.nn.Linear) and head.bias is None
-            and not getattr(config, "final_logit_softcapping", None) and getattr(config, "logit_scale", None) in (None, 1.0)
-            and model.get_decoder() is not None)
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return "the output head is not a bias-free linear layer"
+    if getattr(config, "final_logit_softcapping", None):
+        return "the model soft-caps its logits"
+    if getattr(config, "logit_scale", None) not in (None, 1.0):
+        return "the model scales its logits"
+    if model.get_decoder() is None:
+        return "the model has no separate decoder body"
+    return None
 
 
 def summed_loss_full_logits(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from core.utils import atomic_directory
 
 OFFLINE_ALIASES = {
     # name: (package that ships the file, file name inside the package folder)
@@ -58,8 +60,9 @@ def load_model_and_tokenizer(name: str, cache_dir: str = "", trust_remote_code: 
     path, tokenizer = _load_tokenizer(name, cache_dir, trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise ModelLoadError(f"--model_name {name}: {str(err).splitlines()[0]}") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # missing, damaged or unsupported files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"--model_name {name}: cannot load the model ({reason})") from None
     return model, tokenizer
 
 
@@ -72,12 +75,15 @@ def _load_tokenizer(name: str, cache_dir: str, trust_remote_code: bool) -> tuple
     if path.endswith(".gguf"):
         if not Path(path).is_file():
             raise ModelLoadError(f"--model_name {path}: no such GGUF file")
-        path = str(_converted_gguf_dir(Path(path), default_cache_dir(cache_dir)))
+        path = str(converted_gguf_dir(Path(path), default_cache_dir(cache_dir)))
     elif not Path(path).is_dir():
+        if _looks_like_a_path(path):
+            raise ModelLoadError(f"--model_name {path}: no such local directory; check the path, or pass a hub id "
+                                 "such as Qwen/Qwen2.5-0.5B-Instruct")
         _check_hub_reachable(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise ModelLoadError(f"--model_name {name}: {str(err).splitlines()[0]}") from None
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"--model_name {name}: the tokenizer has no chat template; use an instruction-tuned "
@@ -85,6 +91,11 @@ def _load_tokenizer(name: str, cache_dir: str, trust_remote_code: bool) -> tuple
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return path, tokenizer
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A hub id is `owner/name`; anything absolute, relative to `.` or `~`, or deeper is meant as a path."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or Path(name).exists()
 
 
 def _check_hub_reachable(name: str) -> None:
@@ -108,16 +119,24 @@ def _check_hub_reachable(name: str) -> None:
                          f"the model is not in the local cache; {OFFLINE_HINT}")
 
 
-def _converted_gguf_dir(gguf: Path, cache_root: Path) -> Path:
+def converted_gguf_dir(gguf: Path, cache_root: Path) -> Path:
     """A plain safetensors copy of a GGUF model, converted once and cached by the file's identity."""
+    with gguf.open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise ModelLoadError(f"--model_name {gguf}: not a GGUF file (it does not start with the GGUF magic "
+                                 "bytes); pass a .gguf model file, a model directory or a hub id")
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_root / "gguf" / f"{gguf.stem}-{key}"
     if (target / "config.json").is_file():
         return target
     print(f"Converting {gguf.name} to a plain model (once; cached in {target})", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"--model_name {gguf}: cannot read this GGUF model ({reason})") from None
     config = quantised.config
     config.quantization_config = None
     del config.quantization_config
@@ -125,9 +144,7 @@ def _converted_gguf_dir(gguf: Path, cache_root: Path) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict())
     plain.generation_config = quantised.generation_config
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
+    with atomic_directory(target) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return target

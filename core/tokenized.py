@@ -7,28 +7,28 @@ Layout of a cache entry (one directory, renamed into place only when complete):
   records.npy  int64, the record each sequence came from (the split is by record)
   hashes.npy   uint64, a content hash per record (duplicate detection)
   summary.json counts for the run summary and `inspect`
-The key covers the data file's bytes, the tokenizer, its chat template and every formatting option,
-so a second run with the same inputs starts immediately and any change re-tokenises.
+The key covers the data file's bytes and its extension (which decides how the bytes are read), the
+tokenizer, its chat template and every formatting option, so a second run with the same inputs
+starts immediately and any change re-tokenises.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from array import array
-from itertools import islice
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from core.chat_format import ChatEncoder, FormatStats
-from core.dataset import DataOptions, LoadStats, load_conversations
+from core.dataset import DataOptions, LoadStats, check_file, load_conversations
+from core.utils import atomic_directory
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 TOKEN_ARRAYS = {"ids": np.int32, "trained": np.bool_}  # written as they are produced: raw files, no header
 CHUNK_RECORDS = 512
 
@@ -70,11 +70,15 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def tokenize_file(path: str | Path, tokenizer, options: DataOptions, max_length: int,
-                  cache_root: Path, progress: bool = True) -> TokenizedData:
-    """Load the cached arrays for this exact input, or build them (streaming) and cache them."""
-    data_hash = file_sha256(path)
+                  cache_root: Path, progress: bool = True, data_hash: str | None = None) -> TokenizedData:
+    """Load the cached arrays for this exact input, or build them (streaming) and cache them.
+
+    `data_hash` is the file's sha256 where the caller has it already (a large file is read once).
+    """
+    data_hash = data_hash or file_sha256(check_file(path))
     key = hashlib.sha256(json.dumps({
-        "data": data_hash, "tokenizer": tokenizer_fingerprint(tokenizer), "max_length": max_length,
+        "data": data_hash, "extension": Path(path).suffix, "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_length": max_length,
         "options": asdict(options), "version": FORMAT_VERSION}, sort_keys=True).encode()).hexdigest()[:20]
     entry = cache_root / "tokens" / key
     if not (entry / "summary.json").is_file():
@@ -96,44 +100,41 @@ def _record_hash(conversation) -> int:
 
 
 def _build(path, tokenizer, options: DataOptions, max_length: int, entry: Path, progress: bool) -> None:
-    tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_directory(entry) as tmp:
+        _write_arrays(path, tokenizer, options, max_length, tmp, progress)
+
+
+def _write_arrays(path, tokenizer, options: DataOptions, max_length: int, tmp: Path, progress: bool) -> None:
     encoder = ChatEncoder(tokenizer, max_length)
     load_stats, format_stats = LoadStats(), FormatStats()
     offsets, records, hashes = array("q", [0]), array("q"), array("Q")  # 8 bytes a sequence, not a Python object
     roles: dict[str, int] = {}
     multi_turn = 0
-    try:
-        with open(tmp / "ids.bin", "wb") as ids_out, open(tmp / "trained.bin", "wb") as trained_out, \
-                tqdm(desc="Tokenising", unit=" records", disable=None if progress else True, mininterval=1.0) as bar:
-            conversations = load_conversations(path, options, load_stats)
-            while chunk := list(islice(conversations, CHUNK_RECORDS)):
-                for conversation, encoded in zip(chunk, encoder.encode_many(chunk)):
-                    format_stats.add(encoded)
-                    record = len(hashes)
-                    hashes.append(_record_hash(conversation))
-                    for message in conversation.messages:
-                        roles[message.role] = roles.get(message.role, 0) + 1
-                    multi_turn += sum(m.role == "assistant" for m in conversation.messages) > 1
-                    for sequence in encoded.sequences:
-                        np.asarray(sequence.input_ids, dtype=np.int32).tofile(ids_out)
-                        np.asarray(sequence.trained, dtype=np.bool_).tofile(trained_out)
-                        offsets.append(offsets[-1] + len(sequence.input_ids))
-                        records.append(record)
-                bar.update(len(chunk))
-        np.save(tmp / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
-        np.save(tmp / "records.npy", np.frombuffer(records, dtype=np.int64))
-        np.save(tmp / "hashes.npy", np.frombuffer(hashes, dtype=np.uint64))
-        stats = asdict(format_stats)
-        stats["end_of_turn_ids"] = sorted(encoder.end_of_turn_ids)
-        summary = {"load": asdict(load_stats), "format": stats, "messages_by_role": roles,
-                   "multi_turn_records": multi_turn, "max_length": max_length}
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-        shutil.rmtree(entry, ignore_errors=True)
-        tmp.rename(entry)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with open(tmp / "ids.bin", "wb") as ids_out, open(tmp / "trained.bin", "wb") as trained_out, \
+            tqdm(desc="Tokenising", unit=" records", disable=None if progress else True, mininterval=1.0) as bar:
+        conversations = load_conversations(path, options, load_stats)
+        while chunk := list(islice(conversations, CHUNK_RECORDS)):
+            for conversation, encoded in zip(chunk, encoder.encode_many(chunk)):
+                format_stats.add(encoded)
+                record = len(hashes)
+                hashes.append(_record_hash(conversation))
+                for message in conversation.messages:
+                    roles[message.role] = roles.get(message.role, 0) + 1
+                multi_turn += sum(m.role == "assistant" for m in conversation.messages) > 1
+                for sequence in encoded.sequences:
+                    np.asarray(sequence.input_ids, dtype=np.int32).tofile(ids_out)
+                    np.asarray(sequence.trained, dtype=np.bool_).tofile(trained_out)
+                    offsets.append(offsets[-1] + len(sequence.input_ids))
+                    records.append(record)
+            bar.update(len(chunk))
+    np.save(tmp / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
+    np.save(tmp / "records.npy", np.frombuffer(records, dtype=np.int64))
+    np.save(tmp / "hashes.npy", np.frombuffer(hashes, dtype=np.uint64))
+    stats = asdict(format_stats)
+    stats["end_of_turn_ids"] = sorted(encoder.end_of_turn_ids)
+    summary = {"load": asdict(load_stats), "format": stats, "messages_by_role": roles,
+               "multi_turn_records": multi_turn, "max_length": max_length}
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
 
 
 def split_records(n_records: int, eval_split: float, seed: int) -> np.ndarray:

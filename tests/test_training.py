@@ -10,17 +10,18 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, write_jsonl
-from core.batching import collate, epoch_batches
+from core.batching import collate, epoch_batches, pack
 from core.config import TrainConfig
 from core.last_layer import is_trimmed, trim_last_layer
 from core.lean_layers import make_lean
 from core.loss import summed_loss, summed_loss_full_logits
-from core.packing import ATTENTION, pack
+from core.packed_attention import ATTENTION
+from core.run_setup import setup
 from core.tokenized import split_records
-from core.trainer import accumulate_gradients, fit, setup
+from core.trainer import accumulate_gradients, fit
 
 SAMPLE = ROOT / "data" / "training.jsonl"
 
@@ -46,14 +47,14 @@ def gradients(model):
 
 def test_accumulation_equals_one_large_batch(tmp_path, tiny_qwen_dir, cache_dir):
     run = make_run(tmp_path, tiny_qwen_dir, cache_dir)
-    idx = run.train_idx[:6]
-    lengths = run.data.lengths[idx]
+    idx = run.data.train_idx[:6]
+    lengths = run.data.sequences.lengths[idx]
     assert len(set(lengths.tolist())) > 1  # micro-batches of different lengths and token counts
     accumulate_gradients(run, [idx[:1], idx[1:4], idx[4:]])
-    accumulated = gradients(run.model)
-    run.model.zero_grad(set_to_none=True)
+    accumulated = gradients(run.prepared.model)
+    run.prepared.model.zero_grad(set_to_none=True)
     accumulate_gradients(run, [idx])
-    single = gradients(run.model)
+    single = gradients(run.prepared.model)
     for name, grad in single.items():
         rel = (accumulated[name] - grad).norm() / grad.norm().clamp_min(1e-12)
         assert rel < 1e-4, name
@@ -64,8 +65,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_qwen_dir
     for checkpointing in (False, True):
         run = make_run(tmp_path, tiny_qwen_dir, cache_dir, gradient_checkpointing=checkpointing,
                        output_dir=str(tmp_path / f"out-{checkpointing}"))
-        assert run.model.is_activation_checkpointing == checkpointing
-        results.append((accumulate_gradients(run, [run.train_idx[:4]]), gradients(run.model)))
+        assert run.prepared.model.is_activation_checkpointing == checkpointing
+        results.append((accumulate_gradients(run, [run.data.train_idx[:4]]), gradients(run.prepared.model)))
     (plain_loss, plain), (checkpointed_loss, checkpointed) = results
     assert plain_loss == checkpointed_loss
     for name, grad in plain.items():
@@ -77,8 +78,8 @@ def test_compiled_body_gives_the_same_loss_and_gradients(tmp_path, tiny_qwen_dir
     for compiled in (False, True):
         run = make_run(tmp_path, tiny_qwen_dir, cache_dir, compile=compiled,
                        output_dir=str(tmp_path / f"out-{compiled}"))
-        assert isinstance(run.body, torch._dynamo.eval_frame.OptimizedModule) == compiled
-        results.append((accumulate_gradients(run, [run.train_idx[:4]]), gradients(run.model)))
+        assert isinstance(run.prepared.body, torch._dynamo.eval_frame.OptimizedModule) == compiled
+        results.append((accumulate_gradients(run, [run.data.train_idx[:4]]), gradients(run.prepared.model)))
     ((plain_loss, *plain_tokens), plain), ((compiled_loss, *compiled_tokens), compiled_grads) = results
     assert abs(plain_loss - compiled_loss) / plain_loss < 1e-5 and plain_tokens == compiled_tokens
     for name, grad in plain.items():
@@ -149,13 +150,14 @@ def test_trimmed_last_layer_gives_the_same_loss_and_gradients_on_trained_rows_on
 
 def test_padded_batch_loss_equals_sum_of_examples_alone(tmp_path, tiny_qwen_dir, cache_dir):
     run = make_run(tmp_path, tiny_qwen_dir, cache_dir, packing=False)
-    assert not run.packed
-    batch = run.train_idx[:4]
-    inputs, labels = collate(run.data, batch, run.tokenizer.pad_token_id)
-    assert (labels == -100).any() and len(set(run.data.lengths[batch].tolist())) > 1
+    assert not run.prepared.packed
+    batch = run.data.train_idx[:4]
+    inputs, labels = collate(run.data.sequences, batch, run.tokenizer.pad_token_id)
+    assert (labels == -100).any() and len(set(run.data.sequences.lengths[batch].tolist())) > 1
+    model = run.prepared.model
     with torch.no_grad():
-        together = summed_loss(run.model, inputs, labels).item()
-        alone = sum(summed_loss(run.model, *collate(run.data, batch[i:i + 1], 0)).item() for i in range(4))
+        together = summed_loss(model, inputs, labels).item()
+        alone = sum(summed_loss(model, *collate(run.data.sequences, batch[i:i + 1], 0)).item() for i in range(4))
     assert abs(together - alone) / alone < 1e-5
 
 
@@ -164,17 +166,18 @@ def test_packed_batch_loss_and_gradients_equal_sum_of_examples_alone(tmp_path, t
     alone through a stock transformers model with SDPA: same loss, same gradients, so nothing crosses
     a sequence boundary."""
     run = make_run(tmp_path, tiny_qwen_dir, cache_dir)
-    assert run.packed and run.model.config._attn_implementation == ATTENTION and is_trimmed(run.model)
-    batch = run.train_idx[:4]
-    inputs, labels = pack(run.data, batch)
-    assert inputs["input_ids"].shape == (1, run.data.lengths[batch].sum())
-    assert len(set(run.data.lengths[batch].tolist())) > 1
-    together = summed_loss(run.model, inputs, labels)
+    model = run.prepared.model
+    assert run.prepared.packed and model.config._attn_implementation == ATTENTION and is_trimmed(model)
+    batch = run.data.train_idx[:4]
+    inputs, labels = pack(run.data.sequences, batch)
+    assert inputs["input_ids"].shape == (1, run.data.sequences.lengths[batch].sum())
+    assert len(set(run.data.sequences.lengths[batch].tolist())) > 1
+    together = summed_loss(run.prepared.model, inputs, labels)
     together.backward()
-    packed_grads = gradients(run.model)
+    packed_grads = gradients(run.prepared.model)
 
     stock = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir, dtype=torch.float32, attn_implementation="sdpa")
-    alone = sum(summed_loss_full_logits(stock, *collate(run.data, batch[i:i + 1], 0)) for i in range(4))
+    alone = sum(summed_loss_full_logits(stock, *collate(run.data.sequences, batch[i:i + 1], 0)) for i in range(4))
     alone.backward()
     assert abs(together.item() - alone.item()) / alone.item() < 1e-5
     stock_grads = gradients(stock)
@@ -192,10 +195,10 @@ def test_a_model_that_cannot_pack_trains_on_padded_batches_and_says_why(tmp_path
     options = TrainConfig(data_path=str(small_data(tmp_path)), model_name=str(model_dir), cache_dir=str(cache_dir),
                           output_dir=str(tmp_path / "out"), epochs=1, eval_split=0.25, save_steps=0)
     run = setup(options, log=messages.append)
-    assert not run.packed and run.model.config._attn_implementation == "sdpa"
-    assert any("Packing is off" in m and "sliding attention window (16)" in m for m in messages)
-    loss, trained, real = accumulate_gradients(run, [run.train_idx[:4]])
-    assert math.isfinite(loss) and trained > 0 and real == run.data.lengths[run.train_idx[:4]].sum()
+    assert not run.prepared.packed and run.prepared.model.config._attn_implementation == "sdpa"
+    assert any("packing is off" in m and "sliding attention window (16)" in m for m in messages)
+    loss, trained, real = accumulate_gradients(run, [run.data.train_idx[:4]])
+    assert math.isfinite(loss) and trained > 0 and real == run.data.sequences.lengths[run.data.train_idx[:4]].sum()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -220,13 +223,13 @@ def test_lean_layers_match_stock_layers(tiny_qwen_dir, dtype):
 
 def test_packed_rows_restart_positions_and_never_train_across_a_boundary(tmp_path, tiny_qwen_dir, cache_dir):
     run = make_run(tmp_path, tiny_qwen_dir, cache_dir)
-    batch = run.train_idx[:3]
-    inputs, labels = pack(run.data, batch)
+    batch = run.data.train_idx[:3]
+    inputs, labels = pack(run.data.sequences, batch)
     starts = inputs["cu_seq_lens_q"][:-1].tolist()
     assert inputs["cu_seq_lens_q"][-1] == inputs["input_ids"].shape[1]
     assert (inputs["position_ids"][0, starts] == 0).all() and (labels[0, starts] == -100).all()
     for row, (start, end) in zip(batch, zip(starts, inputs["cu_seq_lens_q"][1:].tolist())):
-        ids, trained = run.data.sequence(int(row))
+        ids, trained = run.data.sequences.sequence(int(row))
         assert inputs["input_ids"][0, start:end].tolist() == list(ids)
         assert (labels[0, start:end] != -100).tolist() == [False] + list(trained)[1:]
 
@@ -241,9 +244,9 @@ def test_length_grouped_batches_cover_each_example_once_and_are_seeded():
     assert not all((x == y).all() for x, y in zip(batches, epoch_batches(indices, lengths, 4, seed=1, epoch=1)))
     padding = sum(len(b) * lengths[b].max() - lengths[b].sum() for b in batches) / lengths.sum()
     assert padding < 0.05
-    shuffled = epoch_batches(indices, lengths, 4, seed=1, epoch=0, by_length=False)  # for packed rows
+    shuffled = epoch_batches(indices, lengths, 4, seed=1, epoch=0, group_batches=None)  # for packed rows
     assert sorted(np.concatenate(shuffled).tolist()) == list(range(1000))
-    assert all((x == y).all() for x, y in zip(shuffled, epoch_batches(indices, lengths, 4, 1, 0, by_length=False)))
+    assert all((x == y).all() for x, y in zip(shuffled, epoch_batches(indices, lengths, 4, 1, 0, group_batches=None)))
 
 
 def test_every_output_directory_loads_with_transformers(tmp_path, tiny_qwen_dir, cache_dir):
@@ -298,7 +301,7 @@ def test_freed_memory_is_reused_without_page_faults():
 
 
 def test_setup_says_when_freed_memory_cannot_be_kept(tmp_path, tiny_qwen_dir, cache_dir, monkeypatch):
-    monkeypatch.setattr("core.trainer.retain_freed_memory", lambda: False)  # as on macOS or musl
+    monkeypatch.setattr("core.run_setup.retain_freed_memory", lambda: False)  # as on macOS or musl
     messages = []
     make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, device="cpu")
     assert any("refused to keep freed memory" in m for m in messages)

@@ -1,29 +1,16 @@
-"""`train.py inspect`: validate a data file, print its statistics and show which tokens are trained.
-
-It reads the same options as training (so `--config run.yaml` inspects exactly what that run would
-train), tokenises through the same cache, and needs only the tokenizer, not the model weights.
+"""What tokenised data holds: the statistics a run logs and `inspect` prints, and sequences rendered with
+their trained tokens marked.
 """
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
-
 import numpy as np
 
-from core.config import TrainConfig, option
-from core.dataset import DataOptions
-from core.models import default_cache_dir, load_tokenizer
-from core.tokenized import TokenizedData, split_records, tokenize_file
+from core.config import TrainConfig
+from core.tokenized import TokenizedData, split_records
 
 TRAINED_ON, TRAINED_OFF = "\033[30;42m", "\033[0m"  # black on green on a terminal
 PLAIN_ON, PLAIN_OFF = "[[", "]]"                   # markers when piped
-
-
-@dataclass
-class InspectConfig(TrainConfig):
-    examples: int = option(3, "how many records to render token by token")
-    color: str = option("auto", "mark trained tokens with colour (auto: only on a terminal)", ("auto", "always", "never"))
 
 
 def data_statistics(data: TokenizedData, eval_split: float, seed: int) -> dict:
@@ -83,7 +70,8 @@ def format_statistics(stats: dict, config: TrainConfig) -> str:
         f"{stats['eval_records']} validation",
         f"Options applied: merged consecutive roles in {stats['merged_records']} records, "
         f"default system prompt added to {stats['system_added']}",
-    ])
+    ] + ([f"WARNING: {stats['replies_cut']} replies alone exceed --max_length and were cut; their end-of-turn "
+          "token is not trained. Raise --max_length to keep them whole"] if stats["replies_cut"] else []))
 
 
 def render_sequence(tokenizer, ids, trained, color: bool) -> str:
@@ -97,18 +85,3 @@ def render_sequence(tokenizer, ids, trained, color: bool) -> str:
             out.append(f"{on}{text}{off}" if trained[start] else text)
             start = i
     return "".join(out)
-
-
-def inspect(config: InspectConfig) -> int:
-    tokenizer = load_tokenizer(config.model_name, config.cache_dir, config.trust_remote_code)
-    options = DataOptions(config.system_prompt, config.merge_consecutive, config.train_on)
-    data = tokenize_file(config.data_path, tokenizer, options, config.max_length, default_cache_dir(config.cache_dir),
-                         progress=sys.stderr.isatty())
-    print(format_statistics(data_statistics(data, config.eval_split, config.seed), config))
-    color = config.color == "always" or (config.color == "auto" and sys.stdout.isatty())
-    legend = "highlighted" if color else f"between {PLAIN_ON} and {PLAIN_OFF}"
-    for i in range(min(config.examples, len(data))):
-        ids, trained = data.sequence(i)
-        print(f"\n--- sequence {i} ({len(ids)} tokens, {int(np.sum(trained))} trained, {legend}) ---")
-        print(render_sequence(tokenizer, ids, trained, color))
-    return 0

@@ -1,0 +1,127 @@
+"""The command line: `train` (the default) and `inspect`, and the rule that every user fault ends in one line.
+
+Every error a user can cause (options, data, model, checkpoints, disks, signals) is an exception
+whose message is meant for the user as it is: it is printed as one line on stderr and the exit code
+is non-zero. Anything else is a bug: one line says so and where the traceback was written.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.config import ConfigError, TrainConfig, option, parse_args
+
+USAGE = """Fine-tune a chat model into a roleplay chatbot.
+
+  python train.py --data_path data/training.jsonl [options]      train
+  python train.py inspect --data_path data/training.jsonl          check the data and see what is trained
+Every option is also a key of `--config file.yaml`; flags on the command line override the file."""
+
+
+@dataclass
+class InspectConfig(TrainConfig):
+    examples: int = option(3, "how many records to render token by token")
+    color: str = option("auto", "mark trained tokens with colour (auto: only on a terminal)",
+                        ("auto", "always", "never"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["inspect"]:
+        return report_errors(lambda: inspect(parse_args(argv[1:], InspectConfig, prog="train.py inspect",
+                                                        description="Validate a data file and show what would "
+                                                                    "be trained.")))
+    return report_errors(lambda: train(argv))
+
+
+def report_errors(command: Callable[[], int]) -> int:
+    """Run a command; turn every expected fault into one line on stderr and a non-zero exit code."""
+    from core.chat_format import TemplateError
+    from core.checkpoint import CheckpointError
+    from core.dataset import DataError
+    from core.models import ModelLoadError
+    from core.stop_signal import StoppedAtOnce
+    from core.trainer import TrainingStopped
+    try:
+        return command()
+    except (ConfigError, DataError, ModelLoadError, TemplateError) as err:
+        return fail(str(err), 2)
+    except CheckpointError as err:
+        return fail(str(err), 1)
+    except TrainingStopped as err:
+        return fail(str(err), err.exit_code)
+    except KeyboardInterrupt:
+        return fail("interrupted before training started; nothing was written", 130)
+    except StoppedAtOnce as err:  # a second signal; a save it interrupted has removed its temporary directory
+        return fail(f"{err}; the last complete checkpoint is intact", err.exit_code)
+    except MemoryError:
+        return fail("out of memory; lower --batch_size or --max_length, or pass --gradient_checkpointing", 1)
+    except Exception as err:  # a genuine bug: say so, in one line, and keep the traceback for the report
+        with tempfile.NamedTemporaryFile("w", prefix="roleplay-tuner-bug-", suffix=".txt", delete=False) as f:
+            traceback.print_exc(file=f)
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        return fail(f"internal error ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}) at "
+                    f"{where.filename}:{where.lineno}. This is a bug: please report it with the command you ran "
+                    f"and the traceback in {f.name}", 3)
+
+
+def fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def train(argv: list[str]) -> int:
+    from core.run_setup import setup
+    from core.trainer import TrainingStopped, fit
+    config = parse_args(argv, TrainConfig, description=USAGE.split("\n")[0])
+    try:
+        summary = fit(setup(config))
+    except TrainingStopped as err:
+        if err.checkpoint is None:
+            raise
+        print(f"\n{err}\nTo resume: python train.py {shlex.join(resume_command(argv, err.checkpoint))}",
+              file=sys.stderr)
+        return err.exit_code
+    best = summary["best_eval_loss"]
+    print(f"Done: {summary['steps']} steps ({summary['stopped']}), best validation loss "
+          f"{best if best is not None else 'n/a'}; model in {summary['best_model']}")
+    return 0
+
+
+def resume_command(argv: list[str], checkpoint) -> list[str]:
+    """The same arguments, resuming from `checkpoint`."""
+    resume = [a for a in argv if not a.startswith("--resume_from_checkpoint=")]
+    if "--resume_from_checkpoint" in resume:
+        i = resume.index("--resume_from_checkpoint")
+        del resume[i:i + 2]
+    return resume + ["--resume_from_checkpoint", str(checkpoint)]
+
+
+def inspect(config: InspectConfig) -> int:
+    """Validate the data file, print its statistics and render a few sequences with trained tokens marked.
+
+    It reads the same options as training (so `--config run.yaml` inspects exactly what that run
+    would train), tokenises through the same cache, and needs only the tokenizer, not the weights.
+    """
+    from core.data_report import PLAIN_OFF, PLAIN_ON, data_statistics, format_statistics, render_sequence
+    from core.dataset import data_options
+    from core.models import default_cache_dir, load_tokenizer
+    from core.tokenized import tokenize_file
+    tokenizer = load_tokenizer(config.model_name, config.cache_dir, config.trust_remote_code)
+    data = tokenize_file(config.data_path, tokenizer, data_options(config), config.max_length,
+                         default_cache_dir(config.cache_dir), progress=sys.stderr.isatty())
+    print(format_statistics(data_statistics(data, config.eval_split, config.seed), config))
+    color = config.color == "always" or (config.color == "auto" and sys.stdout.isatty())
+    legend = "highlighted" if color else f"between {PLAIN_ON} and {PLAIN_OFF}"
+    for i in range(min(config.examples, len(data))):
+        ids, trained = data.sequence(i)
+        print(f"\n--- sequence {i} ({len(ids)} tokens, {int(np.sum(trained))} trained, {legend}) ---")
+        print(render_sequence(tokenizer, ids, trained, color))
+    return 0

@@ -1,0 +1,53 @@
+"""What a run reports as it goes: metrics.jsonl, the progress bar and the log lines.
+
+`metrics.jsonl` holds one JSON object per logged step ("train"), evaluation ("eval") and skipped
+step ("skipped"); every object has the step, so a resumed run can drop what came after its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class RunLog:
+    """The metrics file, the progress bar and the tokens-per-second window between log lines."""
+
+    def __init__(self, metrics_path: Path, total_steps: int, first_step: int, log=tqdm.write):
+        self.log = log
+        self._file = metrics_path.open("a")
+        self._bar = tqdm(total=total_steps, initial=first_step, desc="Training", unit="step", dynamic_ncols=True)
+        self._window_start = self._last_step = time.perf_counter()
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar.close()
+        self._file.close()
+
+    def record(self, entry: dict) -> None:
+        self._file.write(json.dumps(entry) + "\n")
+        self._file.flush()
+
+    def step_done(self, loss: float, lr: float, real_tokens: int) -> None:
+        now = time.perf_counter()
+        self._bar.update(1)
+        self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                              tok_s=f"{real_tokens / max(now - self._last_step, 1e-9):.0f}")
+        self._last_step = now
+
+    def train_line(self, step: int, total: int, epoch: int, loss: float, lr: float, grad_norm: float,
+                   seen_tokens: int) -> None:
+        """A log line and a metrics entry for the window since the last one."""
+        now = time.perf_counter()
+        elapsed, self._window_start = now - self._window_start, now
+        entry = {"type": "train", "step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                 "tokens_per_sec": seen_tokens / elapsed if elapsed > 0 else None}
+        self.record(entry)
+        speed = f" | {entry['tokens_per_sec']:.0f} tok/s" if entry["tokens_per_sec"] else ""
+        self.log(f"step {step}/{total} | epoch {epoch} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f}"
+                 f"{speed}")

@@ -1,0 +1,143 @@
+"""Build a run from its config, one concern at a time: output directory, data, model, optimizer, state.
+
+`setup` checks what can be checked before anything loads (device, data file, output directory,
+resume checkpoint), then loads the model and tokenised data, prepares the model (core/model_prep.py),
+builds the optimizer and restores a checkpoint's state when resuming. The result, `Run`, is what
+`core.trainer.fit` trains.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import get_scheduler
+from transformers.utils import logging as hf_logging
+
+from core import checkpoint as ckpt
+from core.checkpoint import Restored, TrainState
+from core.config import ConfigError, TrainConfig, run_options
+from core.data_report import data_statistics, format_statistics
+from core.dataset import check_file, data_options
+from core.model_prep import Prepared, prepare_model, set_stop_tokens
+from core.models import default_cache_dir, load_model_and_tokenizer
+from core.tokenized import TokenizedData, file_sha256, split_sequences, tokenize_file
+from core.utils import (
+    pick_device,
+    pick_precision,
+    recover_interrupted_swap,
+    retain_freed_memory,
+    set_rng_state,
+    set_seed,
+)
+
+
+@dataclass
+class Splits:
+    sequences: TokenizedData
+    train_idx: np.ndarray
+    eval_idx: np.ndarray
+
+
+@dataclass
+class Optimization:
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    total_steps: int
+
+
+@dataclass
+class Run:
+    config: TrainConfig
+    prepared: Prepared
+    tokenizer: object
+    data: Splits
+    optim: Optimization
+    fingerprint: dict
+    state: TrainState = field(default_factory=TrainState)
+    resumed_from: Path | None = None
+    on_event: Callable[..., None] = lambda name, run, **details: None
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+
+# Setup: one function per concern -----------------------------------------------------------------
+
+def setup(config: TrainConfig, log=print) -> Run:
+    """Check the inputs, claim the output directory, then load data, model and optimizer; restore when resuming."""
+    hf_logging.disable_progress_bar()  # our own bar is the one to watch
+    device = pick_device(config.device)
+    amp_dtype = pick_precision(device, config.precision)
+    data_hash = file_sha256(check_file(config.data_path))
+    fingerprint = {"data_sha256": data_hash, "config": run_options(config)}
+    output_dir = Path(config.output_dir)
+    recover_interrupted_swap(output_dir / "best_model")
+    restored = ckpt.find_resume(config.resume_from_checkpoint, output_dir, log)
+    if restored is not None:
+        ckpt.check_resumable(restored, fingerprint, config.force_resume, log)
+    ckpt.claim_output_dir(output_dir, fingerprint, restored is not None, config.overwrite_output_dir, log)
+    set_seed(config.seed)
+    model, tokenizer = load_model_and_tokenizer(str(restored.path if restored else config.model_name),
+                                                config.cache_dir, config.trust_remote_code)
+    splits = setup_data(config, tokenizer, data_hash, log)
+    if device.type == "cpu" and not retain_freed_memory():
+        log("Note: the C library (not glibc?) refused to keep freed memory for reuse, so every step faults its "
+            "activations in afresh: slower on the CPU, not wrong")
+    prepared = prepare_model(model, config, device, amp_dtype, log)
+    set_stop_tokens(model, tokenizer, splits.sequences.summary["format"]["end_of_turn_ids"])
+    run = Run(config, prepared, tokenizer, splits, setup_optimization(model, config, len(splits.train_idx), device,
+                                                                      amp_dtype), fingerprint)
+    if restored is not None:
+        restore(run, restored, log)
+    config.save(output_dir / ckpt.CONFIG_FILE)
+    return run
+
+
+def setup_data(config: TrainConfig, tokenizer, data_hash: str, log) -> Splits:
+    data = tokenize_file(config.data_path, tokenizer, data_options(config), config.max_length,
+                         default_cache_dir(config.cache_dir), data_hash=data_hash)
+    train_idx, eval_idx = split_sequences(data, config.eval_split, config.seed)
+    if len(train_idx) == 0:
+        raise ConfigError(f"{config.data_path}: no training sequences left after the validation split "
+                          f"(--eval_split {config.eval_split}); lower it or add records")
+    if config.early_stopping_patience and len(eval_idx) == 0:
+        raise ConfigError(f"--eval_split {config.eval_split} of {data.summary['load']['records']} records holds out "
+                          "no validation record, which --early_stopping_patience needs; raise --eval_split")
+    log(format_statistics(data_statistics(data, config.eval_split, config.seed), config))
+    return Splits(data, train_idx, eval_idx)
+
+
+def setup_optimization(model, config: TrainConfig, n_train: int, device: torch.device,
+                       amp_dtype: torch.dtype) -> Optimization:
+    """AdamW without weight decay on biases and norm weights (fused on CUDA and CPU), its schedule and scaler."""
+    steps_per_epoch = math.ceil(math.ceil(n_train / config.batch_size) / config.grad_accum_steps)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type in ("cuda", "cpu")
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=fused, foreach=None if fused else True)
+    schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_scheduler]
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return Optimization(optimizer, scheduler, scaler, total_steps)
+
+
+def restore(run: Run, restored: Restored, log) -> None:
+    run.optim.optimizer.load_state_dict(restored.tensors["optimizer"])
+    run.optim.scheduler.load_state_dict(restored.tensors["scheduler"])
+    run.optim.scaler.load_state_dict(restored.tensors["scaler"])
+    set_rng_state(restored.tensors["rng"])
+    run.state, run.resumed_from = restored.state, restored.path
+    ckpt.truncate_metrics(run.output_dir, run.state.step)
+    log(f"Resumed at step {run.state.step}, epoch {run.state.epoch + 1}, batch {run.state.batch_in_epoch}")

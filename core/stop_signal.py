@@ -1,0 +1,39 @@
+"""SIGINT and SIGTERM during training: finish the step, checkpoint, exit; a second signal exits at once."""
+
+from __future__ import annotations
+
+import signal
+
+from tqdm import tqdm
+
+
+class StoppedAtOnce(BaseException):
+    """A second signal: leave now. BaseException, so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped at once by a second {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum
+
+
+class StopSignal:
+    """SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second signal exits at once."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise StoppedAtOnce(signum)  # a save in progress removes its temporary directory on the way out
+        self.received = signum
+        tqdm.write(f"\n{signal.Signals(signum).name} received: finishing this step and saving a checkpoint "
+                   "(signal again to exit at once)")
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
