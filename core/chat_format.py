@@ -90,6 +90,9 @@ class ChatEncoder:
         if self._special_text is not None:
             for index, message in enumerate(messages):
                 found = self._special_text.search(message.content)
+                if found and index == 0 and conversation.system_added:
+                    raise DataError(f"--system_prompt contains the special token {found.group()!r}; it would "
+                                    "corrupt the turn structure")
                 if found:
                     raise DataError(f"{where}: message {index} contains the special token {found.group()!r}; "
                                     "it would corrupt the turn structure")
@@ -213,7 +216,8 @@ class ChatEncoder:
         while len(sequence.input_ids) > self.max_length and len(body) > 2:
             body = body[1:]
             sequence = encode(body)
-        if len(sequence.input_ids) > self.max_length and len(body) == 2 and body[0].role == "user":
+        if (len(sequence.input_ids) > self.max_length and len(body) == 2 and body[0].role == "user"
+                and self._can_absorb(body[0].content, len(sequence.input_ids) - self.max_length)):
             body = [Message("user", self._keep_end(body[0].content, len(sequence.input_ids) - self.max_length)),
                     body[1]]
             sequence = encode(body)
@@ -227,6 +231,10 @@ class ChatEncoder:
             raise DataError(f"{where}: even shortened to its system prompt and last reply, the prompt is "
                             f"{prompt_length} tokens, not less than --max_length {self.max_length}")
         return Sequence(sequence.input_ids[: self.max_length], sequence.trained[: self.max_length]), 1
+
+    def _can_absorb(self, text: str, excess_tokens: int) -> bool:
+        """Whether shortening this message can make the sequence fit; a reply that alone is too long cannot."""
+        return len(self._tokenize([text])[0]) > excess_tokens
 
     def _keep_end(self, text: str, excess_tokens: int) -> str:
         """Drop at least `excess_tokens` tokens from the start of a message, keeping its end."""

@@ -69,3 +69,29 @@ def smollm2_dir(cache_dir) -> Path:
 def write_jsonl(path: Path, records: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
+
+
+def sample_data(tmp_path: Path, n: int = 24, name: str = "data.jsonl") -> Path:
+    """The first `n` records of the sample pairs, as a file of their own."""
+    lines = (ROOT / "data" / "training.jsonl").read_text().splitlines()[:n]
+    return write_jsonl(tmp_path / name, [json.loads(line) for line in lines])
+
+
+def make_config(tmp_path: Path, model_dir: Path, cache_dir: Path, **overrides):
+    """A validated TrainConfig for a short run of the tiny model on `tmp_path/data.jsonl` (written if missing)."""
+    from core.config import TrainConfig
+    data = tmp_path / "data.jsonl"
+    if not data.exists():
+        sample_data(tmp_path)
+    options = dict(data_path=str(data), model_name=str(model_dir), output_dir=str(tmp_path / "out"),
+                   cache_dir=str(cache_dir), epochs=1, batch_size=4, lr=1e-3, log_steps=2, save_steps=0,
+                   eval_split=0.25)
+    options.update(overrides)
+    config = TrainConfig(**options)
+    config.validate()
+    return config
+
+
+def make_run(tmp_path: Path, model_dir: Path, cache_dir: Path, log=lambda *_: None, **overrides):
+    from core.run_setup import setup
+    return setup(make_config(tmp_path, model_dir, cache_dir, **overrides), log=log)

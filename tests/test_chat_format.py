@@ -185,6 +185,7 @@ def test_reply_longer_than_max_length_is_cut_and_counted(qwen_tokenizer):
     encoded = ChatEncoder(qwen_tokenizer, 64).encode(parse_record("t", record, DataOptions())[0])
     (sequence,) = encoded.sequences
     assert len(sequence.input_ids) == 64 and encoded.replies_cut == 1 and encoded.shortened == 1
+    assert "Tell me everything." in qwen_tokenizer.decode(sequence.input_ids)  # the prompt is kept whole
     assert sequence.trained[-1] and qwen_tokenizer.convert_tokens_to_ids("<|im_end|>") not in \
         [t for t, m in zip(sequence.input_ids, sequence.trained) if m]
 

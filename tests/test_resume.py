@@ -6,34 +6,29 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import ROOT, write_jsonl
+from conftest import ROOT, make_config, sample_data
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from core.checkpoint import CheckpointError, latest_checkpoint, rotate_checkpoints
-from core.config import TrainConfig
+from core.config import TrainConfig, option
 from core.run_setup import setup
 from core.trainer import TrainingStopped, fit
 
 QUIET = dict(log=lambda *_: None)
 
 
-def data_file(tmp_path, n=40):
-    lines = (ROOT / "data" / "training.jsonl").read_text().splitlines()[:n]
-    return write_jsonl(tmp_path / "data.jsonl", [json.loads(line) for line in lines])
+RESUMABLE = dict(epochs=2, batch_size=2, grad_accum_steps=2, lr=2e-3, log_steps=1, eval_steps=3, save_steps=4,
+                 eval_split=0.2, warmup_ratio=0.2)
 
 
-def config_for(tmp_path, model_dir, cache_dir, out="out", **overrides):
-    options = dict(data_path=str(tmp_path / "data.jsonl"), model_name=str(model_dir), cache_dir=str(cache_dir),
-                   output_dir=str(tmp_path / out), epochs=2, batch_size=2, grad_accum_steps=2, lr=2e-3,
-                   log_steps=1, eval_steps=3, save_steps=4, eval_split=0.2, warmup_ratio=0.2)
-    options.update(overrides)
-    config = TrainConfig(**options)
-    config.validate()
-    return config
+def config_for(tmp_path, model_dir, cache_dir, **overrides):
+    """A run with accumulation, two epochs, evaluations and checkpoints: the shape resume must survive."""
+    return make_config(tmp_path, model_dir, cache_dir, **{**RESUMABLE, **overrides})
 
 
 def metrics(out):
@@ -52,7 +47,7 @@ def run_to_end(config, on_event=None):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_qwen_dir, cache_dir):
     tmp = tmp_path_factory.mktemp("reference")
-    data_file(tmp)
+    sample_data(tmp, 40)
     config = config_for(tmp, tiny_qwen_dir, cache_dir)
     run_to_end(config)
     return tmp / "out"
@@ -80,7 +75,7 @@ def interrupt_after_save(name: str):
 @pytest.mark.parametrize("where, step", [("micro-batch 2", 6), ("after checkpoint-4", 4), ("micro-batch 1", 9)],
                          ids=["during-accumulation", "right-after-checkpoint", "second-epoch"])
 def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, tiny_qwen_dir, cache_dir, reference, where, step):
-    data_file(tmp_path)
+    sample_data(tmp_path, 40)
     config = config_for(tmp_path, tiny_qwen_dir, cache_dir)
     observer = (interrupt_after_save(where.split()[-1]) if where.startswith("after")
                 else interrupt_during_step(step, int(where.split()[-1])))
@@ -100,7 +95,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, tiny_qwen_dir, 
 
 
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwen_dir, cache_dir):
-    data_file(tmp_path)
+    sample_data(tmp_path, 40)
     out = tmp_path / "out"
     script = textwrap.dedent("""
         import os, signal, sys
@@ -129,7 +124,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwe
 
 
 def test_save_total_limit_keeps_newest_and_protected(tmp_path, tiny_qwen_dir, cache_dir):
-    data_file(tmp_path)
+    sample_data(tmp_path, 40)
     config = config_for(tmp_path, tiny_qwen_dir, cache_dir, save_steps=1, save_total_limit=2, epochs=1)
     summary = run_to_end(config)
     out = tmp_path / "out"
@@ -160,7 +155,7 @@ def nan_at(model, steps_to_poison):
 
 
 def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_qwen_dir, cache_dir):
-    data_file(tmp_path)
+    sample_data(tmp_path, 40)
     run = setup(config_for(tmp_path, tiny_qwen_dir, cache_dir, grad_accum_steps=1, epochs=1), **QUIET)
     nan_at(run.prepared.model, {3})
     summary = fit(run, **QUIET)
@@ -171,7 +166,7 @@ def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_qwen_dir, cache_dir):
 
 
 def test_repeated_nans_stop_the_run_with_the_step_and_lr(tmp_path, tiny_qwen_dir, cache_dir):
-    data_file(tmp_path)
+    sample_data(tmp_path, 40)
     run = setup(config_for(tmp_path, tiny_qwen_dir, cache_dir, grad_accum_steps=1, max_bad_steps=3), **QUIET)
     nan_at(run.prepared.model, {"all"})
     with pytest.raises(TrainingStopped, match=r"3 non-finite losses or gradients in a row, the last at step 3 "
@@ -180,7 +175,7 @@ def test_repeated_nans_stop_the_run_with_the_step_and_lr(tmp_path, tiny_qwen_dir
 
 
 def test_early_stopping_ends_at_the_expected_evaluation(tmp_path, tiny_qwen_dir, cache_dir):
-    data_file(tmp_path)
+    sample_data(tmp_path, 40)
     config = config_for(tmp_path, tiny_qwen_dir, cache_dir, eval_steps=1, early_stopping_patience=2,
                         early_stopping_threshold=100.0, epochs=3)
     summary = run_to_end(config)
@@ -190,9 +185,9 @@ def test_early_stopping_ends_at_the_expected_evaluation(tmp_path, tiny_qwen_dir,
 
 
 def test_resume_with_a_different_data_file_is_refused(tmp_path, tiny_qwen_dir, cache_dir):
-    data_file(tmp_path)
+    sample_data(tmp_path, 40)
     run_to_end(config_for(tmp_path, tiny_qwen_dir, cache_dir, epochs=1, max_steps=4))
-    data_file(tmp_path, n=41)
+    sample_data(tmp_path, 41)
     resumed = config_for(tmp_path, tiny_qwen_dir, cache_dir, epochs=1, max_steps=4, resume_from_checkpoint="auto")
     with pytest.raises(CheckpointError, match=r"different inputs: data file .*--force_resume"):
         setup(resumed, **QUIET)
@@ -205,7 +200,7 @@ def test_a_write_error_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path,
     import errno
 
     from core import checkpoint as ckpt
-    data_file(tmp_path)
+    sample_data(tmp_path, 40)
     run = setup(config_for(tmp_path, tiny_qwen_dir, cache_dir, save_steps=2, eval_steps=0), **QUIET)
     original = ckpt.torch.save
 
@@ -226,7 +221,7 @@ def test_a_write_error_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path,
 def test_sigterm_on_the_command_line_prints_the_resume_command(tmp_path, tiny_qwen_dir, cache_dir):
     import shlex
     import time
-    data_file(tmp_path)
+    sample_data(tmp_path, 40)
     out = tmp_path / "out"
     args = ["--data_path", str(tmp_path / "data.jsonl"), "--model_name", str(tiny_qwen_dir), "--cache_dir",
             str(cache_dir), "--output_dir", str(out), "--batch_size", "2", "--epochs", "2", "--log_steps", "1"]
@@ -245,3 +240,18 @@ def test_sigterm_on_the_command_line_prints_the_resume_command(tmp_path, tiny_qw
     finished = subprocess.run([sys.executable, "train.py", *resume], capture_output=True, text=True, cwd=ROOT)
     assert finished.returncode == 0, finished.stderr[-1500:]
     assert (out / "epoch_2").is_dir()
+
+
+@dataclass
+class ConfigWithFlavour(TrainConfig):
+    flavour: str = option("plain", "a throwaway option that changes the run", changes_run=True)
+
+
+def test_a_new_option_marked_as_changing_the_run_is_checked_on_resume(tmp_path, tiny_qwen_dir, cache_dir):
+    sample_data(tmp_path, 40)
+    base = config_for(tmp_path, tiny_qwen_dir, cache_dir, epochs=1, max_steps=2, save_steps=2, eval_steps=0).to_dict()
+    run_to_end(ConfigWithFlavour(**base, flavour="plain"))
+    resumed = {**base, "resume_from_checkpoint": "auto"}
+    with pytest.raises(CheckpointError, match=r"different inputs: --flavour 'plain' -> 'spicy'"):
+        setup(ConfigWithFlavour(**resumed, flavour="spicy"), **QUIET)
+    assert setup(ConfigWithFlavour(**{**resumed, "log_steps": 7}, flavour="plain"), **QUIET).state.step == 2

@@ -10,35 +10,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, write_jsonl
+from conftest import ROOT, make_run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.batching import collate, epoch_batches, pack
-from core.config import TrainConfig
 from core.last_layer import is_trimmed, trim_last_layer
 from core.lean_layers import make_lean
 from core.loss import summed_loss, summed_loss_full_logits
 from core.packed_attention import ATTENTION
-from core.run_setup import setup
 from core.tokenized import split_records
 from core.trainer import accumulate_gradients, fit
-
-SAMPLE = ROOT / "data" / "training.jsonl"
-
-
-def small_data(tmp_path, n=24):
-    records = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:n]]
-    return write_jsonl(tmp_path / "small.jsonl", records)
-
-
-def make_run(tmp_path, model_dir, cache_dir, log=lambda *_: None, **overrides):
-    options = dict(data_path=str(small_data(tmp_path)), model_name=str(model_dir), output_dir=str(tmp_path / "out"),
-                   cache_dir=str(cache_dir), epochs=1, batch_size=4, lr=1e-3, log_steps=2, save_steps=0,
-                   eval_split=0.25)
-    options.update(overrides)
-    config = TrainConfig(**options)
-    config.validate()
-    return setup(config, log=log)
 
 
 def gradients(model):
@@ -192,9 +173,7 @@ def test_a_model_that_cannot_pack_trains_on_padded_batches_and_says_why(tmp_path
     config.update(use_sliding_window=True, sliding_window=16, max_window_layers=0)
     (model_dir / "config.json").write_text(json.dumps(config))
     messages = []
-    options = TrainConfig(data_path=str(small_data(tmp_path)), model_name=str(model_dir), cache_dir=str(cache_dir),
-                          output_dir=str(tmp_path / "out"), epochs=1, eval_split=0.25, save_steps=0)
-    run = setup(options, log=messages.append)
+    run = make_run(tmp_path, model_dir, cache_dir, log=messages.append)
     assert not run.prepared.packed and run.prepared.model.config._attn_implementation == "sdpa"
     assert any("packing is off" in m and "sliding attention window (16)" in m for m in messages)
     loss, trained, real = accumulate_gradients(run, [run.data.train_idx[:4]])
