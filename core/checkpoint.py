@@ -161,8 +161,10 @@ def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(output_dir: Path, log=print) -> Restored | None:
-    """The newest checkpoint that loads; each newer one that does not is logged with the reason."""
-    for _, path in reversed(complete_checkpoints(output_dir)):
+    """The newest checkpoint that loads; each one tried before it (unreadable or newer) is logged with the reason."""
+    found = complete_checkpoints(output_dir)
+    unreadable = [path for step, path in found if step < 0]  # their step is unknown: tried first, to say why
+    for path in unreadable + [path for step, path in reversed(found) if step >= 0]:
         try:
             return load_checkpoint(path)
         except CheckpointError as err:
@@ -205,8 +207,9 @@ def check_resumable(restored: Restored, fingerprint: dict, force: bool, log=prin
         return
     message = f"{restored.path} was written with different inputs: {'; '.join(differences)}"
     if not force:
-        raise CheckpointError(message + ". The resumed run would not match the original; restore them, or pass "
-                              "--force_resume if you changed them on purpose")
+        raise CheckpointError(message + ". The resumed run would not match the original: restore them, or train "
+                              "into another --output_dir (or pass --overwrite_output_dir); --force_resume continues "
+                              "from this checkpoint anyway, for changes made on purpose")
     log(f"Warning: {message}; continuing because of --force_resume")
 
 
@@ -221,19 +224,27 @@ def truncate_metrics(output_dir: Path, step: int) -> None:
 # The output directory ----------------------------------------------------------------------------
 
 def claim_output_dir(output_dir: Path, fingerprint: dict, resuming: bool, overwrite: bool, log=print) -> None:
-    """Make `output_dir` this run's: clean crash leftovers, and refuse (or clear) another run's outputs."""
+    """Check that `output_dir` can be this run's: clean crash leftovers, refuse (or clear) another run's outputs.
+
+    It creates nothing: `mark_output_dir` writes the run's fingerprint once setup has succeeded.
+    """
     removed = remove_stale_temporaries(output_dir)
     if removed:
         log(f"Removed {len(removed)} unfinished temporary directories left by an earlier crash: {', '.join(removed)}")
     earlier = _run_outputs(output_dir)
-    if earlier and not resuming:
+    if any(p.name != RUN_FILE for p in earlier) and not resuming:  # run.json alone: a run that never started
         if not overwrite:
             raise CheckpointError(_occupied_message(output_dir, fingerprint))
         for path in earlier:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         log(f"--overwrite_output_dir: removed the earlier run's {len(earlier)} outputs from {output_dir}")
+
+
+def mark_output_dir(output_dir: Path, fingerprint: dict, config) -> None:
+    """Record whose run this directory holds (run.json) and its resolved options (train_config.json)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RUN_FILE).write_text(json.dumps(fingerprint, indent=2) + "\n")
+    config.save(output_dir / CONFIG_FILE)
 
 
 def _run_outputs(output_dir: Path) -> list[Path]:

@@ -58,7 +58,7 @@ def report_errors(command: Callable[[], int]) -> int:
     except TrainingStopped as err:
         return fail(str(err), err.exit_code)
     except KeyboardInterrupt:
-        return fail("interrupted before training started; nothing was written", 130)
+        return fail("interrupted before training started; no checkpoint was written", 130)
     except StoppedAtOnce as err:  # a second signal; a save it interrupted has removed its temporary directory
         return fail(f"{err}; the last complete checkpoint is intact", err.exit_code)
     except MemoryError:

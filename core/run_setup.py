@@ -96,7 +96,7 @@ def setup(config: TrainConfig, log=print) -> Run:
                                                                       amp_dtype), fingerprint)
     if restored is not None:
         restore(run, restored, log)
-    config.save(output_dir / ckpt.CONFIG_FILE)
+    ckpt.mark_output_dir(output_dir, fingerprint, config)
     return run
 
 

@@ -252,9 +252,11 @@ def save(run: Run, name: str) -> Path:
 
 
 def refuse_non_finite(run: Run, name: str) -> None:
-    if not weights_finite(run):
-        raise TrainingStopped(f"the weights are not finite at step {run.state.step}, so {name}/ was not written "
-                              f"(learning rate {run.optim.scheduler.get_last_lr()[0]:.3g}); lower --lr")
+    """Never write a model that has diverged: non-finite weights, or a last step whose loss was not finite."""
+    if run.state.bad_steps_in_row or not weights_finite(run):
+        raise TrainingStopped(f"the model diverged (non-finite weights or loss at step {run.state.step}), so {name}/ "
+                              f"was not written (learning rate {run.optim.scheduler.get_last_lr()[0]:.3g}); lower "
+                              "--lr or raise --warmup_ratio")
 
 
 def interrupted(run: Run, signum: int) -> TrainingStopped:
