@@ -347,8 +347,7 @@ WORKERS = {"project": project_worker, "trl": trl_worker, "parity": parity_worker
 def run_worker(kind: str, args, data: Path, model_dir: Path, work_dir: Path, huge_pages: bool | None = None) -> dict:
     """Run one worker in a fresh Python process and return its JSON result (and its wall time).
 
-    `huge_pages` sets or clears THP_MEM_ALLOC_ENABLE for the child (None: inherit). This process has
-    imported `core`, which sets it, so a worker that must run as its framework ships says False.
+    `huge_pages` sets or clears THP_MEM_ALLOC_ENABLE for the child (None: inherit from this process).
     """
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--data", str(data),
                "--model_dir", str(model_dir), "--work_dir", str(work_dir), "--device", args.device,

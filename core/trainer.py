@@ -252,8 +252,12 @@ def save(run: Run, name: str) -> Path:
 
 
 def refuse_non_finite(run: Run, name: str) -> None:
-    """Never write a model that has diverged: non-finite weights, or a last step whose loss was not finite."""
-    if run.state.bad_steps_in_row or not weights_finite(run):
+    """Never write a diverged model: non-finite weights, or, with no validation to vouch for it, a run that
+    ends on a non-finite step."""
+    state = run.state
+    ending = state.epoch >= run.config.epochs or state.step >= run.optim.total_steps
+    unvouched = state.bad_steps_in_row and ending and not run.data.eval_idx.size
+    if unvouched or not weights_finite(run):
         raise TrainingStopped(f"the model diverged (non-finite weights or loss at step {run.state.step}), so {name}/ "
                               f"was not written (learning rate {run.optim.scheduler.get_last_lr()[0]:.3g}); lower "
                               "--lr or raise --warmup_ratio")
