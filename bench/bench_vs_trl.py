@@ -561,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmp)
         data = write_records(tmp / "train.jsonl", args.examples)
         model_dir = prepare_model(args.model, tmp, args.cache_dir)
-        workers = {"project": ("project", False), "trl": ("trl", False)}  # name: (worker, huge pages)
+        workers = {"project": ("project", True), "trl": ("trl", False)}  # name: (worker, huge pages)
         if args.trl_huge_pages:
             workers["trl_thp"] = ("trl", True)
         runs = {name: [] for name in workers}

@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.dataset import Conversation, DataError, Message
+from core.data_files import DataError
+from core.dataset import Conversation, Message
 
 
 class TemplateError(RuntimeError):

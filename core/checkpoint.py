@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from core.config import TrainConfig, run_options
 from core.utils import atomic_directory, remove_stale_temporaries
 
 STATE_FILE = "trainer_state.json"
@@ -69,11 +70,14 @@ class Restored:
 # Writing -----------------------------------------------------------------------------------------
 
 def save_model_dir(target: Path, model, tokenizer, extra_files: dict[str, str] | None = None,
-                   tensors: dict | None = None) -> None:
-    """Write a loadable model directory atomically; any failure leaves the previous one and no leftovers."""
+                   tensors: dict | None = None, weights: dict | None = None) -> None:
+    """Write a loadable model directory atomically; any failure leaves the previous one and no leftovers.
+
+    `weights` replaces the model's own state dict (a sharded model's gathered weights).
+    """
     try:
         with atomic_directory(target) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
             tokenizer.save_pretrained(tmp)
             if tensors is not None:
                 torch.save(tensors, tmp / TENSORS_FILE)
@@ -84,11 +88,10 @@ def save_model_dir(target: Path, model, tokenizer, extra_files: dict[str, str] |
         raise CheckpointError(f"could not write {target}: {reason}; earlier checkpoints are intact") from None
 
 
-def save_checkpoint(target: Path, model, tokenizer, config, state: TrainState, fingerprint: dict,
-                    optimizer, scheduler, scaler, rng_state: dict) -> None:
-    tensors = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "scaler": scaler.state_dict(), "rng": rng_state}
-    save_model_dir(target, model, tokenizer, tensors=tensors, extra_files={
+def save_checkpoint(target: Path, model, tokenizer, config, state: TrainState, fingerprint: dict, tensors: dict,
+                    weights: dict | None = None) -> None:
+    """A model directory plus the training state: `tensors` holds the optimizer, scheduler, scaler and RNG states."""
+    save_model_dir(target, model, tokenizer, tensors=tensors, weights=weights, extra_files={
         CONFIG_FILE: json.dumps(config.to_dict(), indent=2),
         STATE_FILE: json.dumps({"state": asdict(state), "fingerprint": fingerprint}, indent=2)})
 
@@ -189,14 +192,20 @@ def find_resume(resume_from: str, output_dir: Path, log=print) -> Restored | Non
 
 
 def fingerprint_differences(before: dict, now: dict) -> list[str]:
-    """What differs between two run fingerprints, one phrase per difference."""
+    """What differs between two run fingerprints, one phrase per difference.
+
+    A key the older fingerprint lacks (an option added since) counts as its default, which is how
+    the older code behaved; `processes` is the number of training processes.
+    """
     differences = []
     if before.get("data_sha256") != now["data_sha256"]:
         differences.append(f"data file (sha256 {str(before.get('data_sha256'))[:12]} -> {now['data_sha256'][:12]})")
-    old_options = before.get("config", {})
-    for key in sorted(set(old_options) | set(now["config"])):
-        if old_options.get(key) != now["config"].get(key):
-            differences.append(f"--{key} {old_options.get(key)!r} -> {now['config'].get(key)!r}")
+    implicit = {**run_options(TrainConfig()), "processes": 1}
+    old, new = {**implicit, **before.get("config", {})}, {**implicit, **now["config"]}
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            name = key if key == "processes" else f"--{key}"
+            differences.append(f"{name} {old.get(key)!r} -> {new.get(key)!r}")
     return differences
 
 

@@ -31,7 +31,7 @@ def option(default: Any, help: str, choices: tuple | None = None, changes_run: b
 @dataclass
 class TrainConfig:
     # Data and model
-    data_path: str = option("", "training data: .jsonl or .json (input/output, messages or ShareGPT records); required")
+    data_path: str = option("", "training data: a .jsonl or .json file (optionally .gz), a directory of them or a glob pattern, of input/output, messages or ShareGPT records; required")
     model_name: str = option("Qwen/Qwen2.5-0.5B-Instruct", "hub id, local Hugging Face directory, local .gguf file, or 'smollm2' for the offline SmolLM2-135M-Instruct", changes_run=True)
     output_dir: str = option("./checkpoints", "where checkpoints, best_model/, config and metrics go")
     overwrite_output_dir: bool = option(False, "start afresh in an --output_dir that holds an earlier run (its checkpoints and logs are deleted)")
@@ -68,6 +68,7 @@ class TrainConfig:
     # Hardware and speed
     device: str = option("auto", "cuda, mps or cpu (auto: the first available in that order)", ("auto", "cuda", "mps", "cpu"))
     precision: str = option("auto", "auto: bf16 autocast on GPUs that support it, fp16 on older GPUs, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"), changes_run=True)
+    distributed: str = option("ddp", "with several processes (torchrun, accelerate launch): data parallel (ddp) or fully sharded (fsdp, for models that do not fit one device)", ("ddp", "fsdp"), changes_run=True)
     packing: bool = option(True, "lay each micro-batch's sequences end to end in one row (no padding, attention kept within each sequence); off: right-padded batches of similar lengths", changes_run=True)
     head_chunk_rows: int = option(2048, "trained positions whose logits are computed at once by the selective loss (lower: less memory, more kernel launches)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
@@ -77,7 +78,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Check every option before anything loads: ranges, finiteness, and directories that are files."""
         if not self.data_path:
-            raise ConfigError("--data_path is required (a .jsonl or .json file of training records)")
+            raise ConfigError("--data_path is required (a .jsonl or .json file of training records, or a directory of them)")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):

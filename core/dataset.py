@@ -1,4 +1,4 @@
-"""Read training files into validated conversations.
+"""Validate raw records (core/data_files.py) into conversations.
 
 Three record formats, detected per record and mixable in one file:
   {"input": ..., "output": ..., "system"?: ...}                     the original pair format
@@ -11,10 +11,11 @@ Nothing is skipped silently: blank JSONL lines are the only thing passed over.
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from core.data_files import DataError, iter_raw_records
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -22,10 +23,6 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
 # "sytem" or "trian" would otherwise be ignored and silently change what is trained).
 RECORD_KEYS = {"output": ("input", "output", "system"), "messages": ("messages",), "conversations": ("conversations",)}
 TURN_KEYS = {"messages": ("role", "content", "train"), "conversations": ("from", "value", "train")}
-
-
-class DataError(ValueError):
-    """A problem with the training data; the message is one line, meant for the user as it is."""
 
 
 @dataclass
@@ -65,72 +62,6 @@ class LoadStats:
     merged_records: int = 0
     system_added: int = 0
     formats: dict[str, int] = field(default_factory=dict)
-
-
-def check_file(path: str | Path) -> Path:
-    """Refuse, before anything reads it, a path that is no readable data file of a known extension."""
-    path = Path(path)
-    if path.suffix not in (".jsonl", ".json"):
-        raise DataError(f"{path}: unknown extension {path.suffix or '(none)'!r}; use .jsonl (one record per line) "
-                        "or .json (a list of records)")
-    if path.is_dir():
-        raise DataError(f"{path} is a directory; pass a .jsonl or .json file")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        path.open("rb").close()
-    except OSError as err:
-        raise DataError(f"{path}: cannot read the file ({err.strerror})") from None
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
-    return path
-
-
-def iter_raw_records(path: str | Path) -> Iterator[tuple[str, object]]:
-    """Yield (location, parsed JSON value) for each record, streaming JSONL line by line."""
-    path = check_file(path)
-    if path.suffix == ".jsonl":
-        yield from _iter_jsonl(path)
-        return
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise DataError(f"{path}: cannot read the file ({err.strerror})") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: a .json file must hold a list of records, got {type(data).__name__}")
-    if not data:
-        raise DataError(f"{path}: the list of records is empty")
-    for index, value in enumerate(data):
-        yield f"{path} item {index}", value
-
-
-def _iter_jsonl(path: Path) -> Iterator[tuple[str, object]]:
-    seen = False
-    try:
-        handle = path.open("rb")  # bytes: a bad byte is then reported with its line, not as a traceback
-    except OSError as err:
-        raise DataError(f"{path}: cannot read the file ({err.strerror})") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path} line {number}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
-                                f"{err.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} line {number}: invalid JSON ({err.msg} at column {err.colno})") from None
-            seen = True
-            yield f"{path} line {number}", value
-    if not seen:
-        raise DataError(f"{path}: file is empty (only blank lines)")
 
 
 def parse_record(where: str, record: object, options: DataOptions) -> tuple[Conversation, str]:

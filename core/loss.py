@@ -73,13 +73,12 @@ def trained_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return batch * labels.shape[1] + pos, shifted[batch, pos]
 
 
-def summed_loss(model, inputs: dict, labels: torch.Tensor, chunk_size: int = 2048, body=None) -> torch.Tensor:
+def summed_loss(model, inputs: dict, labels: torch.Tensor, chunk_size: int = 2048) -> torch.Tensor:
     """Sum (not mean) of token cross-entropies over trained tokens; the caller divides by its token count.
 
-    `inputs` are the model inputs of a padded or packed batch (`core.batching`, `core.packing`);
-    `body` is the (optionally compiled) transformer without its head.
+    `inputs` are the model inputs of a padded or packed batch (`core.batching`).
     """
-    body = body if body is not None else model.get_decoder()
+    body = model.get_decoder()
     index, targets = trained_positions(labels)
     if is_trimmed(model):  # the last layer returns the trained rows only
         selected = body(**inputs, use_cache=False, **{ROWS: index}).last_hidden_state[0]

@@ -8,8 +8,11 @@
   selective head      the loss takes logits at trained positions only (core/loss.py)
   trimmed last layer  the last layer's MLP on trained rows only (core/last_layer.py)
   compile             torch.compile of the decoder body (--compile)
-Each applied change is listed in `Prepared.patches` and in the log; a change that does not apply is
-logged with the reason. Nothing here happens at import time.
+  distributed         DDP, or FSDP2 with each decoder layer a unit, when launched on several processes
+The model and its loss are one module (`SummedLoss`), so that DDP and FSDP run their hooks around the
+selective head too, which reads the head's weight directly instead of calling the head. Each applied
+change is listed in `Prepared.patches` and in the log; a change that does not apply is logged with
+the reason. Nothing here happens at import time.
 """
 
 from __future__ import annotations
@@ -18,37 +21,55 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core import packed_attention
+from core import distributed, packed_attention
 from core.config import ConfigError, TrainConfig
+from core.distributed import Dist
 from core.last_layer import trim_last_layer
 from core.lean_layers import make_lean
 from core.loss import selective_head_refusal, summed_loss, summed_loss_full_logits
 from core.utils import autocast
 
 
+class SummedLoss(torch.nn.Module):
+    """The model and its loss as one module: sum of token cross-entropies over trained tokens."""
+
+    def __init__(self, model: torch.nn.Module, selective: bool, head_chunk_rows: int):
+        super().__init__()
+        self.model = model
+        self.selective = selective
+        self.head_chunk_rows = head_chunk_rows
+
+    def forward(self, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+        if self.selective:
+            return summed_loss(self.model, inputs, labels, self.head_chunk_rows)
+        return summed_loss_full_logits(self.model, inputs, labels)
+
+
 @dataclass
 class Prepared:
-    """A model ready to train, and how its loss is computed."""
+    """A model ready to train, and the module that computes its loss (wrapped for DDP or FSDP when distributed)."""
     model: torch.nn.Module
+    loss_module: torch.nn.Module
     device: torch.device
     amp_dtype: torch.dtype
-    head_chunk_rows: int
-    body: torch.nn.Module | None = None   # the (optionally compiled) decoder, when the selective head applies
     packed: bool = False                  # batches are packed rows, not padded ones
     patches: list[str] = field(default_factory=list)
+
+    @property
+    def selective(self) -> bool:
+        return getattr(self.loss_module, "module", self.loss_module).selective
 
     def loss_sum(self, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
         """Sum of token cross-entropies over trained tokens, under the run's autocast."""
         with autocast(self.device, self.amp_dtype):
-            if self.body is not None:
-                return summed_loss(self.model, inputs, labels, self.head_chunk_rows, body=self.body)
-            return summed_loss_full_logits(self.model, inputs, labels)
+            return self.loss_module(inputs, labels)
 
 
-def prepare_model(model, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype, log=print) -> Prepared:
+def prepare_model(model, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype, dist: Dist | None = None,
+                  log=print) -> Prepared:
     model.to(device)
     model.train()  # from_pretrained returns eval mode, in which gradient checkpointing is inactive
-    prepared = Prepared(model, device, amp_dtype, config.head_chunk_rows)
+    prepared = Prepared(model, SummedLoss(model, False, config.head_chunk_rows), device, amp_dtype)
     notes = []
     if device.type == "cpu":
         changed = make_lean(model)
@@ -71,7 +92,7 @@ def prepare_model(model, config: TrainConfig, device: torch.device, amp_dtype: t
         prepared.patches.append("gradient checkpointing")
     refusal = selective_head_refusal(model)
     if refusal is None:
-        prepared.body = model.get_decoder()
+        prepared.loss_module.selective = True
         prepared.patches.append(f"selective head: logits at trained positions only, {config.head_chunk_rows} rows "
                                 "at a time")
         if trim_last_layer(model):
@@ -79,15 +100,24 @@ def prepare_model(model, config: TrainConfig, device: torch.device, amp_dtype: t
     else:
         notes.append(f"selective head is off: {refusal}; the loss takes the model's full logits")
     if config.compile:
-        if prepared.body is None:
+        if refusal is not None:
             raise ConfigError(f"--compile compiles the decoder body of the selective head, which this model cannot "
                               f"use ({refusal}); run without --compile")
-        prepared.body = torch.compile(prepared.body)
+        model.get_decoder().compile()
         prepared.patches.append("torch.compile of the decoder body")
+    prepared.loss_module, wrapped = distributed.wrap(prepared.loss_module, dist or Dist(), decoder_layers(model),
+                                                     amp_dtype)
+    if wrapped:
+        prepared.patches.append(wrapped)
     log("Model: " + ("; ".join(prepared.patches) or "stock"))
     for note in notes:
         log(f"Note: {note}")
     return prepared
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The decoder's layers (FSDP's units), or none where the model keeps them elsewhere."""
+    return list(getattr(model.get_decoder(), "layers", []))
 
 
 def set_stop_tokens(model, tokenizer, end_of_turn_ids: list[int]) -> list[int]:

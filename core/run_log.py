@@ -16,10 +16,12 @@ from tqdm import tqdm
 class RunLog:
     """The metrics file, the progress bar and the tokens-per-second window between log lines."""
 
-    def __init__(self, metrics_path: Path, total_steps: int, first_step: int, log=tqdm.write):
-        self.log = log
-        self._file = metrics_path.open("a")
-        self._bar = tqdm(total=total_steps, initial=first_step, desc="Training", unit="step", dynamic_ncols=True)
+    def __init__(self, metrics_path: Path, total_steps: int, first_step: int, log=tqdm.write, enabled: bool = True):
+        """`enabled` False (ranks other than 0): nothing is written or shown."""
+        self.log = log if enabled else lambda *_: None
+        self._file = metrics_path.open("a") if enabled else None
+        self._bar = tqdm(total=total_steps, initial=first_step, desc="Training", unit="step", dynamic_ncols=True,
+                         disable=not enabled or None)
         self._window_start = self._last_step = time.perf_counter()
 
     def __enter__(self) -> RunLog:
@@ -27,11 +29,13 @@ class RunLog:
 
     def __exit__(self, *exc) -> None:
         self._bar.close()
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def record(self, entry: dict) -> None:
-        self._file.write(json.dumps(entry) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(entry) + "\n")
+            self._file.flush()
 
     def step_done(self, loss: float, lr: float, real_tokens: int) -> None:
         now = time.perf_counter()

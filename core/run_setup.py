@@ -19,13 +19,16 @@ from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
 
 from core import checkpoint as ckpt
+from core import distributed
 from core.checkpoint import Restored, TrainState
 from core.config import ConfigError, TrainConfig, run_options
+from core.data_files import data_files, data_sha256
 from core.data_report import data_statistics, format_statistics
-from core.dataset import check_file, data_options
+from core.dataset import data_options
+from core.distributed import Dist
 from core.model_prep import Prepared, prepare_model, set_stop_tokens
 from core.models import default_cache_dir, load_model_and_tokenizer
-from core.tokenized import TokenizedData, file_sha256, split_sequences, tokenize_file
+from core.tokenized import TokenizedData, split_sequences, tokenize_file
 from core.utils import (
     pick_device,
     pick_precision,
@@ -59,6 +62,7 @@ class Run:
     data: Splits
     optim: Optimization
     fingerprint: dict
+    dist: Dist = field(default_factory=Dist)
     state: TrainState = field(default_factory=TrainState)
     resumed_from: Path | None = None
     on_event: Callable[..., None] = lambda name, run, **details: None
@@ -75,29 +79,41 @@ def setup(config: TrainConfig, log=print) -> Run:
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
     device = pick_device(config.device)
     amp_dtype = pick_precision(device, config.precision)
-    data_hash = file_sha256(check_file(config.data_path))
-    fingerprint = {"data_sha256": data_hash, "config": run_options(config)}
+    dist = distributed.init_distributed(config.distributed, device)
+    device, log = distributed.local_device(dist, device), log if dist.is_main else (lambda *_: None)
+    data_hash = data_sha256(data_files(config.data_path))
+    fingerprint = {"data_sha256": data_hash, "config": {**run_options(config), "processes": dist.world_size}}
     output_dir = Path(config.output_dir)
-    recover_interrupted_swap(output_dir / "best_model")
-    restored = ckpt.find_resume(config.resume_from_checkpoint, output_dir, log)
-    if restored is not None:
-        ckpt.check_resumable(restored, fingerprint, config.force_resume, log)
-    ckpt.claim_output_dir(output_dir, fingerprint, restored is not None, config.overwrite_output_dir, log)
+    restored = setup_output_dir(config, output_dir, fingerprint, dist, log)
     set_seed(config.seed)
     model, tokenizer = load_model_and_tokenizer(str(restored.path if restored else config.model_name),
                                                 config.cache_dir, config.trust_remote_code)
-    splits = setup_data(config, tokenizer, data_hash, log)
+    with distributed.main_first(dist):  # rank 0 tokenises into the cache; the others then read it
+        splits = setup_data(config, tokenizer, data_hash, log)
     if device.type == "cpu" and not retain_freed_memory():
         log("Note: the C library (not glibc?) refused to keep freed memory for reuse, so every step faults its "
             "activations in afresh: slower on the CPU, not wrong")
-    prepared = prepare_model(model, config, device, amp_dtype, log)
+    prepared = prepare_model(model, config, device, amp_dtype, dist, log)
     set_stop_tokens(model, tokenizer, splits.sequences.summary["format"]["end_of_turn_ids"])
-    run = Run(config, prepared, tokenizer, splits, setup_optimization(model, config, len(splits.train_idx), device,
-                                                                      amp_dtype), fingerprint)
+    optim = setup_optimization(model, config, len(splits.train_idx), device, amp_dtype, dist)
+    run = Run(config, prepared, tokenizer, splits, optim, fingerprint, dist)
     if restored is not None:
         restore(run, restored, log)
-    ckpt.mark_output_dir(output_dir, fingerprint, config)
+    if dist.is_main:
+        ckpt.mark_output_dir(output_dir, fingerprint, config)
     return run
+
+
+def setup_output_dir(config: TrainConfig, output_dir: Path, fingerprint: dict, dist: Dist, log) -> Restored | None:
+    """Find the checkpoint to resume from (checked against this run), and claim the directory (rank 0)."""
+    restored = ckpt.find_resume(config.resume_from_checkpoint, output_dir, log)
+    if restored is not None:
+        ckpt.check_resumable(restored, fingerprint, config.force_resume, log)
+    if dist.is_main:
+        recover_interrupted_swap(output_dir / "best_model")
+        ckpt.claim_output_dir(output_dir, fingerprint, restored is not None, config.overwrite_output_dir, log)
+    distributed.barrier(dist)
+    return restored
 
 
 def setup_data(config: TrainConfig, tokenizer, data_hash: str, log) -> Splits:
@@ -114,17 +130,18 @@ def setup_data(config: TrainConfig, tokenizer, data_hash: str, log) -> Splits:
     return Splits(data, train_idx, eval_idx)
 
 
-def setup_optimization(model, config: TrainConfig, n_train: int, device: torch.device,
-                       amp_dtype: torch.dtype) -> Optimization:
+def setup_optimization(model, config: TrainConfig, n_train: int, device: torch.device, amp_dtype: torch.dtype,
+                       dist: Dist) -> Optimization:
     """AdamW without weight decay on biases and norm weights (fused on CUDA and CPU), its schedule and scaler."""
-    steps_per_epoch = math.ceil(math.ceil(n_train / config.batch_size) / config.grad_accum_steps)
+    global_batch = config.batch_size * dist.world_size
+    steps_per_epoch = math.ceil(math.ceil(n_train / global_batch) / config.grad_accum_steps)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type in ("cuda", "cpu")
+    fused = device.type in ("cuda", "cpu") and distributed.fused_optimizer_ok(dist)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=fused, foreach=None if fused else True)
     schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_scheduler]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
@@ -134,10 +151,12 @@ def setup_optimization(model, config: TrainConfig, n_train: int, device: torch.d
 
 
 def restore(run: Run, restored: Restored, log) -> None:
-    run.optim.optimizer.load_state_dict(restored.tensors["optimizer"])
+    distributed.load_optimizer_state(run.prepared.loss_module, run.optim.optimizer, restored.tensors["optimizer"],
+                                     run.dist)
     run.optim.scheduler.load_state_dict(restored.tensors["scheduler"])
     run.optim.scaler.load_state_dict(restored.tensors["scaler"])
     set_rng_state(restored.tensors["rng"])
     run.state, run.resumed_from = restored.state, restored.path
-    ckpt.truncate_metrics(run.output_dir, run.state.step)
+    if run.dist.is_main:
+        ckpt.truncate_metrics(run.output_dir, run.state.step)
     log(f"Resumed at step {run.state.step}, epoch {run.state.epoch + 1}, batch {run.state.batch_in_epoch}")

@@ -7,7 +7,7 @@ Layout of a cache entry (one directory, renamed into place only when complete):
   records.npy  int64, the record each sequence came from (the split is by record)
   hashes.npy   uint64, a content hash per record (duplicate detection)
   summary.json counts for the run summary and `inspect`
-The key covers the data file's bytes and its extension (which decides how the bytes are read), the
+The key covers the data files' bytes and their formats (the extension decides how bytes are read), the
 tokenizer, its chat template and every formatting option, so a second run with the same inputs
 starts immediately and any change re-tokenises.
 """
@@ -25,7 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from core.chat_format import ChatEncoder, FormatStats
-from core.dataset import DataOptions, LoadStats, check_file, load_conversations
+from core.data_files import data_files, data_format, data_sha256
+from core.dataset import DataOptions, LoadStats, load_conversations
 from core.utils import atomic_directory
 
 FORMAT_VERSION = 4
@@ -55,11 +56,6 @@ class TokenizedData:
         return self.ids[start:end], self.trained[start:end]
 
 
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def tokenizer_fingerprint(tokenizer) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -75,9 +71,10 @@ def tokenize_file(path: str | Path, tokenizer, options: DataOptions, max_length:
 
     `data_hash` is the file's sha256 where the caller has it already (a large file is read once).
     """
-    data_hash = data_hash or file_sha256(check_file(path))
+    files = data_files(path)
+    data_hash = data_hash or data_sha256(files)
     key = hashlib.sha256(json.dumps({
-        "data": data_hash, "extension": Path(path).suffix, "tokenizer": tokenizer_fingerprint(tokenizer),
+        "data": data_hash, "formats": [data_format(f) for f in files], "tokenizer": tokenizer_fingerprint(tokenizer),
         "max_length": max_length,
         "options": asdict(options), "version": FORMAT_VERSION}, sort_keys=True).encode()).hexdigest()[:20]
     entry = cache_root / "tokens" / key

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from core import checkpoint as ckpt
+from core import distributed
 from core.batching import IGNORE, collate, epoch_batches, eval_batches, pack
 from core.run_log import RunLog
 from core.run_setup import Run
@@ -39,10 +40,10 @@ class TrainingStopped(RuntimeError):
 # One step ----------------------------------------------------------------------------------------
 
 def train_batches(run: Run, epoch: int) -> list[np.ndarray]:
-    """The epoch's batch order: shuffled, and length-grouped only when batches are padded."""
+    """The epoch's global batches (each rank trains its share): shuffled, length-grouped only when padded."""
     config = run.config
-    return epoch_batches(run.data.train_idx, run.data.sequences.lengths, config.batch_size, config.seed, epoch,
-                         group_batches=None if run.prepared.packed else config.length_group_batches)
+    return epoch_batches(run.data.train_idx, run.data.sequences.lengths, config.batch_size * run.dist.world_size,
+                         config.seed, epoch, group_batches=None if run.prepared.packed else config.length_group_batches)
 
 
 def make_batch(run: Run, batch: np.ndarray) -> tuple[dict, torch.Tensor]:
@@ -52,22 +53,40 @@ def make_batch(run: Run, batch: np.ndarray) -> tuple[dict, torch.Tensor]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}, labels.to(device)
 
 
-def accumulate_gradients(run: Run, micro_batches: list[np.ndarray]) -> tuple[float, int, int]:
-    """Backward over the micro-batches, each scaled by 1 / (trained tokens of all of them).
+def rank_share(run: Run, batch: np.ndarray) -> tuple[np.ndarray, bool]:
+    """This rank's part of a global batch, or (where that is empty) a stand-in whose loss counts zero: every
+    rank must run each forward and backward, since DDP and FSDP communicate inside them."""
+    part = distributed.shard(run.dist, batch)
+    return (part, True) if len(part) else (batch[:1], False)
 
-    Returns (mean token loss, trained tokens, real tokens). The gradient equals that of one batch
-    holding all the micro-batches, whatever their sizes.
+
+def trained_tokens(labels: torch.Tensor) -> int:
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
+def accumulate_gradients(run: Run, micro_batches: list[np.ndarray]) -> tuple[float, int, int]:
+    """Backward over the micro-batches, each scaled by 1 / (trained tokens of all of them, on all ranks).
+
+    Returns (mean token loss, trained tokens, real tokens), over all ranks. The gradient equals that of
+    one batch holding all the micro-batches, whatever their sizes and however many processes share them.
     """
-    batches = [make_batch(run, b) for b in micro_batches]
-    n_trained = sum(int((labels[:, 1:] != IGNORE).sum()) for _, labels in batches)
-    n_real = int(sum(run.data.sequences.lengths[b].sum() for b in micro_batches))
-    total = torch.zeros((), device=run.prepared.device)
-    for index, (inputs, labels) in enumerate(batches):
+    dist, device = run.dist, run.prepared.device
+    shares = [rank_share(run, b) for b in micro_batches]
+    batches = [(make_batch(run, part), counts) for part, counts in shares]
+    n_trained, n_real = distributed.sum_across(dist, [
+        sum(trained_tokens(labels) for (_, labels), counts in batches if counts),
+        sum(int(run.data.sequences.lengths[part].sum()) for part, counts in shares if counts)], device)
+    total = torch.zeros((), device=device)
+    for index, ((inputs, labels), counts) in enumerate(batches):
         run.on_event("micro_batch", run, index=index)
-        loss = run.prepared.loss_sum(inputs, labels)
-        run.optim.scaler.scale(loss / max(n_trained, 1)).backward()
+        with distributed.gradient_sync(run.prepared.loss_module, dist, sync=index == len(batches) - 1):
+            loss = run.prepared.loss_sum(inputs, labels)
+            loss = loss if counts else loss * 0.0
+            # DDP and FSDP average gradients over ranks: the world size turns that average into the sum.
+            run.optim.scaler.scale(loss * dist.world_size / max(n_trained, 1)).backward()
         total += loss.detach()
-    return float(total) / max(n_trained, 1), n_trained, n_real
+    (loss_sum,) = distributed.sum_across(dist, [float(total)], device)
+    return loss_sum / max(n_trained, 1), int(n_trained), int(n_real)
 
 
 def train_step(run: Run, micro_batches: list[np.ndarray]) -> tuple[float, float, int, int]:
@@ -76,7 +95,7 @@ def train_step(run: Run, micro_batches: list[np.ndarray]) -> tuple[float, float,
     mean_loss, n_trained, n_real = accumulate_gradients(run, micro_batches)
     optim.scaler.unscale_(optim.optimizer)
     params = [p for p in run.prepared.model.parameters() if p.grad is not None]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, run.config.max_grad_norm or float("inf")))
+    grad_norm = distributed.scalar(torch.nn.utils.clip_grad_norm_(params, run.config.max_grad_norm or float("inf")))
     # With fp16 the scaler itself skips steps with overflowing gradients; only a bad loss is ours to count.
     finite = math.isfinite(mean_loss) and (math.isfinite(grad_norm) or optim.scaler.is_enabled())
     if finite:
@@ -89,16 +108,21 @@ def train_step(run: Run, micro_batches: list[np.ndarray]) -> tuple[float, float,
 
 @torch.no_grad()
 def validate(run: Run) -> dict:
-    """Token-weighted validation loss and perplexity over the whole held-out split."""
+    """Token-weighted validation loss and perplexity over the whole held-out split (all ranks' shares)."""
     run.prepared.model.eval()
     total, tokens = 0.0, 0
-    for batch in eval_batches(run.data.eval_idx, run.data.sequences.lengths, run.config.batch_size):
-        inputs, labels = make_batch(run, batch)
-        total += run.prepared.loss_sum(inputs, labels).item()
-        tokens += int((labels[:, 1:] != IGNORE).sum())
+    for batch in eval_batches(run.data.eval_idx, run.data.sequences.lengths,
+                              run.config.batch_size * run.dist.world_size):
+        part, counts = rank_share(run, batch)
+        inputs, labels = make_batch(run, part)
+        loss = run.prepared.loss_sum(inputs, labels).item()
+        if counts:
+            total += loss
+            tokens += trained_tokens(labels)
+    total, tokens = distributed.sum_across(run.dist, [total, tokens], run.prepared.device)
     run.prepared.model.train()
     loss = total / max(tokens, 1)
-    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": tokens}
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(tokens)}
 
 
 # The loop ----------------------------------------------------------------------------------------
@@ -108,7 +132,7 @@ def fit(run: Run, log=tqdm.write) -> dict:
     config, state = run.config, run.state
     started, stop_reason = time.perf_counter(), None
     with StopSignal() as stop, RunLog(run.output_dir / ckpt.METRICS_FILE, run.optim.total_steps, state.step,
-                                      log) as run_log:
+                                      log, enabled=run.dist.is_main) as run_log:
         while stop_reason is None and state.epoch < config.epochs and not finished_between_epochs(run):
             batches = train_batches(run, state.epoch)
             while stop_reason is None and state.batch_in_epoch < len(batches) and state.step < run.optim.total_steps:
@@ -118,8 +142,8 @@ def fit(run: Run, log=tqdm.write) -> dict:
                 state.tokens_seen += n_real
                 run_log.step_done(loss, run.optim.scheduler.get_last_lr()[0], n_real)
                 stop_reason = after_step(run, run_log, loss, grad_norm, n_trained, n_real)
-                if stop.received:
-                    raise interrupted(run, stop.received)
+                if distributed.any_across(run.dist, stop.received is not None, run.prepared.device):
+                    raise interrupted(run, stop.received or signal.SIGTERM)  # another rank got the signal
             if stop_reason is None and state.batch_in_epoch < len(batches):
                 stop_reason = "max_steps"
             elif stop_reason is None:
@@ -181,14 +205,14 @@ def guard_bad_step(run: Run, run_log: RunLog, loss: float) -> None:
 
 
 def weights_finite(run: Run) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in run.prepared.model.parameters())
+    return distributed.all_finite(run.prepared.model.parameters(), run.dist, run.prepared.device)
 
 
 def end_epoch(run: Run, run_log: RunLog) -> str | None:
-    """Validate and save epoch_N/ at the end of an epoch; return a stop reason (early stopping) or None."""
+    """Validate (unless --eval_steps just did) and save epoch_N/; return a stop reason (early stopping) or None."""
     state = run.state
     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-    stop_reason = evaluate(run, run_log, state.epoch)
+    stop_reason = None if due(run.config.eval_steps, state.step) else evaluate(run, run_log, state.epoch)
     save(run, f"epoch_{state.epoch}")
     return stop_reason
 
@@ -230,23 +254,30 @@ def evaluate(run: Run, run_log: RunLog, epoch: int) -> str | None:
 
 def save_best(run: Run, result: dict) -> None:
     refuse_non_finite(run, "best_model")
-    ckpt.save_model_dir(run.output_dir / "best_model", run.prepared.model, run.tokenizer, extra_files={
-        ckpt.CONFIG_FILE: json.dumps(run.config.to_dict(), indent=2),
-        "best.json": json.dumps({"step": run.state.step, **result}, indent=2)})
+    weights = distributed.full_model_state(run.prepared.loss_module, run.dist)  # every rank takes part
+    if run.dist.is_main:
+        ckpt.save_model_dir(run.output_dir / "best_model", run.prepared.model, run.tokenizer, weights=weights,
+                            extra_files={ckpt.CONFIG_FILE: json.dumps(run.config.to_dict(), indent=2),
+                                         "best.json": json.dumps({"step": run.state.step, **result}, indent=2)})
+    distributed.barrier(run.dist)
 
 
 def save(run: Run, name: str) -> Path:
-    """Write checkpoint-N/ or epoch_N/, then rotate old checkpoints."""
+    """Write checkpoint-N/ or epoch_N/ (rank 0; every rank helps gather), then rotate old checkpoints."""
     refuse_non_finite(run, name)
-    path = run.output_dir / name
-    optim = run.optim
-    ckpt.save_checkpoint(path, run.prepared.model, run.tokenizer, run.config, run.state, run.fingerprint,
-                         optim.optimizer, optim.scheduler, optim.scaler, get_rng_state())
-    if run.config.save_total_limit:
-        protected = {p for p in (run.resumed_from,) if p is not None}
-        if run.state.best_step is not None:
-            protected.add(run.output_dir / f"checkpoint-{run.state.best_step}")
-        ckpt.rotate_checkpoints(run.output_dir, run.config.save_total_limit, protected)
+    path, optim, prepared = run.output_dir / name, run.optim, run.prepared
+    weights = distributed.full_model_state(prepared.loss_module, run.dist)
+    tensors = {"optimizer": distributed.optimizer_state(prepared.loss_module, optim.optimizer, run.dist),
+               "scheduler": optim.scheduler.state_dict(), "scaler": optim.scaler.state_dict(), "rng": get_rng_state()}
+    if run.dist.is_main:
+        ckpt.save_checkpoint(path, prepared.model, run.tokenizer, run.config, run.state, run.fingerprint, tensors,
+                             weights)
+        if run.config.save_total_limit:
+            protected = {p for p in (run.resumed_from,) if p is not None}
+            if run.state.best_step is not None:
+                protected.add(run.output_dir / f"checkpoint-{run.state.best_step}")
+            ckpt.rotate_checkpoints(run.output_dir, run.config.save_total_limit, protected)
+    distributed.barrier(run.dist)
     run.on_event("saved", run, path=path)
     return path
 
@@ -271,13 +302,15 @@ def interrupted(run: Run, signum: int) -> TrainingStopped:
 
 
 def write_summary(run: Run, stopped: str, seconds: float | None) -> dict:
-    """summary.json; a finished run must have written the best_model/ it names."""
+    """summary.json (rank 0); a finished run must have written the best_model/ it names."""
     state = run.state
     best = run.output_dir / "best_model"
-    if stopped in ("completed", "max_steps", "early_stopping") and not (best / ckpt.WEIGHTS_FILE).is_file():
+    finished = stopped in ("completed", "max_steps", "early_stopping")
+    if run.dist.is_main and finished and not (best / ckpt.WEIGHTS_FILE).is_file():
         raise TrainingStopped(f"the run ended ({stopped}) but {best} was not written; this is a bug")
     summary = {"steps": state.step, "epochs_completed": state.epoch, "best_eval_loss": state.best_loss,
                "best_step": state.best_step, "bad_steps_skipped": state.bad_steps_total, "stopped": stopped,
                "seconds": None if seconds is None else round(seconds, 1), "best_model": str(best)}
-    (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if run.dist.is_main:
+        (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

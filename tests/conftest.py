@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import re
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,22 @@ def make_config(tmp_path: Path, model_dir: Path, cache_dir: Path, **overrides):
 def make_run(tmp_path: Path, model_dir: Path, cache_dir: Path, log=lambda *_: None, **overrides):
     from core.run_setup import setup
     return setup(make_config(tmp_path, model_dir, cache_dir, **overrides), log=log)
+
+
+def cli(*args) -> tuple[int, str]:
+    """Run the command line in this process: (exit code, everything it printed)."""
+    from core.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, out.getvalue() + err.getvalue()
+
+
+def assert_error(result: tuple[int, str], pattern: str, code: int | None = None) -> str:
+    """Exactly one `error:` line matching `pattern`, a non-zero exit (or `code`), no traceback, no bug report."""
+    exit_code, output = result
+    assert exit_code != 0 and (code is None or exit_code == code), (exit_code, output[-2000:])
+    assert "Traceback" not in output and "internal error" not in output, output[-2000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and re.search(pattern, errors[0]), errors or output[-2000:]
+    return errors[0]

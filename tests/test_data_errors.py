@@ -8,7 +8,8 @@ import sys
 import pytest
 from conftest import ROOT, write_jsonl
 
-from core.dataset import DataError, DataOptions, load_conversations
+from core.data_files import DataError
+from core.dataset import DataOptions, load_conversations
 
 GOOD = {"input": "Hi", "output": "Hello."}
 

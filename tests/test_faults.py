@@ -5,38 +5,18 @@ line's own entry point (`core.cli.main`) in this process, so that what is checke
 sees: the exit code, exactly one `error:` line, no traceback, and what is on disk afterwards.
 """
 
-import io
 import json
 import os
 import re
 import shutil
 import signal
-from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 import torch
-from conftest import make_config, sample_data, write_jsonl
+from conftest import assert_error, cli, make_config, sample_data, write_jsonl
 
-from core.cli import main
 from core.run_setup import setup
 from core.trainer import TrainingStopped, fit
-
-
-def cli(*args) -> tuple[int, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return code, out.getvalue() + err.getvalue()
-
-
-def assert_error(result: tuple[int, str], pattern: str, code: int | None = None) -> str:
-    """Exactly one `error:` line matching `pattern`, a non-zero exit (or `code`), no traceback, no bug report."""
-    exit_code, output = result
-    assert exit_code != 0 and (code is None or exit_code == code), (exit_code, output[-2000:])
-    assert "Traceback" not in output and "internal error" not in output, output[-2000:]
-    errors = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and re.search(pattern, errors[0]), errors or output[-2000:]
-    return errors[0]
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ def test_prepare_model_applies_and_logs_each_cpu_patch(tmp_path, tiny_qwen_dir, 
     assert len(model_lines) == 1 and all(p in model_lines[0] for p in patches)
     model = run.prepared.model
     assert model.config._attn_implementation == ATTENTION
-    assert run.prepared.packed and run.prepared.body is model.get_decoder()
+    assert run.prepared.packed and run.prepared.selective and run.prepared.loss_module.model is model
 
 
 def test_a_head_the_selective_loss_cannot_take_is_logged_and_compile_is_refused(tmp_path, tiny_qwen_dir, cache_dir):
@@ -33,7 +33,7 @@ def test_a_head_the_selective_loss_cannot_take_is_logged_and_compile_is_refused(
     (model_dir / "config.json").write_text(json.dumps({**config, "final_logit_softcapping": 30.0}))
     messages = []
     run = make_run(tmp_path, model_dir, cache_dir, log=messages.append, gradient_checkpointing=True)
-    assert run.prepared.body is None and "gradient checkpointing" in run.prepared.patches
+    assert not run.prepared.selective and "gradient checkpointing" in run.prepared.patches
     assert "Note: selective head is off: the model soft-caps its logits; the loss takes the model's full logits" \
         in messages
     with pytest.raises(ConfigError, match=r"--compile compiles the decoder body .*soft-caps its logits"):
