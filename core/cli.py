@@ -23,7 +23,11 @@ USAGE = """Fine-tune a chat model into a roleplay chatbot.
 
   python train.py --data_path data/training.jsonl [options]      train
   python train.py inspect --data_path data/training.jsonl          check the data and see what is trained
-Every option is also a key of `--config file.yaml`; flags on the command line override the file."""
+  python train.py chat --model checkpoints/best_model              practise with the bot in the terminal
+  python train.py web --model checkpoints/best_model               ... or in the browser
+  python train.py evaluate --model checkpoints/best_model --data_path held_out.jsonl
+Every option is also a key of `--config file.yaml`; flags on the command line override the file;
+`python train.py COMMAND --help` lists a command's options."""
 
 
 @dataclass
@@ -35,11 +39,34 @@ class InspectConfig(TrainConfig):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["inspect"]:
-        return report_errors(lambda: inspect(parse_args(argv[1:], InspectConfig, prog="train.py inspect",
-                                                        description="Validate a data file and show what would "
-                                                                    "be trained.")))
-    return report_errors(lambda: train(argv))
+    verb = argv[0] if argv and not argv[0].startswith("-") else "train"
+    rest = argv[1:] if verb != "train" or argv[:1] == ["train"] else argv
+    commands = {"train": lambda: train(rest), "inspect": lambda: inspect_command(rest), "chat": lambda: chat(rest),
+                "web": lambda: web(rest), "evaluate": lambda: evaluate(rest)}
+    if verb not in commands:
+        return fail(f"unknown command {verb!r}; the commands are {', '.join(commands)} (see train.py --help)", 2)
+    return report_errors(commands[verb])
+
+
+def inspect_command(argv: list[str]) -> int:
+    return inspect(parse_args(argv, InspectConfig, prog="train.py inspect",
+                              description="Validate a data file and show what would be trained."))
+
+
+def chat(argv: list[str]) -> int:
+    from core.chat_cli import ChatConfig, chat
+    return chat(parse_args(argv, ChatConfig, prog="train.py chat", description="Practise with the bot."))
+
+
+def web(argv: list[str]) -> int:
+    from core.web_app import WebConfig, serve
+    return serve(parse_args(argv, WebConfig, prog="train.py web", description="Practise with the bot in a browser."))
+
+
+def evaluate(argv: list[str]) -> int:
+    from core.evaluate import EvaluateConfig, evaluate
+    return evaluate(parse_args(argv, EvaluateConfig, prog="train.py evaluate",
+                               description="Replies, loss and perplexity of a model on a data file."))
 
 
 def prefer_huge_pages() -> None:

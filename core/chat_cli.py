@@ -1,0 +1,144 @@
+"""`train.py chat`: a roleplay practice call in the terminal, with the reply streamed as it is written.
+
+Type as the sales rep; the model answers as the prospect. Commands start with a slash:
+  /new               start over with a new prospect (the same persona, a fresh conversation)
+  /undo              take back your last message and the prospect's reply
+  /persona TEXT      switch to another persona (and start over); /persona N picks scenario N
+  /personas          list the scenarios of --scenarios
+  /save FILE         append this conversation to FILE as a training record (JSONL, `messages` format)
+  /help, /quit
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from core.chat import Sampling, Scenario, as_record, load_for_chat, load_scenarios, stream_reply
+from core.config import ConfigError, option
+
+
+@dataclass
+class ChatConfig:
+    model: str = option("", "the model to talk to: a checkpoint directory (best_model/), hub id, .gguf file or 'smollm2'; required")
+    system_prompt: str = option("", "the persona the model plays (its system prompt)")
+    scenarios: str = option("", "a YAML list of {name, system} personas (or a text file with one); the first is used unless --system_prompt is given")
+    temperature: float = option(Sampling.temperature, "sampling temperature (higher: more varied replies)")
+    top_p: float = option(Sampling.top_p, "nucleus sampling: keep the most likely tokens up to this probability mass")
+    repetition_penalty: float = option(Sampling.repetition_penalty, "penalise tokens already in the conversation (1: off)")
+    no_repeat_ngram_size: int = option(Sampling.no_repeat_ngram_size, "never repeat a phrase of this many tokens within one reply (0: off)")
+    max_new_tokens: int = option(Sampling.max_new_tokens, "longest reply in tokens")
+    greedy: bool = option(False, "always the most likely reply (no sampling)")
+    seed: int = option(-1, "seed for sampling (-1: a different conversation every time)")
+    device: str = option("auto", "cuda, mps or cpu", ("auto", "cuda", "mps", "cpu"))
+    cache_dir: str = option("", "converted-model cache (default: ~/.cache/roleplay-tuner)")
+    trust_remote_code: bool = option(False, "allow model repositories to run their own Python code")
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("--model is required (a checkpoint directory such as checkpoints/best_model)")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ConfigError(f"--{name} must be a positive number, got {getattr(self, name)}")
+        if self.top_p > 1:
+            raise ConfigError(f"--top_p must be at most 1, got {self.top_p}")
+        for name in ("max_new_tokens",):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"--no_repeat_ngram_size must not be negative, got {self.no_repeat_ngram_size}")
+
+    def sampling(self) -> Sampling:
+        return Sampling(**{f.name: getattr(self, f.name) for f in fields(Sampling)})
+
+
+class Session:
+    """One practice call: the persona and the turns so far."""
+
+    def __init__(self, scenarios: list[Scenario], system: str):
+        self.scenarios = scenarios
+        self.system = system
+        self.turns: list[dict] = []
+
+    def messages(self) -> list[dict]:
+        return as_record(self.system, self.turns)["messages"]
+
+    def command(self, line: str) -> str:
+        """Carry out a slash command; return what to tell the user."""
+        name, _, argument = line[1:].partition(" ")
+        argument = argument.strip()
+        if name == "new":
+            self.turns = []
+            return "New prospect: the conversation starts over."
+        if name == "undo":
+            if not self.turns:
+                return "Nothing to undo."
+            self.turns = self.turns[:-2]
+            return "Took back your last message and the reply."
+        if name == "personas":
+            return "\n".join(f"  {i}: {s.name}" for i, s in enumerate(self.scenarios, 1)) or "No --scenarios given."
+        if name == "persona":
+            return self._switch(argument)
+        if name == "save":
+            return self._save(argument)
+        return __doc__.split("\n\n", 1)[1].strip()
+
+    def _switch(self, argument: str) -> str:
+        if argument.isdigit() and 1 <= int(argument) <= len(self.scenarios):
+            scenario = self.scenarios[int(argument) - 1]
+            self.system, self.turns = scenario.system, []
+            return f"Persona: {scenario.name}. The conversation starts over."
+        if not argument:
+            return "Usage: /persona TEXT, or /persona N for scenario N (/personas lists them)."
+        self.system, self.turns = argument, []
+        return "New persona. The conversation starts over."
+
+    def _save(self, argument: str) -> str:
+        if not argument:
+            return "Usage: /save FILE.jsonl"
+        if not any(t["role"] == "assistant" for t in self.turns):
+            return "Nothing to save yet: the prospect has not replied."
+        path = Path(argument).expanduser()
+        try:
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(as_record(self.system, self.turns), ensure_ascii=False) + "\n")
+        except OSError as err:
+            return f"Could not save to {path}: {err.strerror}"
+        return f"Saved this conversation to {path} as a training record."
+
+
+def chat(config: ChatConfig) -> int:
+    scenarios = load_scenarios(config.scenarios) if config.scenarios else []
+    system = config.system_prompt or (scenarios[0].system if scenarios else "")
+    model, tokenizer = load_for_chat(config.model, config.device, config.cache_dir, config.trust_remote_code)
+    session, sampling = Session(scenarios, system), config.sampling()
+    print(f"Practice call with {config.model}. You are the rep; /help lists the commands, /quit ends.")
+    if system:
+        print(f"Persona: {system}")
+    while True:
+        try:
+            line = input("rep> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if line in ("/quit", "/exit"):
+            return 0
+        if line.startswith("/"):
+            print(session.command(line))
+            continue
+        if not line:
+            continue
+        session.turns.append({"role": "user", "content": line})
+        if config.seed >= 0:
+            import torch
+            torch.manual_seed(config.seed + len(session.turns))
+        print("prospect> ", end="", flush=True)
+        reply = ""
+        for piece in stream_reply(model, tokenizer, session.messages(), sampling):
+            reply += piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print()
+        session.turns.append({"role": "assistant", "content": reply.strip()})
