@@ -17,12 +17,13 @@ prefer_huge_pages()  # before torch loads: it reads the allocator option at its 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from core.chat import generate_reply  # noqa: E402
 from core.config import TrainConfig, parse_args  # noqa: E402
 from core.dataset import data_options, load_conversations  # noqa: E402
+from core.generation import generate_reply  # noqa: E402
 from core.run_setup import setup  # noqa: E402
+from core.step import validate  # noqa: E402
 from core.tokenized import split_records  # noqa: E402
-from core.trainer import fit, validate  # noqa: E402
+from core.trainer import fit  # noqa: E402
 
 DEMO_DEFAULTS = ["--data_path", "data/training.jsonl", "--model_name", "smollm2", "--output_dir", "runs/demo",
                  "--epochs", "1", "--max_steps", "45", "--batch_size", "4", "--lr", "1e-4", "--warmup_ratio", "0.1",

@@ -204,7 +204,7 @@ def project_worker(args) -> dict:
 
     from core.config import TrainConfig
     from core.run_setup import setup
-    from core.trainer import train_batches, train_step
+    from core.step import train_batches, train_step
 
     matmul_now = matmul_rate(args.device)[0]
     work = Path(args.work_dir)
@@ -274,7 +274,7 @@ def parity_worker(args) -> dict:
     from core.batching import IGNORE
     from core.config import TrainConfig
     from core.run_setup import setup
-    from core.trainer import make_batch
+    from core.step import make_batch
 
     work = Path(args.work_dir)
     data = work / "parity.jsonl"

@@ -16,8 +16,9 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from core.chat import Sampling, Scenario, as_record, load_for_chat, load_scenarios, stream_reply
+from core.chat import Scenario, as_record, load_for_chat, load_scenarios
 from core.config import ConfigError, option
+from core.generation import Sampling, stream_reply
 
 
 @dataclass

@@ -34,7 +34,10 @@ CONFIG_FILE = "train_config.json"
 WEIGHTS_FILE = "model.safetensors"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
-RUN_OUTPUTS = (RUN_FILE, CONFIG_FILE, METRICS_FILE, "summary.json", "best_model")
+SAMPLES_FILE = "samples.jsonl"
+DATA_FILE = "data_summary.json"
+RUN_OUTPUTS = (RUN_FILE, CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, DATA_FILE, "summary.json", "best_model",
+               "report.html", "loss_curves.png", "training_curves.png", "tensorboard")
 _NAME = re.compile(r"^(checkpoint-\d+|epoch_\d+)$")
 
 
@@ -222,12 +225,13 @@ def check_resumable(restored: Restored, fingerprint: dict, force: bool, log=prin
     log(f"Warning: {message}; continuing because of --force_resume")
 
 
-def truncate_metrics(output_dir: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint, so the resumed run's lines are not doubled."""
-    path = output_dir / METRICS_FILE
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
+def truncate_logs(output_dir: Path, step: int) -> None:
+    """Drop metrics and samples written after the checkpoint, so the resumed run's lines are not doubled."""
+    for path in (output_dir / METRICS_FILE, output_dir / SAMPLES_FILE):
+        if path.is_file():
+            lines = [line for line in path.read_text().splitlines()
+                     if line.strip() and json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in lines))
 
 
 # The output directory ----------------------------------------------------------------------------
@@ -249,10 +253,11 @@ def claim_output_dir(output_dir: Path, fingerprint: dict, resuming: bool, overwr
         log(f"--overwrite_output_dir: removed the earlier run's {len(earlier)} outputs from {output_dir}")
 
 
-def mark_output_dir(output_dir: Path, fingerprint: dict, config) -> None:
-    """Record whose run this directory holds (run.json) and its resolved options (train_config.json)."""
+def mark_output_dir(output_dir: Path, fingerprint: dict, config, data_statistics: dict) -> None:
+    """Record whose run this directory holds (run.json), its resolved options and what its data holds."""
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RUN_FILE).write_text(json.dumps(fingerprint, indent=2) + "\n")
+    (output_dir / DATA_FILE).write_text(json.dumps(data_statistics, indent=2) + "\n")
     config.save(output_dir / CONFIG_FILE)
 
 

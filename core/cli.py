@@ -14,6 +14,7 @@ import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -122,18 +123,28 @@ def train(argv: list[str]) -> int:
     from core.run_setup import setup
     from core.trainer import TrainingStopped, fit
     config = parse_args(argv, TrainConfig, description=USAGE.split("\n")[0])
+    run = setup(config)
     try:
-        summary = fit(setup(config))
+        summary = fit(run)
     except TrainingStopped as err:
+        write_report(config, run.dist.is_main)
         if err.checkpoint is None:
             raise
         print(f"\n{err}\nTo resume: python train.py {shlex.join(resume_command(argv, err.checkpoint))}",
               file=sys.stderr)
         return err.exit_code
+    write_report(config, run.dist.is_main)
     best = summary["best_eval_loss"]
     print(f"Done: {summary['steps']} steps ({summary['stopped']}), best validation loss "
           f"{best if best is not None else 'n/a'}; model in {summary['best_model']}")
     return 0
+
+
+def write_report(config: TrainConfig, is_main: bool) -> None:
+    """report.html for the run in --output_dir (rank 0, unless --no-report)."""
+    from core.report import write_report as build
+    if config.report and is_main:
+        print(f"Report: {build(Path(config.output_dir))}")
 
 
 def resume_command(argv: list[str], checkpoint) -> list[str]:

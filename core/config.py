@@ -62,6 +62,10 @@ class TrainConfig:
     save_total_limit: int = option(0, "keep only the K newest checkpoint-N/ (0: keep all)")
     early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0: off)", changes_run=True)
     early_stopping_threshold: float = option(0.0, "smallest drop in validation loss that counts as an improvement", changes_run=True)
+    sample_prompts: int = option(4, "validation prompts whose replies (greedy and sampled) are generated at every evaluation and appended to samples.jsonl (0: none)")
+    sample_max_new_tokens: int = option(64, "longest sampled reply in tokens")
+    report: bool = option(True, "write report.html (curves, data, metrics, base against fine-tuned replies) when the run ends or is stopped")
+    report_to: str = option("none", "also send the metrics to a tracker", ("none", "tensorboard", "wandb", "trackio"))
     max_bad_steps: int = option(5, "stop after this many non-finite losses or gradients in a row")
     resume_from_checkpoint: str = option("", "checkpoint directory to resume from, or 'auto' for the newest intact one")
     force_resume: bool = option(False, "resume even if the data or hyper-parameters differ from the checkpoint's")
@@ -87,12 +91,13 @@ class TrainConfig:
             if choices and value not in choices:
                 raise ConfigError(f"--{f.name} must be one of {', '.join(choices)}, got {value!r}")
         positive = ("epochs", "batch_size", "grad_accum_steps", "max_length", "log_steps", "length_group_batches",
-                    "head_chunk_rows")
+                    "head_chunk_rows", "sample_max_new_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
         non_negative = ("max_steps", "save_steps", "eval_steps", "save_total_limit", "early_stopping_patience",
-                        "max_grad_norm", "weight_decay", "early_stopping_threshold", "max_bad_steps", "seed")
+                        "max_grad_norm", "weight_decay", "early_stopping_threshold", "max_bad_steps", "seed",
+                        "sample_prompts")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")

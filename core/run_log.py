@@ -16,9 +16,11 @@ from tqdm import tqdm
 class RunLog:
     """The metrics file, the progress bar and the tokens-per-second window between log lines."""
 
-    def __init__(self, metrics_path: Path, total_steps: int, first_step: int, log=tqdm.write, enabled: bool = True):
-        """`enabled` False (ranks other than 0): nothing is written or shown."""
+    def __init__(self, metrics_path: Path, total_steps: int, first_step: int, log=tqdm.write, enabled: bool = True,
+                 trackers: list | None = None):
+        """`enabled` False (ranks other than 0): nothing is written or shown. `trackers` get every entry too."""
         self.log = log if enabled else lambda *_: None
+        self._trackers = trackers or []
         self._file = metrics_path.open("a") if enabled else None
         self._bar = tqdm(total=total_steps, initial=first_step, desc="Training", unit="step", dynamic_ncols=True,
                          disable=not enabled or None)
@@ -31,11 +33,15 @@ class RunLog:
         self._bar.close()
         if self._file is not None:
             self._file.close()
+        for tracker in self._trackers:
+            tracker.close()
 
     def record(self, entry: dict) -> None:
         if self._file is not None:
             self._file.write(json.dumps(entry) + "\n")
             self._file.flush()
+        for tracker in self._trackers:
+            tracker.log(entry)
 
     def step_done(self, loss: float, lr: float, real_tokens: int) -> None:
         now = time.perf_counter()

@@ -19,7 +19,7 @@ from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
 
 from core import checkpoint as ckpt
-from core import distributed
+from core import distributed, trackers
 from core.checkpoint import Restored, TrainState
 from core.config import ConfigError, TrainConfig, run_options
 from core.data_files import data_files, data_sha256
@@ -28,6 +28,7 @@ from core.dataset import data_options
 from core.distributed import Dist
 from core.model_prep import Prepared, prepare_model, set_stop_tokens
 from core.models import default_cache_dir, load_model_and_tokenizer
+from core.samples import validation_prompts
 from core.tokenized import TokenizedData, split_sequences, tokenize_file
 from core.utils import (
     pick_device,
@@ -44,6 +45,8 @@ class Splits:
     sequences: TokenizedData
     train_idx: np.ndarray
     eval_idx: np.ndarray
+    statistics: dict           # what `inspect` prints; also written to data_summary.json
+    prompts: list[dict]        # validation prompts whose replies samples.jsonl follows (core/samples.py)
 
 
 @dataclass
@@ -77,6 +80,7 @@ class Run:
 def setup(config: TrainConfig, log=print) -> Run:
     """Check the inputs, claim the output directory, then load data, model and optimizer; restore when resuming."""
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
+    trackers.check_available(config.report_to)
     device = pick_device(config.device)
     amp_dtype = pick_precision(device, config.precision)
     dist = distributed.init_distributed(config.distributed, device)
@@ -90,6 +94,8 @@ def setup(config: TrainConfig, log=print) -> Run:
                                                 config.cache_dir, config.trust_remote_code)
     with distributed.main_first(dist):  # rank 0 tokenises into the cache; the others then read it
         splits = setup_data(config, tokenizer, data_hash, log)
+    if dist.is_main and not (dist.active and dist.strategy == "fsdp"):  # sharded weights cannot generate alone
+        splits.prompts = validation_prompts(config, splits.statistics["records"])
     if device.type == "cpu" and not retain_freed_memory():
         log("Note: the C library (not glibc?) refused to keep freed memory for reuse, so every step faults its "
             "activations in afresh: slower on the CPU, not wrong")
@@ -100,7 +106,7 @@ def setup(config: TrainConfig, log=print) -> Run:
     if restored is not None:
         restore(run, restored, log)
     if dist.is_main:
-        ckpt.mark_output_dir(output_dir, fingerprint, config)
+        ckpt.mark_output_dir(output_dir, fingerprint, config, splits.statistics)
     return run
 
 
@@ -126,8 +132,9 @@ def setup_data(config: TrainConfig, tokenizer, data_hash: str, log) -> Splits:
     if config.early_stopping_patience and len(eval_idx) == 0:
         raise ConfigError(f"--eval_split {config.eval_split} of {data.summary['load']['records']} records holds out "
                           "no validation record, which --early_stopping_patience needs; raise --eval_split")
-    log(format_statistics(data_statistics(data, config.eval_split, config.seed), config))
-    return Splits(data, train_idx, eval_idx)
+    statistics = data_statistics(data, config.eval_split, config.seed)
+    log(format_statistics(statistics, config))
+    return Splits(data, train_idx, eval_idx, statistics, [])
 
 
 def setup_optimization(model, config: TrainConfig, n_train: int, device: torch.device, amp_dtype: torch.dtype,
@@ -158,5 +165,5 @@ def restore(run: Run, restored: Restored, log) -> None:
     set_rng_state(restored.tensors["rng"])
     run.state, run.resumed_from = restored.state, restored.path
     if run.dist.is_main:
-        ckpt.truncate_metrics(run.output_dir, run.state.step)
+        ckpt.truncate_logs(run.output_dir, run.state.step)
     log(f"Resumed at step {run.state.step}, epoch {run.state.epoch + 1}, batch {run.state.batch_in_epoch}")

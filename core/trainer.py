@@ -1,7 +1,6 @@
-"""The training loop: `fit` trains a `Run` (built by core/run_setup.py), `validate` evaluates it.
+"""The training loop: `fit` trains a `Run` (built by core/run_setup.py) step by step (core/step.py),
+and decides, in small named functions, when to log, validate, save and stop.
 
-One optimizer step = `grad_accum_steps` micro-batches whose summed token losses are divided by the
-number of trained tokens in all of them, so accumulation gives the same update as one larger batch.
 `Run.on_event(name, run, **details)` is called at "micro_batch" (before its forward), "step" (after
 an optimizer step) and "saved" (after a checkpoint directory is written), so that tests and tools can
 observe or interrupt a run at an exact point.
@@ -15,15 +14,14 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
 from core import checkpoint as ckpt
-from core import distributed
-from core.batching import IGNORE, collate, epoch_batches, eval_batches, pack
+from core import distributed, trackers
 from core.run_log import RunLog
 from core.run_setup import Run
+from core.samples import write_samples
+from core.step import train_batches, train_step, validate
 from core.stop_signal import StopSignal
 from core.utils import get_rng_state
 
@@ -37,102 +35,18 @@ class TrainingStopped(RuntimeError):
         self.exit_code = exit_code
 
 
-# One step ----------------------------------------------------------------------------------------
-
-def train_batches(run: Run, epoch: int) -> list[np.ndarray]:
-    """The epoch's global batches (each rank trains its share): shuffled, length-grouped only when padded."""
-    config = run.config
-    return epoch_batches(run.data.train_idx, run.data.sequences.lengths, config.batch_size * run.dist.world_size,
-                         config.seed, epoch, group_batches=None if run.prepared.packed else config.length_group_batches)
-
-
-def make_batch(run: Run, batch: np.ndarray) -> tuple[dict, torch.Tensor]:
-    """(model inputs, labels) on the run's device: one packed row, or right-padded rows."""
-    data, device = run.data.sequences, run.prepared.device
-    inputs, labels = pack(data, batch) if run.prepared.packed else collate(data, batch, run.tokenizer.pad_token_id)
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}, labels.to(device)
-
-
-def rank_share(run: Run, batch: np.ndarray) -> tuple[np.ndarray, bool]:
-    """This rank's part of a global batch, or (where that is empty) a stand-in whose loss counts zero: every
-    rank must run each forward and backward, since DDP and FSDP communicate inside them."""
-    part = distributed.shard(run.dist, batch)
-    return (part, True) if len(part) else (batch[:1], False)
-
-
-def trained_tokens(labels: torch.Tensor) -> int:
-    return int((labels[:, 1:] != IGNORE).sum())
-
-
-def accumulate_gradients(run: Run, micro_batches: list[np.ndarray]) -> tuple[float, int, int]:
-    """Backward over the micro-batches, each scaled by 1 / (trained tokens of all of them, on all ranks).
-
-    Returns (mean token loss, trained tokens, real tokens), over all ranks. The gradient equals that of
-    one batch holding all the micro-batches, whatever their sizes and however many processes share them.
-    """
-    dist, device = run.dist, run.prepared.device
-    shares = [rank_share(run, b) for b in micro_batches]
-    batches = [(make_batch(run, part), counts) for part, counts in shares]
-    n_trained, n_real = distributed.sum_across(dist, [
-        sum(trained_tokens(labels) for (_, labels), counts in batches if counts),
-        sum(int(run.data.sequences.lengths[part].sum()) for part, counts in shares if counts)], device)
-    total = torch.zeros((), device=device)
-    for index, ((inputs, labels), counts) in enumerate(batches):
-        run.on_event("micro_batch", run, index=index)
-        with distributed.gradient_sync(run.prepared.loss_module, dist, sync=index == len(batches) - 1):
-            loss = run.prepared.loss_sum(inputs, labels)
-            loss = loss if counts else loss * 0.0
-            # DDP and FSDP average gradients over ranks: the world size turns that average into the sum.
-            run.optim.scaler.scale(loss * dist.world_size / max(n_trained, 1)).backward()
-        total += loss.detach()
-    (loss_sum,) = distributed.sum_across(dist, [float(total)], device)
-    return loss_sum / max(n_trained, 1), int(n_trained), int(n_real)
-
-
-def train_step(run: Run, micro_batches: list[np.ndarray]) -> tuple[float, float, int, int]:
-    """One optimizer step: (mean token loss or NaN if the update was skipped, grad norm, trained, real tokens)."""
-    optim = run.optim
-    mean_loss, n_trained, n_real = accumulate_gradients(run, micro_batches)
-    optim.scaler.unscale_(optim.optimizer)
-    params = [p for p in run.prepared.model.parameters() if p.grad is not None]
-    grad_norm = distributed.scalar(torch.nn.utils.clip_grad_norm_(params, run.config.max_grad_norm or float("inf")))
-    # With fp16 the scaler itself skips steps with overflowing gradients; only a bad loss is ours to count.
-    finite = math.isfinite(mean_loss) and (math.isfinite(grad_norm) or optim.scaler.is_enabled())
-    if finite:
-        optim.scaler.step(optim.optimizer)
-        optim.scaler.update()
-    optim.optimizer.zero_grad(set_to_none=True)
-    optim.scheduler.step()
-    return (mean_loss if finite else float("nan")), grad_norm, n_trained, n_real
-
-
-@torch.no_grad()
-def validate(run: Run) -> dict:
-    """Token-weighted validation loss and perplexity over the whole held-out split (all ranks' shares)."""
-    run.prepared.model.eval()
-    total, tokens = 0.0, 0
-    for batch in eval_batches(run.data.eval_idx, run.data.sequences.lengths,
-                              run.config.batch_size * run.dist.world_size):
-        part, counts = rank_share(run, batch)
-        inputs, labels = make_batch(run, part)
-        loss = run.prepared.loss_sum(inputs, labels).item()
-        if counts:
-            total += loss
-            tokens += trained_tokens(labels)
-    total, tokens = distributed.sum_across(run.dist, [total, tokens], run.prepared.device)
-    run.prepared.model.train()
-    loss = total / max(tokens, 1)
-    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(tokens)}
-
-
 # The loop ----------------------------------------------------------------------------------------
 
 def fit(run: Run, log=tqdm.write) -> dict:
     """Train to the end (or to early stopping); return the final summary."""
     config, state = run.config, run.state
     started, stop_reason = time.perf_counter(), None
+    tracked = trackers.open_trackers(config.report_to, run.output_dir, config.to_dict()) if run.dist.is_main else []
+    if state.step == 0 and run.data.prompts:  # the base model's replies, before any training
+        write_samples(run.prepared.model, run.tokenizer, run.data.prompts, 0, run.output_dir,
+                      config.sample_max_new_tokens)
     with StopSignal() as stop, RunLog(run.output_dir / ckpt.METRICS_FILE, run.optim.total_steps, state.step,
-                                      log, enabled=run.dist.is_main) as run_log:
+                                      log, enabled=run.dist.is_main, trackers=tracked) as run_log:
         while stop_reason is None and state.epoch < config.epochs and not finished_between_epochs(run):
             batches = train_batches(run, state.epoch)
             while stop_reason is None and state.batch_in_epoch < len(batches) and state.step < run.optim.total_steps:
@@ -233,6 +147,9 @@ def evaluate(run: Run, run_log: RunLog, epoch: int) -> str | None:
         return None
     result = validate(run)
     run_log.record({"type": "eval", "step": state.step, "epoch": epoch, **result})
+    if run.data.prompts:
+        write_samples(run.prepared.model, run.tokenizer, run.data.prompts, state.step, run.output_dir,
+                      config.sample_max_new_tokens)
     if not math.isfinite(result["eval_loss"]):
         raise TrainingStopped(f"the validation loss at step {state.step} is not finite: the weights have diverged "
                               f"(learning rate {run.optim.scheduler.get_last_lr()[0]:.3g}); lower --lr")

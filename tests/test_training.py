@@ -18,8 +18,9 @@ from core.last_layer import is_trimmed, trim_last_layer
 from core.lean_layers import make_lean
 from core.loss import summed_loss, summed_loss_full_logits
 from core.packed_attention import ATTENTION
+from core.step import accumulate_gradients
 from core.tokenized import split_records
-from core.trainer import accumulate_gradients, fit
+from core.trainer import fit
 
 
 def gradients(model):

@@ -1,0 +1,88 @@
+"""Generate a reply exactly as the model was trained: its own chat template with the generation prompt,
+stopping at the end-of-turn token it learned. Sampled by default, so two practice calls with the same
+opener play out differently; `Sampling(greedy=True)` gives the one most likely reply.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, TextIteratorStreamer
+
+
+@dataclass
+class Sampling:
+    """Decoding settings; the defaults vary replies without letting a small model loop on a sentence."""
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    no_repeat_ngram_size: int = 4    # no 4-token phrase twice in one reply: the usual shape of a loop
+    max_new_tokens: int = 128
+    greedy: bool = False
+
+    def generate_kwargs(self, prompt_length: int) -> dict:
+        common = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        if self.no_repeat_ngram_size:
+            common["logits_processor"] = LogitsProcessorList([NoRepeatInReply(self.no_repeat_ngram_size,
+                                                                              prompt_length)])
+        if self.greedy:
+            return {**common, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        return {**common, "do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": None}
+
+
+class NoRepeatInReply(LogitsProcessor):
+    """Forbid the token that would repeat an n-token phrase of the reply so far.
+
+    Unlike transformers' `no_repeat_ngram_size`, which also counts the prompt, this looks only at the
+    reply: the persona's own phrases and the chat template's markers stay free to use.
+    """
+
+    def __init__(self, size: int, prompt_length: int):
+        self.size, self.prompt_length = size, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, ids in enumerate(input_ids[:, self.prompt_length:].tolist()):
+            if len(ids) < self.size:
+                continue
+            prefix = ids[len(ids) - self.size + 1:]
+            banned = [ids[i + self.size - 1] for i in range(len(ids) - self.size + 1)
+                      if ids[i:i + self.size - 1] == prefix]
+            scores[row, banned] = -float("inf")
+        return scores
+
+
+def _inputs(model, tokenizer, messages: list[dict]) -> dict:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                         return_dict=True).to(model.device)
+
+
+@torch.no_grad()
+def generate_reply(model, tokenizer, messages: list[dict], sampling: Sampling | None = None,
+                   seed: int | None = None) -> str:
+    """The bot's next reply to a conversation (a list of {"role", "content"}); `seed` makes sampling repeatable."""
+    sampling = sampling or Sampling()
+    inputs = _inputs(model, tokenizer, messages)
+    prompt_length = inputs["input_ids"].shape[1]
+    devices = [model.device.index or 0] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):  # the caller's RNG stays as it was
+        if seed is not None:
+            torch.manual_seed(seed)
+        output = model.generate(**inputs, **sampling.generate_kwargs(prompt_length),
+                                pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True).strip()
+
+
+def stream_reply(model, tokenizer, messages: list[dict], sampling: Sampling | None = None) -> Iterator[str]:
+    """The next reply, piece by piece as it is generated (generation runs in a background thread)."""
+    sampling = sampling or Sampling()
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    inputs = _inputs(model, tokenizer, messages)
+    kwargs = {**inputs, **sampling.generate_kwargs(inputs["input_ids"].shape[1]), "streamer": streamer,
+              "pad_token_id": tokenizer.pad_token_id}
+    thread = threading.Thread(target=model.generate, kwargs=kwargs, daemon=True)
+    thread.start()
+    yield from streamer
+    thread.join()

@@ -1,0 +1,136 @@
+"""The run at a glance: a self-contained `report.html` in the output directory, built from what the run wrote.
+
+It reads metrics.jsonl, samples.jsonl, summary.json, data_summary.json and train_config.json, draws the
+loss curves (also saved as loss_curves.png) and the learning rate and tokens per second
+(training_curves.png) with matplotlib, and embeds them as data URIs: the page needs no network and no
+other file. The table compares, per validation prompt, the reference reply, the base model's reply
+(step 0) and the fine-tuned model's (the best evaluation's step, else the last).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from core.checkpoint import CONFIG_FILE, DATA_FILE, METRICS_FILE, SAMPLES_FILE
+
+REPORT_FILE = "report.html"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_report(output_dir: Path) -> Path:
+    """Write report.html (and the two PNGs) from the files in `output_dir`; return its path."""
+    metrics = read_jsonl(output_dir / METRICS_FILE)
+    summary = read_json(output_dir / "summary.json")
+    loss_png = plot_losses(metrics, output_dir / "loss_curves.png")
+    training_png = plot_training(metrics, output_dir / "training_curves.png")
+    sections = [
+        "<h2>Outcome</h2>" + table([(k.replace("_", " "), v) for k, v in summary.items()]),
+        "<h2>Loss</h2>" + image(loss_png),
+        "<h2>Learning rate and speed</h2>" + image(training_png),
+        "<h2>Data</h2>" + table(data_rows(read_json(output_dir / DATA_FILE))),
+        "<h2>Replies to validation prompts: base against fine-tuned</h2>" + comparison(
+            read_jsonl(output_dir / SAMPLES_FILE), summary.get("best_step")),
+        "<h2>Options</h2><details><summary>train_config.json</summary>"
+        + table(read_json(output_dir / CONFIG_FILE).items()) + "</details>",
+    ]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(output_dir.name)}: training report"
+            f"</title><style>{STYLE}</style></head><body><h1>Training report: {esc(str(output_dir))}</h1>"
+            + "".join(sections) + "</body></html>")
+    path = output_dir / REPORT_FILE
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def esc(value) -> str:
+    return html.escape(str(value))
+
+
+def table(rows) -> str:
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def image(path: Path | None) -> str:
+    if path is None:
+        return "<p>No logged steps yet.</p>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<img alt='{esc(path.stem)}' src='data:image/png;base64,{data}'>"
+
+
+def data_rows(stats: dict) -> list[tuple[str, object]]:
+    keys = ("records", "sequences", "train_records", "eval_records", "tokens", "trained_tokens", "over_max_length",
+            "dropped_tokens", "replies_cut", "duplicate_records", "records_in_both_splits")
+    return [(k.replace("_", " "), stats[k]) for k in keys if k in stats]
+
+
+def comparison(samples: list[dict], best_step: int | None) -> str:
+    base = next((s for s in samples if s["step"] == 0), None)
+    tuned = next((s for s in samples if s["step"] == best_step), None) or (samples[-1] if samples else None)
+    if base is None or tuned is None or tuned is base:
+        return "<p>No samples: the run had no validation prompts (--sample_prompts 0 or no validation split).</p>"
+    head = ("<tr><th>rep's message</th><th>reference</th><th>base model</th>"
+            f"<th>fine-tuned, step {tuned['step']} (greedy)</th><th>fine-tuned (sampled)</th></tr>")
+    rows = "".join(f"<tr class='prompt'><td>{esc(b['prompt'])}</td><td>{esc(b['reference'])}</td>"
+                   f"<td>{esc(b['greedy'])}</td><td>{esc(t['greedy'])}</td><td>{esc(t['sampled'])}</td></tr>"
+                   for b, t in zip(base["samples"], tuned["samples"]))
+    return f"<table class='samples'>{head}{rows}</table>"
+
+
+def _figure(panels: int):
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    return plt, *plt.subplots(1, panels, figsize=(6 * panels, 3.6), squeeze=False)
+
+
+def plot_losses(metrics: list[dict], path: Path) -> Path | None:
+    train = [(m["step"], m["loss"]) for m in metrics if m["type"] == "train"]
+    evals = [(m["step"], m["eval_loss"]) for m in metrics if m["type"] == "eval"]
+    if not train and not evals:
+        return None
+    plt, figure, axes = _figure(1)
+    ax = axes[0][0]
+    if train:
+        ax.plot(*zip(*train), label="training loss")
+    if evals:
+        ax.plot(*zip(*evals), marker="o", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per trained token")
+    ax.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_training(metrics: list[dict], path: Path) -> Path | None:
+    train = [m for m in metrics if m["type"] == "train"]
+    if not train:
+        return None
+    plt, figure, axes = _figure(2)
+    steps = [m["step"] for m in train]
+    axes[0][0].plot(steps, [m["lr"] for m in train])
+    axes[0][0].set_title("learning rate")
+    axes[0][1].plot(steps, [m["tokens_per_sec"] or 0 for m in train])
+    axes[0][1].set_title("tokens per second")
+    for ax in axes[0]:
+        ax.set_xlabel("optimizer step")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+         "table{border-collapse:collapse;margin:0.5em 0}th,td{border:1px solid #ccc;padding:4px 8px;"
+         "text-align:left;vertical-align:top}th{background:#f4f4f4}img{max-width:100%}")
