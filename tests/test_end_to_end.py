@@ -5,12 +5,16 @@ reply and stop at <|im_end|> by itself: this catches wrong masking, a template m
 training and chat time, an unlearned end of turn and a broken save, all at once.
 """
 
+import json
 import subprocess
 import sys
 
 import torch
 from conftest import ROOT, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from core.chat import repeated_sentence
+from core.generation import Sampling, generate_reply
 
 RECORDS = [
     {"input": "Hi, is this the purchasing manager?", "output": "Yes, this is Maria. Who is calling?"},
@@ -60,3 +64,19 @@ def test_smollm2_learns_replies_and_stops(tmp_path, smollm2_dir, cache_dir):
             assert tokenizer.decode(generated[:-1]) == message["content"]
             checked += 1
     assert checked == 7
+    # Sampled replies (the chat defaults) vary but never loop on a sentence.
+    for seed, chat in enumerate(conversations()):
+        reply = generate_reply(model, tokenizer, chat[:-1], Sampling(max_new_tokens=40), seed=seed)
+        assert repeated_sentence(reply) is None, reply
+    # `evaluate` on the trained records: the fine-tuned model's mean loss is lower than the base model's.
+    means, unique = {}, write_jsonl(tmp_path / "unique.jsonl", RECORDS)
+    for name, model_path in (("base", "smollm2"), ("tuned", out / "best_model")):
+        output = tmp_path / f"{name}.jsonl"
+        result = subprocess.run([sys.executable, str(ROOT / "train.py"), "evaluate", "--model", str(model_path),
+                                 "--data_path", str(unique), "--cache_dir", str(cache_dir), "--output", str(output),
+                                 "--max_new_tokens", "24"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = [json.loads(line) for line in output.read_text().splitlines()]
+        assert len(lines) == len(RECORDS) and all("reply" in line and line["loss"] > 0 for line in lines)
+        means[name] = json.loads(output.with_suffix(".summary.json").read_text())["mean_loss"]
+    assert means["tuned"] < 0.5 * means["base"], means

@@ -30,3 +30,18 @@ def test_a_run_writes_samples_at_each_evaluation_and_a_self_contained_report(tmp
     assert "Data</h2><table><tr><th>records</th><td>24</td>" in page
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert f"Report: {out / 'report.html'}" in output
+
+
+def test_evaluate_writes_each_records_reply_loss_and_the_mean(tmp_path, tiny_qwen_dir, cache_dir):
+    data = sample_data(tmp_path, 5)
+    output = tmp_path / "eval.jsonl"
+    code, printed = cli("evaluate", "--model", tiny_qwen_dir, "--data_path", data, "--cache_dir", cache_dir,
+                        "--output", output, "--max_new_tokens", "4")
+    assert code == 0, printed[-2000:]
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [line["where"] for line in lines] == [f"{data} line {i}" for i in range(1, 6)]
+    summary = json.loads(output.with_suffix(".summary.json").read_text())
+    total = sum(line["loss"] * line["trained_tokens"] for line in lines) / sum(line["trained_tokens"] for line in lines)
+    assert summary["records"] == 5 and abs(summary["mean_loss"] - total) < 1e-9
+    assert all(line["perplexity"] > 1 and isinstance(line["reply"], str) for line in lines)
+    assert f"mean loss {summary['mean_loss']:.4f}" in printed

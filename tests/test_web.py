@@ -1,0 +1,76 @@
+"""The browser practice app in a real headless Chromium: load the page, talk, compare, download the transcript."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import ROOT
+
+from core.dataset import DataOptions, load_conversations
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOT = ROOT / "runs" / "test-artifacts" / "web_chat.png"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app(tiny_qwen_dir):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "train.py", "web", "--model", str(tiny_qwen_dir), "--compare_model",
+                                str(tiny_qwen_dir), "--scenarios", "data/scenarios.yaml", "--max_new_tokens", "6",
+                                "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    url, deadline = f"http://127.0.0.1:{port}/", time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            assert process.poll() is None and time.time() < deadline, process.stdout.read() if process.poll() else ""
+            time.sleep(0.5)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/setup.sh dev installs it as root)")
+def test_browser_chat_answers_compares_and_downloads_a_training_record(app, tmp_path):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(app, wait_until="domcontentloaded", timeout=60_000)
+        page.wait_for_selector("#rep-message textarea", timeout=60_000)
+        assert "Frank Marquez" in page.input_value("#persona textarea")  # the first scenario's persona
+        page.fill("#rep-message textarea", "Hi Frank, do you have a minute?")
+        page.click("#send")
+        for chat in ("#chat-a", "#chat-b"):  # the model and the compared model both answer the same message
+            page.wait_for_selector(f"{chat} [data-testid='bot']", timeout=60_000)
+            assert page.inner_text(f"{chat} [data-testid='user']").strip() == "Hi Frank, do you have a minute?"
+        page.wait_for_function("document.querySelector(\"#chat-a [data-testid='bot']\").innerText.trim().length > 0")
+        reply = page.inner_text("#chat-a [data-testid='bot']").strip()
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.wait_for_timeout(1000)  # the transcript is prepared after the reply
+        with page.expect_download(timeout=30_000) as download:
+            page.click("#download")
+        saved = tmp_path / "transcript.jsonl"
+        download.value.save_as(saved)
+        browser.close()
+    record = json.loads(saved.read_text())
+    assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
+    assert record["messages"][2]["content"] == reply and "Frank Marquez" in record["messages"][0]["content"]
+    assert len(list(load_conversations(saved, DataOptions()))) == 1  # a valid training record
+    assert SCREENSHOT.stat().st_size > 10_000
