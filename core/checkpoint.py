@@ -32,6 +32,7 @@ STATE_FILE = "trainer_state.json"
 TENSORS_FILE = "training_state.pt"
 CONFIG_FILE = "train_config.json"
 WEIGHTS_FILE = "model.safetensors"
+ADAPTER_FILE = "adapter_model.safetensors"  # a LoRA run's checkpoints hold the adapter instead
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -73,14 +74,17 @@ class Restored:
 # Writing -----------------------------------------------------------------------------------------
 
 def save_model_dir(target: Path, model, tokenizer, extra_files: dict[str, str] | None = None,
-                   tensors: dict | None = None, weights: dict | None = None) -> None:
+                   tensors: dict | None = None, weights: dict | None = None, adapter=None) -> None:
     """Write a loadable model directory atomically; any failure leaves the previous one and no leftovers.
 
-    `weights` replaces the model's own state dict (a sharded model's gathered weights).
+    `weights` replaces the model's own state dict (a sharded model's gathered weights, a LoRA model's
+    merged ones); `adapter`, a PEFT model, is saved beside them in adapter/.
     """
     try:
         with atomic_directory(target) as tmp:
             model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
+            if adapter is not None:
+                adapter.save_pretrained(tmp / "adapter", safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             if tensors is not None:
                 torch.save(tensors, tmp / TENSORS_FILE)
@@ -115,7 +119,8 @@ def rotate_checkpoints(output_dir: Path, keep: int, protected: set[Path]) -> lis
 
 def load_checkpoint(path: Path) -> Restored:
     """Read a checkpoint's state, refusing with one line anything missing, truncated or unsafe."""
-    for name in (STATE_FILE, TENSORS_FILE, CONFIG_FILE, WEIGHTS_FILE):
+    weights = path / (ADAPTER_FILE if (path / ADAPTER_FILE).is_file() else WEIGHTS_FILE)
+    for name in (STATE_FILE, TENSORS_FILE, CONFIG_FILE, weights.name):
         if not (path / name).is_file():
             raise CheckpointError(f"{path} is not a complete training checkpoint (no {name}); pass a checkpoint-N/ "
                                   "or epoch_N/ directory, or 'auto'")
@@ -127,7 +132,7 @@ def load_checkpoint(path: Path) -> Restored:
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: {STATE_FILE} or {CONFIG_FILE} is damaged ({type(err).__name__}: {err})"
                               ) from None
-    _check_safetensors(path / WEIGHTS_FILE)
+    _check_safetensors(weights)
     try:
         tensors = torch.load(path / TENSORS_FILE, weights_only=True, map_location="cpu")
     except Exception as err:  # a truncated zip, a refused pickle global, ...: all mean "do not trust this file"

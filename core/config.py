@@ -75,6 +75,13 @@ class TrainConfig:
     distributed: str = option("ddp", "with several processes (torchrun, accelerate launch): data parallel (ddp) or fully sharded (fsdp, for models that do not fit one device)", ("ddp", "fsdp"), changes_run=True)
     packing: bool = option(True, "lay each micro-batch's sequences end to end in one row (no padding, attention kept within each sequence); off: right-padded batches of similar lengths", changes_run=True)
     head_chunk_rows: int = option(2048, "trained positions whose logits are computed at once by the selective loss (lower: less memory, more kernel launches)")
+    lora: bool = option(False, "train LoRA adapters (PEFT) instead of every weight: far less memory; best_model/ holds the merged model", changes_run=True)
+    lora_r: int = option(16, "LoRA rank", changes_run=True)
+    lora_alpha: float = option(32.0, "LoRA scaling numerator (the update is scaled by alpha / r)", changes_run=True)
+    lora_dropout: float = option(0.05, "dropout on the LoRA branch", changes_run=True)
+    lora_target_modules: str = option("all-linear", "modules that get adapters: all-linear (every linear projection of the decoder layers) or a comma-separated list of names such as q_proj,v_proj", changes_run=True)
+    load_in_4bit: bool = option(False, "QLoRA: load the base model in 4-bit NF4 through bitsandbytes (CUDA only; with --lora)", changes_run=True)
+    merge_lora: bool = option(True, "also write best_model/ as the merged model (a plain Hugging Face directory); off: the adapter only")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
     compile: bool = option(False, "torch.compile the transformer body")
     trust_remote_code: bool = option(False, "allow model repositories to run their own Python code")
@@ -109,6 +116,12 @@ class TrainConfig:
             raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ConfigError("--lora_r must be at least 1, --lora_alpha positive and --lora_dropout in [0, 1)")
+        if self.load_in_4bit and not self.lora:
+            raise ConfigError("--load_in_4bit trains adapters on a frozen 4-bit model: add --lora")
+        if self.lora and self.distributed == "fsdp":
+            raise ConfigError("--lora is not supported with --distributed fsdp (the adapters are small: use ddp)")
         if self.early_stopping_patience and not self.eval_split:
             raise ConfigError("--early_stopping_patience needs a validation split (--eval_split > 0)")
         self._validate_paths()

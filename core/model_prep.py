@@ -1,6 +1,7 @@
 """Every change this project makes to a stock transformers model, in one place, chosen by device and options.
 
 `prepare_model` moves the model to its device and applies, in order:
+  adapters            LoRA through PEFT (--lora; first, so that later changes see the wrapped layers)
   lean layers         RMSNorm/SwiGLU that keep fewer activations (core/lean_layers.py; CPU only)
   packed attention    per-sequence SDPA for packed rows (core/packed_attention.py), unless the model
                       already runs FlashAttention, which reads the packed boundaries natively
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core import distributed, packed_attention
+from core import adapters, distributed, packed_attention
 from core.config import ConfigError, TrainConfig
 from core.distributed import Dist
 from core.last_layer import trim_last_layer
@@ -66,15 +67,25 @@ class Prepared:
 
 
 def prepare_model(model, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype, dist: Dist | None = None,
-                  log=print) -> Prepared:
-    model.to(device)
+                  log=print, adapter_from=None) -> Prepared:
+    """`adapter_from`: a LoRA checkpoint whose adapter weights the fresh adapters take (resuming)."""
+    if not getattr(model, "is_loaded_in_4bit", False):  # a 4-bit model is placed on its GPU when it loads
+        model.to(device)
+    notes = []
+    if config.lora:
+        model = attach_adapters(model, config, adapter_from)
     model.train()  # from_pretrained returns eval mode, in which gradient checkpointing is inactive
     prepared = Prepared(model, SummedLoss(model, False, config.head_chunk_rows), device, amp_dtype)
-    notes = []
+    if config.lora:
+        trainable, total = adapters.parameter_counts(model)
+        prepared.patches.append(f"LoRA r={config.lora_r} alpha={config.lora_alpha:g} on {config.lora_target_modules}"
+                                f" ({trainable:,} of {total:,} parameters trainable)")
     if device.type == "cpu":
         changed = make_lean(model)
         if changed:
             prepared.patches.append(f"lean RMSNorm/SwiGLU on {changed} modules (cpu)")
+        if config.lora:
+            notes.append("lean SwiGLU is off for MLPs whose projections carry adapters (it would bypass them)")
     if config.packing:
         reason = packed_attention.cannot_pack(model, config.max_length)
         if reason:
@@ -89,6 +100,8 @@ def prepare_model(model, config: TrainConfig, device: torch.device, amp_dtype: t
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+        if config.lora:  # frozen embeddings: make their output require grad, or checkpointed layers get none
+            model.enable_input_require_grads()
         prepared.patches.append("gradient checkpointing")
     refusal = selective_head_refusal(model)
     if refusal is None:
@@ -113,6 +126,16 @@ def prepare_model(model, config: TrainConfig, device: torch.device, amp_dtype: t
     for note in notes:
         log(f"Note: {note}")
     return prepared
+
+
+def attach_adapters(model, config: TrainConfig, adapter_from):
+    if config.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    model = adapters.attach_lora(model, config)
+    if adapter_from is not None:
+        adapters.load_adapter(model, adapter_from)
+    return model
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:

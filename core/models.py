@@ -54,16 +54,36 @@ def resolve_model_path(name: str) -> str:
     return str(path)
 
 
-def load_model_and_tokenizer(name: str, cache_dir: str = "", trust_remote_code: bool = False
+def load_model_and_tokenizer(name: str, cache_dir: str = "", trust_remote_code: bool = False,
+                             load_in_4bit: bool = False, device: torch.device | None = None
                              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Return an fp32 model (weights are kept fp32; precision is applied by autocast) and its tokenizer."""
+    """Return an fp32 model (weights are kept fp32; precision is applied by autocast) and its tokenizer.
+
+    `load_in_4bit` (QLoRA) loads the weights as 4-bit NF4 through bitsandbytes, straight onto `device`,
+    which must be a CUDA GPU.
+    """
     path, tokenizer = _load_tokenizer(name, cache_dir, trust_remote_code)
+    extra = _four_bit(device) if load_in_4bit else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                                                     **extra)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # missing, damaged or unsupported files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f"model {name}: cannot load the model ({reason})") from None
     return model, tokenizer
+
+
+def _four_bit(device: torch.device | None) -> dict:
+    """from_pretrained arguments for a 4-bit NF4 model on a CUDA GPU, or a one-line refusal."""
+    if device is None or device.type != "cuda":
+        raise ModelLoadError("--load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run on "
+                             f"{'this machine' if device is None else device.type}; train with --lora alone instead")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError("--load_in_4bit needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16)
+    return {"quantization_config": quantization, "device_map": {"": device.index or 0}}
 
 
 def load_tokenizer(name: str, cache_dir: str = "", trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

@@ -90,8 +90,9 @@ def setup(config: TrainConfig, log=print) -> Run:
     output_dir = Path(config.output_dir)
     restored = setup_output_dir(config, output_dir, fingerprint, dist, log)
     set_seed(config.seed)
-    model, tokenizer = load_model_and_tokenizer(str(restored.path if restored else config.model_name),
-                                                config.cache_dir, config.trust_remote_code)
+    source = restored.path if restored and not config.lora else config.model_name  # LoRA checkpoints: adapters
+    model, tokenizer = load_model_and_tokenizer(str(source), config.cache_dir, config.trust_remote_code,
+                                                load_in_4bit=config.load_in_4bit, device=device)
     with distributed.main_first(dist):  # rank 0 tokenises into the cache; the others then read it
         splits = setup_data(config, tokenizer, data_hash, log)
     if dist.is_main and not (dist.active and dist.strategy == "fsdp"):  # sharded weights cannot generate alone
@@ -99,7 +100,8 @@ def setup(config: TrainConfig, log=print) -> Run:
     if device.type == "cpu" and not retain_freed_memory():
         log("Note: the C library (not glibc?) refused to keep freed memory for reuse, so every step faults its "
             "activations in afresh: slower on the CPU, not wrong")
-    prepared = prepare_model(model, config, device, amp_dtype, dist, log)
+    prepared = prepare_model(model, config, device, amp_dtype, dist, log,
+                             adapter_from=restored.path if restored and config.lora else None)
     set_stop_tokens(model, tokenizer, splits.sequences.summary["format"]["end_of_turn_ids"])
     optim = setup_optimization(model, config, len(splits.train_idx), device, amp_dtype, dist)
     run = Run(config, prepared, tokenizer, splits, optim, fingerprint, dist)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from core import adapters, distributed, trackers
 from core import checkpoint as ckpt
-from core import distributed, trackers
 from core.run_log import RunLog
 from core.run_setup import Run
 from core.samples import write_samples
@@ -170,10 +170,14 @@ def evaluate(run: Run, run_log: RunLog, epoch: int) -> str | None:
 
 
 def save_best(run: Run, result: dict) -> None:
+    """best_model/: a plain Hugging Face directory (a LoRA run's merged model, its adapter in adapter/)."""
     refuse_non_finite(run, "best_model")
+    model, adapter = run.prepared.model, None
     weights = distributed.full_model_state(run.prepared.loss_module, run.dist)  # every rank takes part
+    if adapters.is_lora(model) and run.config.merge_lora:
+        model, adapter, weights = model.get_base_model(), model, adapters.merged_state_dict(model)
     if run.dist.is_main:
-        ckpt.save_model_dir(run.output_dir / "best_model", run.prepared.model, run.tokenizer, weights=weights,
+        ckpt.save_model_dir(run.output_dir / "best_model", model, run.tokenizer, weights=weights, adapter=adapter,
                             extra_files={ckpt.CONFIG_FILE: json.dumps(run.config.to_dict(), indent=2),
                                          "best.json": json.dumps({"step": run.state.step, **result}, indent=2)})
     distributed.barrier(run.dist)
@@ -223,11 +227,14 @@ def write_summary(run: Run, stopped: str, seconds: float | None) -> dict:
     state = run.state
     best = run.output_dir / "best_model"
     finished = stopped in ("completed", "max_steps", "early_stopping")
-    if run.dist.is_main and finished and not (best / ckpt.WEIGHTS_FILE).is_file():
+    written = (best / ckpt.WEIGHTS_FILE).is_file() or (best / ckpt.ADAPTER_FILE).is_file()
+    if run.dist.is_main and finished and not written:
         raise TrainingStopped(f"the run ended ({stopped}) but {best} was not written; this is a bug")
+    trainable, total = adapters.parameter_counts(run.prepared.model)
     summary = {"steps": state.step, "epochs_completed": state.epoch, "best_eval_loss": state.best_loss,
                "best_step": state.best_step, "bad_steps_skipped": state.bad_steps_total, "stopped": stopped,
-               "seconds": None if seconds is None else round(seconds, 1), "best_model": str(best)}
+               "seconds": None if seconds is None else round(seconds, 1), "best_model": str(best),
+               "trainable_parameters": trainable, "total_parameters": total}
     if run.dist.is_main:
         (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -88,7 +88,7 @@ def make_config(tmp_path: Path, model_dir: Path, cache_dir: Path, **overrides):
         sample_data(tmp_path)
     options = dict(data_path=str(data), model_name=str(model_dir), output_dir=str(tmp_path / "out"),
                    cache_dir=str(cache_dir), epochs=1, batch_size=4, lr=1e-3, log_steps=2, save_steps=0,
-                   eval_split=0.25)
+                   eval_split=0.25, sample_prompts=0)  # samples: tests/test_report.py
     options.update(overrides)
     config = TrainConfig(**options)
     config.validate()

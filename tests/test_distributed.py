@@ -31,7 +31,7 @@ def options(data, model_dir, cache_dir, out, batch_size, *extra) -> list[str]:
     return ["--data_path", str(data), "--model_name", str(model_dir), "--cache_dir", str(cache_dir),
             "--output_dir", str(out), "--batch_size", str(batch_size), "--epochs", "1", "--lr", "1e-3",
             "--eval_split", "0.25", "--eval_steps", "2", "--log_steps", "1", "--save_steps", "2",
-            "--warmup_ratio", "0", *map(str, extra)]
+            "--warmup_ratio", "0", "--sample_prompts", "0", *map(str, extra)]
 
 
 def launch(launcher: str, args: list[str]) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ def args(tmp_path, tiny_qwen_dir, cache_dir):
     sample_data(tmp_path, 12)
     return ["--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_dir, "--cache_dir", cache_dir,
             "--output_dir", tmp_path / "out", "--batch_size", "2", "--log_steps", "1", "--save_steps", "0",
-            "--eval_split", "0.25", "--lr", "1e-3"]
+            "--eval_split", "0.25", "--lr", "1e-3", "--sample_prompts", "0"]
 
 
 def temporaries(directory) -> list[str]:
@@ -51,7 +51,8 @@ def test_1_a_stop_during_the_last_step_is_finished_by_the_resumed_run(tmp_path, 
     assert stopped.value.checkpoint == out / "checkpoint-3" and not (out / "epoch_1").exists()
     code, output = cli("--data_path", config.data_path, "--model_name", tiny_qwen_dir, "--cache_dir", cache_dir,
                        "--output_dir", out, "--batch_size", "1", "--eval_split", "0.25", "--lr", "1e-3",
-                       "--epochs", "1", "--save_steps", "0", "--resume_from_checkpoint", "auto")
+                       "--epochs", "1", "--save_steps", "0", "--resume_from_checkpoint", "auto",
+                       "--sample_prompts", "0")
     assert code == 0, output[-2000:]
     assert (out / "epoch_1" / "model.safetensors").is_file() and (out / "best_model" / "model.safetensors").is_file()
     summary = json.loads((out / "summary.json").read_text())
@@ -211,7 +212,7 @@ def finished_run(tmp_path_factory, tiny_qwen_dir, cache_dir):
     sample_data(tmp, 12)
     code, output = cli("--data_path", tmp / "data.jsonl", "--model_name", tiny_qwen_dir, "--cache_dir", cache_dir,
                        "--output_dir", tmp / "out", "--batch_size", "2", "--save_steps", "2", "--max_steps", "4",
-                       "--eval_split", "0.25", "--lr", "1e-3")
+                       "--eval_split", "0.25", "--lr", "1e-3", "--sample_prompts", "0")
     assert code == 0, output[-2000:]
     return tmp
 
@@ -243,7 +244,7 @@ def test_7_a_damaged_checkpoint_is_refused_and_auto_takes_the_newest_intact_one(
     harm(out / "checkpoint-4")
     base = ["--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_dir, "--cache_dir", cache_dir,
             "--output_dir", out, "--batch_size", "2", "--save_steps", "2", "--max_steps", "4", "--eval_split", "0.25",
-            "--lr", "1e-3"]
+            "--lr", "1e-3", "--sample_prompts", "0"]
     assert_error(cli(*base, "--resume_from_checkpoint", out / "checkpoint-4"), pattern, 1)
     code, output = cli(*base, "--resume_from_checkpoint", "auto")
     assert code == 0, output[-2000:]

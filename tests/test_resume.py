@@ -109,8 +109,9 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwe
         import train
         sys.exit(train.main(sys.argv[1:]))
     """)
-    args = ["--data_path", str(tmp_path / "data.jsonl"), "--model_name", str(tiny_qwen_dir), "--cache_dir",
-            str(cache_dir), "--output_dir", str(out), "--save_steps", "2", "--batch_size", "2", "--epochs", "1"]
+    args = ["--sample_prompts", "0", "--data_path", str(tmp_path / "data.jsonl"), "--model_name", str(tiny_qwen_dir),
+            "--cache_dir", str(cache_dir), "--output_dir", str(out), "--save_steps", "2", "--batch_size", "2",
+            "--epochs", "1"]
     result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == -signal.SIGKILL
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".checkpoint-4")]
@@ -223,8 +224,9 @@ def test_sigterm_on_the_command_line_prints_the_resume_command(tmp_path, tiny_qw
     import time
     sample_data(tmp_path, 40)
     out = tmp_path / "out"
-    args = ["--data_path", str(tmp_path / "data.jsonl"), "--model_name", str(tiny_qwen_dir), "--cache_dir",
-            str(cache_dir), "--output_dir", str(out), "--batch_size", "2", "--epochs", "2", "--log_steps", "1"]
+    args = ["--sample_prompts", "0", "--data_path", str(tmp_path / "data.jsonl"), "--model_name", str(tiny_qwen_dir),
+            "--cache_dir", str(cache_dir), "--output_dir", str(out), "--batch_size", "2", "--epochs", "2",
+            "--log_steps", "1"]
     process = subprocess.Popen([sys.executable, "train.py", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, cwd=ROOT)
     deadline = time.time() + 120
