@@ -27,6 +27,7 @@ USAGE = """Fine-tune a chat model into a roleplay chatbot.
   python train.py chat --model checkpoints/best_model              practise with the bot in the terminal
   python train.py web --model checkpoints/best_model               ... or in the browser
   python train.py evaluate --model checkpoints/best_model --data_path held_out.jsonl
+  python train.py export --model checkpoints/best_model                 GGUF (llama.cpp, Ollama), the Hub
 Every option is also a key of `--config file.yaml`; flags on the command line override the file;
 `python train.py COMMAND --help` lists a command's options."""
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     verb = argv[0] if argv and not argv[0].startswith("-") else "train"
     rest = argv[1:] if verb != "train" or argv[:1] == ["train"] else argv
     commands = {"train": lambda: train(rest), "inspect": lambda: inspect_command(rest), "chat": lambda: chat(rest),
-                "web": lambda: web(rest), "evaluate": lambda: evaluate(rest)}
+                "web": lambda: web(rest), "evaluate": lambda: evaluate(rest), "export": lambda: export(rest)}
     if verb not in commands:
         return fail(f"unknown command {verb!r}; the commands are {', '.join(commands)} (see train.py --help)", 2)
     return report_errors(commands[verb])
@@ -62,6 +63,12 @@ def chat(argv: list[str]) -> int:
 def web(argv: list[str]) -> int:
     from core.web_app import WebConfig, serve
     return serve(parse_args(argv, WebConfig, prog="train.py web", description="Practise with the bot in a browser."))
+
+
+def export(argv: list[str]) -> int:
+    from core.export import ExportConfig, export
+    return export(parse_args(argv, ExportConfig, prog="train.py export",
+                             description="GGUF files, an Ollama Modelfile and the Hub."))
 
 
 def evaluate(argv: list[str]) -> int:
