@@ -5,13 +5,14 @@ conversation as a training record, a model loaded for chatting, and a check for 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 import yaml
 
-from core.config import ConfigError
+from core.config import ConfigError, option
+from core.generation import Sampling
 
 
 def repeated_sentence(text: str) -> str | None:
@@ -64,3 +65,38 @@ def load_for_chat(name: str, device: str = "auto", cache_dir: str = "", trust_re
     target = pick_device(device)
     model.to(target, dtype=torch.bfloat16 if target.type == "cuda" else torch.float32).eval()
     return model, tokenizer
+
+
+@dataclass
+class ChatOptions:
+    """What every way of talking to a model takes: the model, the persona, the sampling, the device."""
+
+    model: str = option("", "the model to talk to: a checkpoint directory (best_model/), hub id, .gguf file or 'smollm2'; required")
+    system_prompt: str = option("", "the persona the model plays (its system prompt)")
+    scenarios: str = option("", "a YAML list of {name, system} personas (or a text file with one); the first is used unless --system_prompt is given")
+    temperature: float = option(Sampling.temperature, "sampling temperature (higher: more varied replies)")
+    top_p: float = option(Sampling.top_p, "nucleus sampling: keep the most likely tokens up to this probability mass")
+    repetition_penalty: float = option(Sampling.repetition_penalty, "penalise tokens already in the conversation (1: off)")
+    no_repeat_ngram_size: int = option(Sampling.no_repeat_ngram_size, "never repeat a phrase of this many tokens within one reply (0: off)")
+    max_new_tokens: int = option(Sampling.max_new_tokens, "longest reply in tokens")
+    greedy: bool = option(False, "always the most likely reply (no sampling)")
+    device: str = option("auto", "cuda, mps or cpu", ("auto", "cuda", "mps", "cpu"))
+    cache_dir: str = option("", "converted-model cache (default: ~/.cache/roleplay-tuner)")
+    trust_remote_code: bool = option(False, "allow model repositories to run their own Python code")
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("--model is required (a checkpoint directory such as checkpoints/best_model)")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ConfigError(f"--{name} must be a positive number, got {getattr(self, name)}")
+        if self.top_p > 1:
+            raise ConfigError(f"--top_p must be at most 1, got {self.top_p}")
+        for name in ("max_new_tokens",):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"--no_repeat_ngram_size must not be negative, got {self.no_repeat_ngram_size}")
+
+    def sampling(self) -> Sampling:
+        return Sampling(**{f.name: getattr(self, f.name) for f in fields(Sampling)})

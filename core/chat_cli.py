@@ -13,46 +13,17 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from core.chat import Scenario, as_record, load_for_chat, load_scenarios
-from core.config import ConfigError, option
-from core.generation import Sampling, stream_reply
+from core.chat import ChatOptions, Scenario, as_record, load_for_chat, load_scenarios
+from core.config import option
+from core.generation import stream_reply
 
 
 @dataclass
-class ChatConfig:
-    model: str = option("", "the model to talk to: a checkpoint directory (best_model/), hub id, .gguf file or 'smollm2'; required")
-    system_prompt: str = option("", "the persona the model plays (its system prompt)")
-    scenarios: str = option("", "a YAML list of {name, system} personas (or a text file with one); the first is used unless --system_prompt is given")
-    temperature: float = option(Sampling.temperature, "sampling temperature (higher: more varied replies)")
-    top_p: float = option(Sampling.top_p, "nucleus sampling: keep the most likely tokens up to this probability mass")
-    repetition_penalty: float = option(Sampling.repetition_penalty, "penalise tokens already in the conversation (1: off)")
-    no_repeat_ngram_size: int = option(Sampling.no_repeat_ngram_size, "never repeat a phrase of this many tokens within one reply (0: off)")
-    max_new_tokens: int = option(Sampling.max_new_tokens, "longest reply in tokens")
-    greedy: bool = option(False, "always the most likely reply (no sampling)")
+class ChatConfig(ChatOptions):
     seed: int = option(-1, "seed for sampling (-1: a different conversation every time)")
-    device: str = option("auto", "cuda, mps or cpu", ("auto", "cuda", "mps", "cpu"))
-    cache_dir: str = option("", "converted-model cache (default: ~/.cache/roleplay-tuner)")
-    trust_remote_code: bool = option(False, "allow model repositories to run their own Python code")
-
-    def validate(self) -> None:
-        if not self.model:
-            raise ConfigError("--model is required (a checkpoint directory such as checkpoints/best_model)")
-        for name in ("temperature", "top_p", "repetition_penalty"):
-            if not 0 < getattr(self, name) < float("inf"):
-                raise ConfigError(f"--{name} must be a positive number, got {getattr(self, name)}")
-        if self.top_p > 1:
-            raise ConfigError(f"--top_p must be at most 1, got {self.top_p}")
-        for name in ("max_new_tokens",):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.no_repeat_ngram_size < 0:
-            raise ConfigError(f"--no_repeat_ngram_size must not be negative, got {self.no_repeat_ngram_size}")
-
-    def sampling(self) -> Sampling:
-        return Sampling(**{f.name: getattr(self, f.name) for f in fields(Sampling)})
 
 
 class Session:

@@ -87,16 +87,7 @@ def prepare_model(model, config: TrainConfig, device: torch.device, amp_dtype: t
         if config.lora:
             notes.append("lean SwiGLU is off for MLPs whose projections carry adapters (it would bypass them)")
     if config.packing:
-        reason = packed_attention.cannot_pack(model, config.max_length)
-        if reason:
-            notes.append(f"packing is off: {reason}; training on right-padded batches of similar lengths")
-        elif "flash" in (model.config._attn_implementation or ""):
-            prepared.patches.append(f"packed rows on {model.config._attn_implementation} (native varlen)")
-        else:
-            packed_attention.register()
-            model.set_attn_implementation(packed_attention.ATTENTION)
-            prepared.patches.append("packed attention: per-sequence SDPA")
-        prepared.packed = reason is None
+        use_packed_attention(model, config, prepared, notes)
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -126,6 +117,20 @@ def prepare_model(model, config: TrainConfig, device: torch.device, amp_dtype: t
     for note in notes:
         log(f"Note: {note}")
     return prepared
+
+
+def use_packed_attention(model, config: TrainConfig, prepared: Prepared, notes: list[str]) -> None:
+    """Packed rows with attention kept within each sequence, or padded batches and the reason."""
+    reason = packed_attention.cannot_pack(model, config.max_length)
+    if reason:
+        notes.append(f"packing is off: {reason}; training on right-padded batches of similar lengths")
+    elif "flash" in (model.config._attn_implementation or ""):
+        prepared.patches.append(f"packed rows on {model.config._attn_implementation} (native varlen)")
+    else:
+        packed_attention.register()
+        model.set_attn_implementation(packed_attention.ATTENTION)
+        prepared.patches.append("packed attention: per-sequence SDPA")
+    prepared.packed = reason is None
 
 
 def attach_adapters(model, config: TrainConfig, adapter_from):

@@ -33,8 +33,10 @@ def write_report(output_dir: Path) -> Path:
     summary = read_json(output_dir / "summary.json")
     loss_png = plot_losses(metrics, output_dir / "loss_curves.png")
     training_png = plot_training(metrics, output_dir / "training_curves.png")
+    final = [(f"final {name}", next((m[key] for m in reversed(metrics) if m["type"] == kind), None))
+             for name, kind, key in (("training loss", "train", "loss"), ("validation loss", "eval", "eval_loss"))]
     sections = [
-        "<h2>Outcome</h2>" + table([(k.replace("_", " "), v) for k, v in summary.items()]),
+        "<h2>Outcome</h2>" + table([(k.replace("_", " "), v) for k, v in summary.items()] + final),
         "<h2>Loss</h2>" + image(loss_png),
         "<h2>Learning rate and speed</h2>" + image(training_png),
         "<h2>Data</h2>" + table(data_rows(read_json(output_dir / DATA_FILE))),

@@ -10,45 +10,27 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from core.chat import as_record, load_for_chat, load_scenarios
+from core.chat import ChatOptions, as_record, load_for_chat, load_scenarios
 from core.config import ConfigError, option
-from core.generation import Sampling, stream_reply
+from core.generation import stream_reply
 
 CUSTOM = "(your own persona)"
 NONE = "(none)"
 
 
 @dataclass
-class WebConfig:
-    model: str = option("", "the model to talk to: a checkpoint directory (best_model/), hub id, .gguf file or 'smollm2'; required")
+class WebConfig(ChatOptions):
     compare_model: str = option("", "a second model answering the same messages side by side (the base model, say)")
-    scenarios: str = option("", "a YAML list of {name, system} personas to pick from (data/scenarios.yaml, say)")
-    system_prompt: str = option("", "the persona to start with (else the first scenario's)")
-    temperature: float = option(Sampling.temperature, "sampling temperature (higher: more varied replies)")
-    top_p: float = option(Sampling.top_p, "nucleus sampling: keep the most likely tokens up to this probability mass")
-    repetition_penalty: float = option(Sampling.repetition_penalty, "penalise tokens already in the conversation (1: off)")
-    no_repeat_ngram_size: int = option(Sampling.no_repeat_ngram_size, "never repeat a phrase of this many tokens within one reply (0: off)")
-    max_new_tokens: int = option(Sampling.max_new_tokens, "longest reply in tokens")
-    greedy: bool = option(False, "always the most likely reply (no sampling)")
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface, to share on a network)")
     port: int = option(7860, "port to listen on")
-    device: str = option("auto", "cuda, mps or cpu", ("auto", "cuda", "mps", "cpu"))
-    cache_dir: str = option("", "converted-model cache (default: ~/.cache/roleplay-tuner)")
-    trust_remote_code: bool = option(False, "allow model repositories to run their own Python code")
 
     def validate(self) -> None:
-        if not self.model:
-            raise ConfigError("--model is required (a checkpoint directory such as checkpoints/best_model)")
+        super().validate()
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be between 1 and 65535, got {self.port}")
-        if not (0 < self.temperature and 0 < self.top_p <= 1 and self.max_new_tokens >= 1):
-            raise ConfigError("--temperature must be positive, --top_p in (0, 1] and --max_new_tokens at least 1")
-
-    def sampling(self) -> Sampling:
-        return Sampling(**{f.name: getattr(self, f.name) for f in fields(Sampling)})
 
 
 def model_choices(config: WebConfig) -> list[str]:
@@ -61,19 +43,6 @@ def model_choices(config: WebConfig) -> list[str]:
     return choices
 
 
-class Models:
-    """Models loaded on first use and kept, so switching back and forth is instant."""
-
-    def __init__(self, config: WebConfig):
-        self.config, self.loaded = config, {}
-
-    def get(self, name: str):
-        if name not in self.loaded:
-            self.loaded[name] = load_for_chat(name, self.config.device, self.config.cache_dir,
-                                              self.config.trust_remote_code)
-        return self.loaded[name]
-
-
 def turns(history: list[dict]) -> list[dict]:
     """Chatbot messages as plain {"role", "content"} turns (Gradio may hand content back as a list of parts)."""
     def text(content) -> str:
@@ -84,50 +53,65 @@ def turns(history: list[dict]) -> list[dict]:
     return [{"role": m["role"], "content": text(m["content"])} for m in history]
 
 
-def build_app(config: WebConfig):
-    import gradio as gr
-    scenarios = load_scenarios(config.scenarios) if config.scenarios else []
-    by_name = {s.name: s.system for s in scenarios}
-    first = config.system_prompt or (scenarios[0].system if scenarios else "")
-    models, sampling = Models(config), config.sampling()
-    models.get(config.model)  # fail now, with one line, rather than at the first message
-    if config.compare_model:
-        models.get(config.compare_model)
+class Practice:
+    """The app's state and handlers: models loaded on first use (and kept), and the conversation actions."""
 
-    def respond(history: list[dict], system: str, name: str):
-        model, tokenizer = models.get(name)
-        messages = as_record(system, turns(history))["messages"]
+    def __init__(self, config: WebConfig):
+        self.sampling, self.loaded, self.config = config.sampling(), {}, config
+
+    def model(self, name: str):
+        if name not in self.loaded:
+            config = self.config
+            self.loaded[name] = load_for_chat(name, config.device, config.cache_dir, config.trust_remote_code)
+        return self.loaded[name]
+
+    def respond(self, history: list[dict], system: str, name: str):
+        """The history with the prospect's reply, as it grows."""
+        model, tokenizer = self.model(name)
         reply = ""
-        for piece in stream_reply(model, tokenizer, messages, sampling):
+        for piece in stream_reply(model, tokenizer, as_record(system, turns(history))["messages"], self.sampling):
             reply += piece
             yield history + [{"role": "assistant", "content": reply}]
 
-    def send(message: str, history_a, history_b, system, name_a, name_b):
+    def send(self, message: str, history_a, history_b, system, name_a, name_b):
         if not message.strip():
             yield history_a, history_b, message
             return
         history_a_now = history_a = history_a + [{"role": "user", "content": message}]
         history_b = history_b + [{"role": "user", "content": message}] if name_b != NONE else history_b
-        for history_a_now in respond(history_a, system, name_a):
+        for history_a_now in self.respond(history_a, system, name_a):
             yield history_a_now, history_b, ""
-        for history_b_now in respond(history_b, system, name_b) if name_b != NONE else ():
+        for history_b_now in self.respond(history_b, system, name_b) if name_b != NONE else ():
             yield history_a_now, history_b_now, ""
 
-    def regenerate(history_a, history_b, system, name_a, name_b):
-        def strip(h):
-            return (h[:-1] if h and h[-1]["role"] == "assistant" else h)
-        history_a, history_b = strip(history_a), strip(history_b)
+    def regenerate(self, history_a, history_b, system, name_a, name_b):
+        history_a, history_b = without_last_reply(history_a), without_last_reply(history_b)
         history_a_now = history_a
-        for history_a_now in respond(history_a, system, name_a) if history_a else ():
+        for history_a_now in self.respond(history_a, system, name_a) if history_a else ():
             yield history_a_now, history_b
-        for history_b_now in respond(history_b, system, name_b) if history_b and name_b != NONE else ():
+        for history_b_now in self.respond(history_b, system, name_b) if history_b and name_b != NONE else ():
             yield history_a_now, history_b_now
 
-    def transcript(history, system):
+    @staticmethod
+    def transcript(history, system) -> str:
+        """The conversation as a training record in a JSONL file, for the download button."""
         path = Path(tempfile.mkdtemp(prefix="roleplay-transcript-")) / "transcript.jsonl"
         path.write_text(json.dumps(as_record(system, turns(history)), ensure_ascii=False) + "\n", encoding="utf-8")
         return str(path)
 
+
+def without_last_reply(history: list[dict]) -> list[dict]:
+    return history[:-1] if history and history[-1]["role"] == "assistant" else history
+
+
+def build_app(config: WebConfig):
+    import gradio as gr
+    scenarios = load_scenarios(config.scenarios) if config.scenarios else []
+    by_name = {s.name: s.system for s in scenarios}
+    first = config.system_prompt or (scenarios[0].system if scenarios else "")
+    practice = Practice(config)
+    for name in filter(None, (config.model, config.compare_model)):
+        practice.model(name)  # fail now, with one line, rather than at the first message
     with gr.Blocks(title="Roleplay practice", analytics_enabled=False) as app:
         gr.Markdown("## Practise a sales call\nYou are the rep; the model plays the prospect.")
         with gr.Row():
@@ -151,10 +135,10 @@ def build_app(config: WebConfig):
                         [system, chat_a, chat_b])
         name_b.change(lambda name: gr.update(visible=name != NONE), name_b, chat_b)
         for trigger in (send_button.click, message.submit):
-            trigger(send, [message, chat_a, chat_b, system, name_a, name_b], [chat_a, chat_b, message]).then(
-                transcript, [chat_a, system], download)
-        regenerate_button.click(regenerate, [chat_a, chat_b, system, name_a, name_b], [chat_a, chat_b]).then(
-            transcript, [chat_a, system], download)
+            trigger(practice.send, [message, chat_a, chat_b, system, name_a, name_b],
+                    [chat_a, chat_b, message]).then(practice.transcript, [chat_a, system], download)
+        regenerate_button.click(practice.regenerate, [chat_a, chat_b, system, name_a, name_b],
+                                [chat_a, chat_b]).then(practice.transcript, [chat_a, system], download)
         new_button.click(lambda: ([], []), None, [chat_a, chat_b])
     return app
 
