@@ -38,12 +38,14 @@ def test_exported_gguf_loads_back_with_the_same_logits_and_prompt_tokens(tmp_pat
     ids = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True, return_dict=False)
     with torch.no_grad():
         expected = reference(input_ids=torch.tensor([ids])).logits
-    for kind, tolerance in TOLERANCE.items():
+    # The tokenizer and template are the same metadata in both files: read back once (it takes a while).
+    loaded_tokenizer = AutoTokenizer.from_pretrained(out, gguf_file="model-q8_0.gguf")
+    assert loaded_tokenizer.chat_template == tokenizer.chat_template
+    assert loaded_tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True,
+                                                return_dict=False) == ids
+    kinds = TOLERANCE if family == "qwen2" else {"q8_0": TOLERANCE["q8_0"]}  # each load takes about 20 s
+    for kind, tolerance in kinds.items():
         name = f"model-{kind}.gguf"
-        loaded_tokenizer = AutoTokenizer.from_pretrained(out, gguf_file=name)
-        assert loaded_tokenizer.chat_template == tokenizer.chat_template
-        assert loaded_tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=False) == ids
         model = AutoModelForCausalLM.from_pretrained(out, gguf_file=name, dtype=torch.float32).eval()
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits
