@@ -38,11 +38,6 @@ class Dist:
         return self.rank == 0
 
 
-def launched_rank() -> int:
-    """This process's rank as the launcher set it (0 when not launched), readable before any setup."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def init_distributed(strategy: str, device: torch.device) -> Dist:
     """Join the process group the launcher described, or return the single-process Dist."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
