@@ -129,7 +129,7 @@ def fail(message: str, code: int) -> int:
 def train(argv: list[str]) -> int:
     from core.run_setup import setup
     from core.trainer import TrainingStopped, fit
-    config = parse_args(argv, TrainConfig, description=USAGE.split("\n")[0])
+    config = parse_args(argv, TrainConfig, description=USAGE)
     run = setup(config)
     try:
         summary = fit(run)

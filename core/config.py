@@ -194,7 +194,7 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None, cls: type = TrainConfig, prog: str = "train.py",
                description: str = "") -> Any:
     """Build a config of type `cls` from defaults, an optional YAML file and command-line flags."""
-    parser = _Parser(prog=prog, description=description)
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of options; flags on the command line override it")
     _add_fields(parser, cls)
     args = vars(parser.parse_args(argv))
