@@ -281,7 +281,7 @@ def parity_worker(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from core.batching import IGNORE
+    from core.batching import IGNORE, trained_tokens
     from core.config import TrainConfig
     from core.run_setup import setup
     from core.step import make_batch
@@ -297,7 +297,7 @@ def parity_worker(args) -> dict:
     inputs, labels = make_batch(run, np.arange(PARITY_EXAMPLES))
     with torch.no_grad():
         project_sum = run.prepared.loss_sum(inputs, labels)
-    project_trained = int((labels[:, 1:] != IGNORE).sum())
+    project_trained = trained_tokens(labels)
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32).to(args.device)
@@ -319,7 +319,7 @@ def parity_worker(args) -> dict:
                 name = repr(tokenizer.convert_ids_to_tokens(token))
                 side[name] = side.get(name, 0) + 1
     return {"project_loss": float(project_sum) / project_trained, "trl_loss": trl_loss,
-            "project_trained": project_trained, "trl_trained": int((batch["labels"][:, 1:] != IGNORE).sum()),
+            "project_trained": project_trained, "trl_trained": trained_tokens(batch["labels"]),
             "project_packed": run.prepared.packed, "same_input_ids": same_ids, "trained_only_by_trl": only_trl,
             "trained_only_by_project": only_project}
 

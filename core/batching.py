@@ -21,6 +21,11 @@ from core.tokenized import TokenizedData
 IGNORE = -100  # the label of positions that carry no loss (PyTorch's cross-entropy default)
 
 
+def trained_tokens(labels: torch.Tensor) -> int:
+    """How many tokens of a batch carry loss (each label predicts from the position before it)."""
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
 def epoch_batches(indices: np.ndarray, lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
                   group_batches: int | None = 64) -> list[np.ndarray]:
     """Shuffle; with `group_batches`, sort each group of that many batches by length, cut, and shuffle the batches.

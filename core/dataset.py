@@ -42,6 +42,12 @@ class Conversation:
     def as_chat(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.content} for m in self.messages]
 
+    def before_last_reply(self) -> tuple[list[dict[str, str]], str]:
+        """(the conversation up to its last trained reply, that reply): a prompt and its reference."""
+        chat = self.as_chat()
+        last = max(i for i, m in enumerate(self.messages) if m.role == "assistant" and m.train)
+        return chat[:last], chat[last]["content"]
+
 
 @dataclass
 class DataOptions:

@@ -133,16 +133,9 @@ def wrap(module: torch.nn.Module, dist: Dist, layers, amp_dtype: torch.dtype) ->
 @contextmanager
 def gradient_sync(module: torch.nn.Module, dist: Dist, sync: bool):
     """Skip the gradient all-reduce on micro-batches before an optimizer step's last."""
-    if not dist.active or sync:
-        if dist.active and dist.strategy == "fsdp":
-            module.set_requires_gradient_sync(True)
-        yield
-        return
-    if dist.strategy == "fsdp":
-        module.set_requires_gradient_sync(False)
-        yield
-        return
-    with module.no_sync() if isinstance(module, torch.nn.parallel.DistributedDataParallel) else nullcontext():
+    if dist.active and dist.strategy == "fsdp":
+        module.set_requires_gradient_sync(sync)
+    with module.no_sync() if dist.active and dist.strategy == "ddp" and not sync else nullcontext():
         yield
 
 

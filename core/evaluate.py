@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.batching import IGNORE, collate
+from core.batching import collate, trained_tokens
 from core.chat import load_for_chat
 from core.config import ConfigError, option
 from core.dataset import data_options, load_conversations
@@ -63,7 +63,7 @@ def record_losses(model, data) -> tuple[np.ndarray, np.ndarray]:
         inputs = {k: v.to(model.device) for k, v in inputs.items()}
         record = int(data.records[index])
         losses[record] += float(summed_loss_full_logits(model, inputs, labels.to(model.device)))
-        tokens[record] += int((labels[:, 1:] != IGNORE).sum())
+        tokens[record] += trained_tokens(labels)
     return losses, tokens
 
 
@@ -76,14 +76,13 @@ def evaluate(config: EvaluateConfig) -> int:
     output = Path(config.output)
     with output.open("w", encoding="utf-8") as handle:
         for index, conversation in enumerate(load_conversations(config.data_path, options)):
-            chat = conversation.as_chat()
-            last = max(i for i, m in enumerate(conversation.messages) if m.role == "assistant" and m.train)
+            prompt, reference = conversation.before_last_reply()
             loss = losses[index] / max(tokens[index], 1)
-            entry = {"where": conversation.where, "prompt": chat[last - 1]["content"] if last else "",
-                     "reference": chat[last]["content"], "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+            entry = {"where": conversation.where, "prompt": prompt[-1]["content"] if prompt else "",
+                     "reference": reference, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
                      "trained_tokens": int(tokens[index])}
             if config.replies:
-                entry["reply"] = generate_reply(model, tokenizer, chat[:last], greedy)
+                entry["reply"] = generate_reply(model, tokenizer, prompt, greedy)
             handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
     mean = float(losses.sum() / max(tokens.sum(), 1))
     summary = {"model": config.model, "data_path": config.data_path, "records": len(losses),

@@ -26,9 +26,8 @@ def prompts_from(data_path: str, options, held_out, count: int) -> list[dict]:
     targets = set(islice(wanted, count))
     for index, conversation in enumerate(load_conversations(data_path, options)):
         if index in targets:
-            chat = conversation.as_chat()
-            last = max(i for i, m in enumerate(conversation.messages) if m.role == "assistant" and m.train)
-            chosen.append({"messages": chat[:last], "reference": chat[last]["content"]})
+            prompt, reference = conversation.before_last_reply()
+            chosen.append({"messages": prompt, "reference": reference})
         if len(chosen) == len(targets):
             break
     return chosen

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from core import distributed
-from core.batching import IGNORE, collate, epoch_batches, eval_batches, pack
+from core.batching import collate, epoch_batches, eval_batches, pack, trained_tokens
 from core.run_setup import Run
 
 
@@ -38,10 +38,6 @@ def rank_share(run: Run, batch: np.ndarray) -> tuple[np.ndarray, bool]:
     rank must run each forward and backward, since DDP and FSDP communicate inside them."""
     part = distributed.shard(run.dist, batch)
     return (part, True) if len(part) else (batch[:1], False)
-
-
-def trained_tokens(labels: torch.Tensor) -> int:
-    return int((labels[:, 1:] != IGNORE).sum())
 
 
 def accumulate_gradients(run: Run, micro_batches: list[np.ndarray]) -> tuple[float, int, int]:

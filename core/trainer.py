@@ -174,7 +174,7 @@ def save_best(run: Run, result: dict) -> None:
     refuse_non_finite(run, "best_model")
     model, adapter = run.prepared.model, None
     weights = distributed.full_model_state(run.prepared.loss_module, run.dist)  # every rank takes part
-    if adapters.is_lora(model) and run.config.merge_lora:
+    if run.dist.is_main and adapters.is_lora(model) and run.config.merge_lora:  # (LoRA runs are never sharded)
         model, adapter, weights = model.get_base_model(), model, adapters.merged_state_dict(model)
     if run.dist.is_main:
         ckpt.save_model_dir(run.output_dir / "best_model", model, run.tokenizer, weights=weights, adapter=adapter,
