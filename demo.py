@@ -1,7 +1,7 @@
 """Offline demo: fine-tune SmolLM2-135M-Instruct on the sample sales-roleplay pairs, then compare replies.
 
 Shows the multi-turn data as it will be trained (trained tokens marked), fine-tunes for a short run
-sized for a 2-core CPU (about 6 minutes), prints validation loss as it falls, and puts the base
+sized for a 2-core CPU (about 3 to 4 minutes), prints validation loss as it falls, and puts the base
 model's reply beside the fine-tuned model's (greedy, and sampled as the chat command samples) for a
 few held-out prompts; the run's report.html and samples.jsonl are in runs/demo. Any training option
 can be appended, e.g. `python demo.py --max_steps 100`.
