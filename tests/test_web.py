@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -28,8 +29,8 @@ def app(tiny_qwen_dir):
     port = free_port()
     process = subprocess.Popen([sys.executable, "train.py", "web", "--model", str(tiny_qwen_dir), "--compare_model",
                                 str(tiny_qwen_dir), "--scenarios", "data/scenarios.yaml", "--max_new_tokens", "6",
-                                "--greedy", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+                                "--greedy", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
     url, deadline = f"http://127.0.0.1:{port}/", time.time() + 120
     while True:
         try:
@@ -41,6 +42,20 @@ def app(tiny_qwen_dir):
     yield url
     process.terminate()
     process.wait(timeout=30)
+
+
+def download_transcript(page, saved: Path) -> Path:
+    """Click Download until the transcript is there: it is prepared once both replies are complete."""
+    from playwright.sync_api import TimeoutError
+    for _ in range(30):
+        try:
+            with page.expect_download(timeout=2_000) as download:
+                page.click("#download")
+        except TimeoutError:
+            continue
+        download.value.save_as(saved)
+        return saved
+    raise AssertionError("the Download button gave no transcript within a minute")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/setup.sh dev installs it as root)")
@@ -59,15 +74,12 @@ def test_browser_chat_answers_compares_and_downloads_a_training_record(app, tmp_
         for chat in ("#chat-a", "#chat-b"):  # the model and the compared model both answer the same message
             page.wait_for_selector(f"{chat} [data-testid='bot']", timeout=60_000)
             assert page.inner_text(f"{chat} [data-testid='user']").strip() == "Hi Frank, do you have a minute?"
-        page.wait_for_function("document.querySelector(\"#chat-a [data-testid='bot']\").innerText.trim().length > 0")
+        # the compared model answers once the model's reply is complete
+        page.wait_for_function("document.querySelector(\"#chat-b [data-testid='bot']\").innerText.trim().length > 0")
         reply = page.inner_text("#chat-a [data-testid='bot']").strip()
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
-        page.wait_for_timeout(1000)  # the transcript is prepared after the reply
-        with page.expect_download(timeout=30_000) as download:
-            page.click("#download")
-        saved = tmp_path / "transcript.jsonl"
-        download.value.save_as(saved)
+        saved = download_transcript(page, tmp_path / "transcript.jsonl")
         browser.close()
     record = json.loads(saved.read_text())
     assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
