@@ -13,6 +13,8 @@ Labels are IGNORE wherever no loss is taken.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -26,30 +28,70 @@ def trained_tokens(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE).sum())
 
 
-def epoch_batches(indices: np.ndarray, lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  group_batches: int | None = 64) -> list[np.ndarray]:
-    """Shuffle; with `group_batches`, sort each group of that many batches by length, cut, and shuffle the batches.
+@dataclass(frozen=True)
+class BatchSize:
+    """What one process takes per micro-batch: `sequences`, or, with `tokens`, as many sequences as fit that
+    many tokens (a padded batch costs its rows times its longest sequence). A global batch is one such
+    micro-batch per process, laid end to end."""
+    sequences: int
+    tokens: int = 0
+    processes: int = 1
+    padded: bool = False
+    group_batches: int = 0  # padded rows: global batches per length-sorted group (0: plain shuffled batches)
 
-    Packed rows carry no padding whatever their mix of lengths, so they take `group_batches=None`:
-    plain shuffled batches, whose sizes in tokens (and so peak memory) vary less.
+    def cut(self, order: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        """`order` cut, in order, into global batches."""
+        if not self.tokens:
+            step = self.sequences * self.processes
+            return [order[i:i + step] for i in range(0, len(order), step)]
+        parts = self.fill(order, lengths)
+        return [np.concatenate(parts[i:i + self.processes]) for i in range(0, len(parts), self.processes)]
+
+    def split(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        """A global batch's per-process parts (one per process; the last ones may be empty). Filling a global
+        batch again gives back exactly the parts it was made of, since filling is greedy from the start."""
+        if not self.tokens:
+            return np.array_split(batch, self.processes)
+        parts = self.fill(batch, lengths)
+        return parts + [batch[:0]] * (self.processes - len(parts))
+
+    def fill(self, order: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        """`order` cut greedily into micro-batches of at most `tokens` tokens; no sequence is split."""
+        cuts, used, rows, longest = [0], 0, 0, 0
+        for position, n in enumerate(lengths[order].tolist()):
+            longest_then = max(longest, n)
+            cost = (rows + 1) * longest_then if self.padded else used + n
+            if rows and cost > self.tokens:
+                cuts.append(position)
+                used, rows, longest_then = 0, 0, n
+            used, rows, longest = used + n, rows + 1, longest_then
+        cuts.append(len(order))
+        return [order[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def epoch_batches(indices: np.ndarray, lengths: np.ndarray, size: BatchSize, seed: int,
+                  epoch: int) -> list[np.ndarray]:
+    """Shuffle; with `size.group_batches`, sort each group of that many global batches' sequences by length,
+    cut, and shuffle the batches.
+
+    Packed rows carry no padding whatever their mix of lengths, so they are not grouped: plain shuffled
+    batches, whose sizes in tokens (and so peak memory) vary less.
     """
     rng = np.random.default_rng([seed, epoch])
     order = indices[rng.permutation(len(indices))]
-    if not group_batches:
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    group = batch_size * group_batches
+    if not size.group_batches:
+        return size.cut(order, lengths)
+    group = size.sequences * size.processes * size.group_batches
     batches = []
     for start in range(0, len(order), group):
         chunk = order[start:start + group]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        batches += size.cut(chunk[np.argsort(-lengths[chunk], kind="stable")], lengths)
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def eval_batches(indices: np.ndarray, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+def eval_batches(indices: np.ndarray, lengths: np.ndarray, size: BatchSize) -> list[np.ndarray]:
     """Validation batches sorted by length: deterministic and padding-free as far as possible."""
-    ordered = indices[np.argsort(-lengths[indices], kind="stable")]
-    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return size.cut(indices[np.argsort(-lengths[indices], kind="stable")], lengths)
 
 
 def collate(data: TokenizedData, batch: np.ndarray, pad_id: int) -> tuple[dict, torch.Tensor]:

@@ -109,7 +109,8 @@ def report_errors(command: Callable[[], int]) -> int:
     except StoppedAtOnce as err:  # a second signal; a save it interrupted has removed its temporary directory
         return fail(f"{err}; the last complete checkpoint is intact", err.exit_code)
     except MemoryError:
-        return fail("out of memory; lower --batch_size or --max_length, or pass --gradient_checkpointing", 1)
+        return fail("out of memory; lower --batch_size (or --batch_tokens) or --max_length, "
+                    "or pass --gradient_checkpointing", 1)
     except Exception as err:  # a genuine bug: say so, in one line, and keep the traceback for the report
         with tempfile.NamedTemporaryFile("w", prefix="roleplay-tuner-bug-", suffix=".txt", delete=False) as f:
             traceback.print_exc(file=f)

@@ -37,7 +37,8 @@ class TrainConfig:
     overwrite_output_dir: bool = option(False, "start afresh in an --output_dir that holds an earlier run (its checkpoints and logs are deleted)")
     # Schedule
     epochs: int = option(3, "passes over the training split", changes_run=True)
-    batch_size: int = option(4, "sequences per micro-batch", changes_run=True)
+    batch_size: int = option(4, "sequences per micro-batch, per process", changes_run=True)
+    batch_tokens: int = option(0, "fill each micro-batch (per process) with whole sequences up to this many tokens, in place of --batch_size (padded rows count their padding); at least --max_length (0: off)", changes_run=True)
     grad_accum_steps: int = option(1, "micro-batches per optimizer step; the loss is normalised by the trained tokens of all of them", changes_run=True)
     max_steps: int = option(0, "stop after this many optimizer steps (0: run all epochs)", changes_run=True)
     lr: float = option(2e-5, "peak learning rate (AdamW)", changes_run=True)
@@ -104,10 +105,13 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
         non_negative = ("max_steps", "save_steps", "eval_steps", "save_total_limit", "early_stopping_patience",
                         "max_grad_norm", "weight_decay", "early_stopping_threshold", "max_bad_steps", "seed",
-                        "sample_prompts")
+                        "sample_prompts", "batch_tokens")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if self.batch_tokens and self.batch_tokens < self.max_length:
+            raise ConfigError(f"--batch_tokens ({self.batch_tokens}) must be at least --max_length ({self.max_length}), "
+                              "so that every sequence fits a batch")
         if self.seed >= 2**63:
             raise ConfigError(f"--seed must be below 2**63, got {self.seed}")
         if not 0.0 <= self.eval_split < 1.0:

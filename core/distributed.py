@@ -15,7 +15,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
-import numpy as np
 import torch
 import torch.distributed as torch_dist
 
@@ -105,13 +104,6 @@ def all_finite(tensors, dist: Dist, device: torch.device) -> bool:
     """Whether every element of every tensor is finite, on every rank (each checks its own shards)."""
     local = all(bool(torch.isfinite(t.to_local() if hasattr(t, "to_local") else t).all()) for t in tensors)
     return not any_across(dist, not local, device)
-
-
-def shard(dist: Dist, batch: np.ndarray) -> np.ndarray:
-    """This rank's part of a global batch: contiguous and as even as possible (it may be empty)."""
-    if not dist.active:
-        return batch
-    return np.array_split(batch, dist.world_size)[dist.rank]
 
 
 def wrap(module: torch.nn.Module, dist: Dist, layers, amp_dtype: torch.dtype) -> tuple[torch.nn.Module, str | None]:

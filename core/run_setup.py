@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from core import checkpoint as ckpt
 from core import distributed, trackers
+from core.batching import BatchSize, epoch_batches
 from core.checkpoint import Restored, TrainState
 from core.config import ConfigError, TrainConfig, run_options
 from core.data_files import data_files, data_sha256
@@ -65,6 +66,7 @@ class Run:
     data: Splits
     optim: Optimization
     fingerprint: dict
+    batching: BatchSize
     dist: Dist = field(default_factory=Dist)
     state: TrainState = field(default_factory=TrainState)
     resumed_from: Path | None = None
@@ -103,8 +105,13 @@ def setup(config: TrainConfig, log=print) -> Run:
     prepared = prepare_model(model, config, device, amp_dtype, dist, log,
                              adapter_from=restored.path if restored and config.lora else None)
     set_stop_tokens(model, tokenizer, splits.sequences.summary["format"]["end_of_turn_ids"])
-    optim = setup_optimization(model, config, len(splits.train_idx), device, amp_dtype, dist)
-    run = Run(config, prepared, tokenizer, splits, optim, fingerprint, dist)
+    batching = BatchSize(config.batch_size, config.batch_tokens, dist.world_size, padded=not prepared.packed,
+                         group_batches=0 if prepared.packed else config.length_group_batches)
+    optim = setup_optimization(model, config, count_steps(config, splits, batching), device, amp_dtype, dist)
+    per_process = f"up to {config.batch_tokens} tokens" if config.batch_tokens else f"{config.batch_size} sequences"
+    log(f"Batches: {per_process} per process x {dist.world_size} process(es) x {config.grad_accum_steps} "
+        f"accumulated per optimizer step; {optim.total_steps} steps")
+    run = Run(config, prepared, tokenizer, splits, optim, fingerprint, batching, dist)
     if restored is not None:
         restore(run, restored, log)
     if dist.is_main:
@@ -139,14 +146,19 @@ def setup_data(config: TrainConfig, tokenizer, data_hash: str, log) -> Splits:
     return Splits(data, train_idx, eval_idx, statistics, [])
 
 
-def setup_optimization(model, config: TrainConfig, n_train: int, device: torch.device, amp_dtype: torch.dtype,
+def count_steps(config: TrainConfig, splits: Splits, batching: BatchSize) -> int:
+    """The run's optimizer steps. Filled to a token budget, an epoch's batch count depends on its order, so
+    each epoch's batches are counted (cheap: lengths only)."""
+    def steps_in(epoch: int) -> int:
+        batches = epoch_batches(splits.train_idx, splits.sequences.lengths, batching, config.seed, epoch)
+        return math.ceil(len(batches) / config.grad_accum_steps)
+    total = sum(map(steps_in, range(config.epochs))) if batching.tokens else steps_in(0) * config.epochs
+    return min(total, config.max_steps) if config.max_steps else total
+
+
+def setup_optimization(model, config: TrainConfig, total_steps: int, device: torch.device, amp_dtype: torch.dtype,
                        dist: Dist) -> Optimization:
     """AdamW without weight decay on biases and norm weights (fused on CUDA and CPU), its schedule and scaler."""
-    global_batch = config.batch_size * dist.world_size
-    steps_per_epoch = math.ceil(math.ceil(n_train / global_batch) / config.grad_accum_steps)
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -21,9 +21,7 @@ from core.run_setup import Run
 
 def train_batches(run: Run, epoch: int) -> list[np.ndarray]:
     """The epoch's global batches (each rank trains its share): shuffled, length-grouped only when padded."""
-    config = run.config
-    return epoch_batches(run.data.train_idx, run.data.sequences.lengths, config.batch_size * run.dist.world_size,
-                         config.seed, epoch, group_batches=None if run.prepared.packed else config.length_group_batches)
+    return epoch_batches(run.data.train_idx, run.data.sequences.lengths, run.batching, run.config.seed, epoch)
 
 
 def make_batch(run: Run, batch: np.ndarray) -> tuple[dict, torch.Tensor]:
@@ -36,7 +34,7 @@ def make_batch(run: Run, batch: np.ndarray) -> tuple[dict, torch.Tensor]:
 def rank_share(run: Run, batch: np.ndarray) -> tuple[np.ndarray, bool]:
     """This rank's part of a global batch, or (where that is empty) a stand-in whose loss counts zero: every
     rank must run each forward and backward, since DDP and FSDP communicate inside them."""
-    part = distributed.shard(run.dist, batch)
+    part = run.batching.split(batch, run.data.sequences.lengths)[run.dist.rank]
     return (part, True) if len(part) else (batch[:1], False)
 
 
@@ -87,8 +85,7 @@ def validate(run: Run) -> dict:
     """Token-weighted validation loss and perplexity over the whole held-out split (all ranks' shares)."""
     run.prepared.model.eval()
     total, tokens = 0.0, 0
-    for batch in eval_batches(run.data.eval_idx, run.data.sequences.lengths,
-                              run.config.batch_size * run.dist.world_size):
+    for batch in eval_batches(run.data.eval_idx, run.data.sequences.lengths, run.batching):
         part, counts = rank_share(run, batch)
         inputs, labels = make_batch(run, part)
         loss = run.prepared.loss_sum(inputs, labels).item()

@@ -4,6 +4,7 @@ Two processes with `--batch_size 2` must give the per-step losses, gradient norm
 and final weights of one process with `--batch_size 4` (1e-5 relative), with packing, with and
 without gradient accumulation, under DDP and FSDP2, launched by `torchrun` and by `accelerate
 launch`; only rank 0 writes; a checkpoint of the two-process run resumes to the same weights.
+Under a token budget (`--batch_tokens`), two processes equal one accumulating two budgets.
 """
 
 import gzip
@@ -88,6 +89,21 @@ def test_two_processes_equal_one_with_twice_the_batch(tmp_path, data, tiny_qwen_
     assert outputs(out) == outputs(reference)
     assert len(entries(out)) == len(set(json.dumps(e, sort_keys=True) for e in entries(out)))
     assert (result.stdout + result.stderr).count("Model: ") == 1
+
+
+def test_two_processes_with_a_token_budget_equal_one_accumulating_two_budgets(tmp_path, data, tiny_qwen_dir,
+                                                                             cache_dir):
+    """A global batch under --batch_tokens is one budget per process: the same update as one process
+    accumulating as many budgets, micro-batch for micro-batch."""
+    budget = ["--batch_tokens", "256", "--max_length", "256"]
+    reference = tmp_path / "one"
+    code, output = cli(*options(data, tiny_qwen_dir, cache_dir, reference, 1, *budget, "--grad_accum_steps", "2"))
+    assert code == 0, output[-3000:]
+    out = tmp_path / "two"
+    result = launch("torchrun", options(data, tiny_qwen_dir, cache_dir, out, 1, *budget))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert_same_run(out, reference)
+    assert len([e for e in entries(out) if e["type"] == "train"]) >= 2
 
 
 def test_a_two_process_checkpoint_loads_and_resumes_to_the_same_weights(tmp_path, data, tiny_qwen_dir, cache_dir):

@@ -94,6 +94,21 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, tiny_qwen_dir, 
         assert all(torch.equal(mine[k], theirs[k]) for k in theirs), name
 
 
+def test_token_budget_batches_resume_exactly(tmp_path, tiny_qwen_dir, cache_dir):
+    budget = dict(batch_tokens=256, max_length=256)
+    (tmp_path / "reference").mkdir()
+    sample_data(tmp_path / "reference", 40)
+    steps = run_to_end(config_for(tmp_path / "reference", tiny_qwen_dir, cache_dir, **budget))["steps"]
+    sample_data(tmp_path, 40)
+    with pytest.raises(TrainingStopped):
+        run_to_end(config_for(tmp_path, tiny_qwen_dir, cache_dir, **budget), interrupt_during_step(steps - 1, 2))
+    resumed = config_for(tmp_path, tiny_qwen_dir, cache_dir, resume_from_checkpoint="auto", **budget)
+    fit(setup(resumed, **QUIET), **QUIET)
+    assert metrics(tmp_path / "out") == metrics(tmp_path / "reference" / "out")
+    mine, theirs = (load_file(d / "out/best_model/model.safetensors") for d in (tmp_path, tmp_path / "reference"))
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwen_dir, cache_dir):
     sample_data(tmp_path, 40)
     out = tmp_path / "out"

@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, make_run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core.batching import collate, epoch_batches, pack
+from core.batching import BatchSize, collate, epoch_batches, pack
 from core.last_layer import is_trimmed, trim_last_layer
 from core.lean_layers import make_lean
 from core.loss import summed_loss, summed_loss_full_logits
@@ -218,16 +218,35 @@ def test_packed_rows_restart_positions_and_never_train_across_a_boundary(tmp_pat
 def test_length_grouped_batches_cover_each_example_once_and_are_seeded():
     lengths = np.random.default_rng(0).integers(10, 500, size=1000)
     indices = np.arange(1000)
-    batches = epoch_batches(indices, lengths, 4, seed=1, epoch=0)
+    grouped = BatchSize(4, padded=True, group_batches=64)
+    batches = epoch_batches(indices, lengths, grouped, seed=1, epoch=0)
     assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
-    again = epoch_batches(indices, lengths, 4, seed=1, epoch=0)
+    again = epoch_batches(indices, lengths, grouped, seed=1, epoch=0)
     assert all((x == y).all() for x, y in zip(batches, again))
-    assert not all((x == y).all() for x, y in zip(batches, epoch_batches(indices, lengths, 4, seed=1, epoch=1)))
+    assert not all((x == y).all() for x, y in zip(batches, epoch_batches(indices, lengths, grouped, seed=1, epoch=1)))
     padding = sum(len(b) * lengths[b].max() - lengths[b].sum() for b in batches) / lengths.sum()
     assert padding < 0.05
-    shuffled = epoch_batches(indices, lengths, 4, seed=1, epoch=0, group_batches=None)  # for packed rows
+    shuffled = epoch_batches(indices, lengths, BatchSize(4), seed=1, epoch=0)  # for packed rows
     assert sorted(np.concatenate(shuffled).tolist()) == list(range(1000))
-    assert all((x == y).all() for x, y in zip(shuffled, epoch_batches(indices, lengths, 4, 1, 0, group_batches=None)))
+    assert all((x == y).all() for x, y in zip(shuffled, epoch_batches(indices, lengths, BatchSize(4), 1, 0)))
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["packed", "padded"])
+def test_token_budget_batches_hold_each_sequence_once_whole_and_within_budget(padded):
+    lengths = np.random.default_rng(0).integers(10, 500, size=1000)
+    indices = np.arange(1000)
+    size = BatchSize(4, tokens=1200, processes=3, padded=padded, group_batches=8 if padded else 0)
+    batches = epoch_batches(indices, lengths, size, seed=1, epoch=0)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))  # each sequence once, none split
+    same = epoch_batches(indices, lengths, size, seed=1, epoch=0)
+    assert len(same) == len(batches) and all(np.array_equal(x, y) for x, y in zip(batches, same))
+    assert not all(np.array_equal(x, y) for x, y in zip(batches, epoch_batches(indices, lengths, size, 1, epoch=1)))
+    parts = [part for batch in batches for part in size.split(batch, lengths)]
+    assert all(len(size.split(batch, lengths)) == 3 for batch in batches)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(1000))  # the processes' shares are disjoint
+    cost = [len(p) * lengths[p].max() if padded else lengths[p].sum() for p in parts if len(p)]
+    assert max(cost) <= 1200 and np.mean(cost) > 0.7 * 1200  # within the budget, and well filled
+    assert sum(not len(p) for p in parts) <= len(batches) / 10  # only a group's last global batch runs short
 
 
 def test_every_output_directory_loads_with_transformers(tmp_path, tiny_qwen_dir, cache_dir):
