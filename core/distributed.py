@@ -106,6 +106,11 @@ def all_finite(tensors, dist: Dist, device: torch.device) -> bool:
     return not any_across(dist, not local, device)
 
 
+def own_part(dist: Dist, parts: list):
+    """This rank's part of a global batch split into one part per process."""
+    return parts[dist.rank]
+
+
 def wrap(module: torch.nn.Module, dist: Dist, layers, amp_dtype: torch.dtype) -> tuple[torch.nn.Module, str | None]:
     """DDP, or FSDP2 with each decoder layer a unit; returns the module to call and a description for the log."""
     if not dist.active:

@@ -34,7 +34,7 @@ def make_batch(run: Run, batch: np.ndarray) -> tuple[dict, torch.Tensor]:
 def rank_share(run: Run, batch: np.ndarray) -> tuple[np.ndarray, bool]:
     """This rank's part of a global batch, or (where that is empty) a stand-in whose loss counts zero: every
     rank must run each forward and backward, since DDP and FSDP communicate inside them."""
-    part = run.batching.split(batch, run.data.sequences.lengths)[run.dist.rank]
+    part = distributed.own_part(run.dist, run.batching.split(batch, run.data.sequences.lengths))
     return (part, True) if len(part) else (batch[:1], False)
 
 
