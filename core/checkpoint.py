@@ -103,6 +103,32 @@ def save_checkpoint(target: Path, model, tokenizer, config, state: TrainState, f
         STATE_FILE: json.dumps({"state": asdict(state), "fingerprint": fingerprint}, indent=2)})
 
 
+def checkpoint_bytes(model: torch.nn.Module, lora: bool) -> tuple[int, int]:
+    """(one checkpoint's weights and AdamW state, best_model/'s weights) in bytes, from the parameters;
+    the tokenizer files come on top. A LoRA checkpoint holds the adapter, its best_model/ the merged model."""
+    params = {id(p): p for p in model.parameters()}.values()  # tied weights are stored once
+    full = sum(p.numel() * p.element_size() for p in params)
+    trainable = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    return (trainable if lora else full) + 2 * trainable, full
+
+
+def disk_shortfall(output_dir: Path, per_checkpoint: int, best_model: int, checkpoints: int,
+                   epochs: int) -> str | None:
+    """A warning when the free disk under `output_dir` cannot hold the checkpoints a run will keep (plus the
+    one being written beside the last and best_model/'s swap), or None."""
+    needed = (checkpoints + epochs + 1) * per_checkpoint + 2 * best_model
+    free = shutil.disk_usage(output_dir).free
+    if needed <= free:
+        return None
+    return (f"Warning: this run's checkpoints need about {_size(needed)} ({checkpoints} checkpoint-N/ and {epochs} "
+            f"epoch_N/ of {_size(per_checkpoint)} each, best_model/ {_size(best_model)}), but only {_size(free)} is "
+            f"free in {output_dir}: set --save_total_limit or raise --save_steps before the disk fills")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
 def rotate_checkpoints(output_dir: Path, keep: int, protected: set[Path]) -> list[Path]:
     """Delete all but the `keep` newest checkpoint-N/, never one in `protected`; return what was deleted."""
     steps = sorted((int(p.name.split("-")[1]), p) for p in output_dir.glob("checkpoint-*") if _NAME.match(p.name))

@@ -107,7 +107,9 @@ def setup(config: TrainConfig, log=print) -> Run:
     set_stop_tokens(model, tokenizer, splits.sequences.summary["format"]["end_of_turn_ids"])
     batching = BatchSize(config.batch_size, config.batch_tokens, dist.world_size, padded=not prepared.packed,
                          group_batches=0 if prepared.packed else config.length_group_batches)
-    optim = setup_optimization(model, config, count_steps(config, splits, batching), device, amp_dtype, dist)
+    steps = epoch_steps(config, splits, batching)
+    total_steps = min(sum(steps), config.max_steps) if config.max_steps else sum(steps)
+    optim = setup_optimization(model, config, total_steps, device, amp_dtype, dist)
     per_process = f"up to {config.batch_tokens} tokens" if config.batch_tokens else f"{config.batch_size} sequences"
     log(f"Batches: {per_process} per process x {dist.world_size} process(es) x {config.grad_accum_steps} "
         f"accumulated per optimizer step; {optim.total_steps} steps")
@@ -116,6 +118,7 @@ def setup(config: TrainConfig, log=print) -> Run:
         restore(run, restored, log)
     if dist.is_main:
         ckpt.mark_output_dir(output_dir, fingerprint, config, splits.statistics)
+        warn_if_disk_short(run, steps, log)
     return run
 
 
@@ -146,14 +149,25 @@ def setup_data(config: TrainConfig, tokenizer, data_hash: str, log) -> Splits:
     return Splits(data, train_idx, eval_idx, statistics, [])
 
 
-def count_steps(config: TrainConfig, splits: Splits, batching: BatchSize) -> int:
-    """The run's optimizer steps. Filled to a token budget, an epoch's batch count depends on its order, so
-    each epoch's batches are counted (cheap: lengths only)."""
+def epoch_steps(config: TrainConfig, splits: Splits, batching: BatchSize) -> list[int]:
+    """Optimizer steps in each epoch. Filled to a token budget, an epoch's batch count depends on its order,
+    so each epoch's batches are counted (cheap: lengths only)."""
     def steps_in(epoch: int) -> int:
         batches = epoch_batches(splits.train_idx, splits.sequences.lengths, batching, config.seed, epoch)
         return math.ceil(len(batches) / config.grad_accum_steps)
-    total = sum(map(steps_in, range(config.epochs))) if batching.tokens else steps_in(0) * config.epochs
-    return min(total, config.max_steps) if config.max_steps else total
+    return list(map(steps_in, range(config.epochs))) if batching.tokens else [steps_in(0)] * config.epochs
+
+
+def warn_if_disk_short(run: Run, steps: list[int], log) -> None:
+    """Say at the start, not at the third checkpoint, that the disk cannot hold what this run will keep."""
+    config, total = run.config, run.optim.total_steps
+    saves = total // config.save_steps if config.save_steps else 0
+    kept = min(saves, config.save_total_limit) if config.save_total_limit else saves
+    epochs_ended = sum(1 for end in np.cumsum(steps) if end <= total)
+    per_checkpoint, best_model = ckpt.checkpoint_bytes(run.prepared.model, lora=config.lora)
+    warning = ckpt.disk_shortfall(run.output_dir, per_checkpoint, best_model, kept, epochs_ended)
+    if warning:
+        log(warning)
 
 
 def setup_optimization(model, config: TrainConfig, total_steps: int, device: torch.device, amp_dtype: torch.dtype,

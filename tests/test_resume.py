@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from conftest import ROOT, make_config, sample_data
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from core.checkpoint import CheckpointError, latest_checkpoint, rotate_checkpoints
+from core.checkpoint import CheckpointError, checkpoint_bytes, latest_checkpoint, rotate_checkpoints
 from core.config import TrainConfig, option
 from core.run_setup import setup
 from core.trainer import TrainingStopped, fit
@@ -107,6 +108,33 @@ def test_token_budget_batches_resume_exactly(tmp_path, tiny_qwen_dir, cache_dir)
     assert metrics(tmp_path / "out") == metrics(tmp_path / "reference" / "out")
     mine, theirs = (load_file(d / "out/best_model/model.safetensors") for d in (tmp_path, tmp_path / "reference"))
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_a_disk_too_small_for_the_kept_checkpoints_is_warned_about_at_the_start(tmp_path, tiny_qwen_dir, cache_dir,
+                                                                               monkeypatch):
+    config = make_config(tmp_path, tiny_qwen_dir, cache_dir, max_steps=2, save_steps=2)
+    run = setup(config, **QUIET)
+    fit(run, **QUIET)
+    per_checkpoint, best_model = checkpoint_bytes(run.prepared.model, lora=False)
+    out = tmp_path / "out"
+    written = sum((out / "checkpoint-2" / name).stat().st_size for name in ("model.safetensors", "training_state.pt"))
+    assert written == pytest.approx(per_checkpoint, rel=0.02)  # the estimate is what a checkpoint's tensors take
+    assert (out / "best_model" / "model.safetensors").stat().st_size == pytest.approx(best_model, rel=0.02)
+
+    def free(megabytes):
+        usage = shutil.disk_usage(tmp_path)
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=megabytes * 10**6))
+    lines = []
+    free(1)  # 2 steps with a checkpoint each: 2 checkpoints and best_model/ (the epoch does not end)
+    setup(make_config(tmp_path, tiny_qwen_dir, cache_dir, max_steps=2, save_steps=1, overwrite_output_dir=True),
+          log=lines.append)
+    (warning,) = [line for line in lines if line.startswith("Warning: this run's checkpoints need")]
+    assert "2 checkpoint-N/ and 0 epoch_N/" in warning and "--save_total_limit" in warning
+    lines.clear()
+    free(4 * per_checkpoint // 10**6 + 2 * best_model // 10**6 + 10)
+    setup(make_config(tmp_path, tiny_qwen_dir, cache_dir, max_steps=2, save_steps=1, overwrite_output_dir=True),
+          log=lines.append)
+    assert not [line for line in lines if line.startswith("Warning")]
 
 
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwen_dir, cache_dir):
