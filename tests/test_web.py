@@ -10,9 +10,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT
 
 from core.dataset import DataOptions, load_conversations
+from core.web_app import NONE, Practice, WebConfig, model_choices
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = ROOT / "runs" / "test-artifacts" / "web_chat.png"
@@ -88,3 +90,24 @@ def test_browser_chat_answers_compares_and_downloads_a_training_record(app, tmp_
     assert "Frank Marquez" in record["messages"][0]["content"]
     assert len(list(load_conversations(saved, DataOptions()))) == 1  # a valid training record
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_the_handlers_answer_regenerate_with_variety_and_offer_the_run_s_other_checkpoints(tmp_path, tiny_qwen_dir):
+    run = tmp_path / "run"
+    for name in ("best_model", "epoch_1", "checkpoint-4"):
+        shutil.copytree(tiny_qwen_dir, run / name)
+    (run / "tensorboard").mkdir()  # not a model
+    config = WebConfig(model=str(run / "best_model"), max_new_tokens=6)
+    assert model_choices(config) == [str(run / name) for name in ("best_model", "checkpoint-4", "epoch_1")]
+    torch.manual_seed(0)
+    practice, persona = Practice(config), "You are Dana, IT director."
+    *_, (chat, compared, message_box) = practice.send("Hi Dana", [], [], persona, config.model, NONE)
+    assert [m["role"] for m in chat] == ["user", "assistant"] and compared == [] and message_box == ""
+    replies = set()
+    for _ in range(4):  # a regenerated reply replaces the last one, and sampling makes it vary
+        *_, (again, _) = practice.regenerate(chat, [], persona, config.model, NONE)
+        assert again[:-1] == chat[:-1] and again[-1]["role"] == "assistant"
+        replies.add(again[-1]["content"])
+    assert len(replies) > 1
+    record = json.loads(Path(practice.transcript(again, persona)).read_text())
+    assert record["messages"] == [{"role": "system", "content": persona}, *again]
