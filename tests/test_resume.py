@@ -38,6 +38,14 @@ def metrics(out):
     return [{k: v for k, v in e.items() if k != "tokens_per_sec"} for e in entries]
 
 
+def assert_same_outputs(out, reference):
+    """The same logged figures, and bit-identical weights in epoch_2/ and best_model/."""
+    assert metrics(out) == metrics(reference)
+    for name in ("epoch_2", "best_model"):
+        mine, theirs = load_file(out / name / "model.safetensors"), load_file(reference / name / "model.safetensors")
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), name
+
+
 def run_to_end(config, on_event=None):
     run = setup(config, **QUIET)
     if on_event is not None:
@@ -88,11 +96,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, tiny_qwen_dir, 
     run = setup(resumed, **QUIET)
     assert run.state.step == step
     fit(run, **QUIET)
-    assert metrics(tmp_path / "out") == metrics(reference)
-    for name in ("epoch_2", "best_model"):
-        mine, theirs = load_file(tmp_path / "out" / name / "model.safetensors"), \
-            load_file(reference / name / "model.safetensors")
-        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), name
+    assert_same_outputs(tmp_path / "out", reference)
 
 
 def test_token_budget_batches_resume_exactly(tmp_path, tiny_qwen_dir, cache_dir):
@@ -105,9 +109,7 @@ def test_token_budget_batches_resume_exactly(tmp_path, tiny_qwen_dir, cache_dir)
         run_to_end(config_for(tmp_path, tiny_qwen_dir, cache_dir, **budget), interrupt_during_step(steps - 1, 2))
     resumed = config_for(tmp_path, tiny_qwen_dir, cache_dir, resume_from_checkpoint="auto", **budget)
     fit(setup(resumed, **QUIET), **QUIET)
-    assert metrics(tmp_path / "out") == metrics(tmp_path / "reference" / "out")
-    mine, theirs = (load_file(d / "out/best_model/model.safetensors") for d in (tmp_path, tmp_path / "reference"))
-    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert_same_outputs(tmp_path / "out", tmp_path / "reference" / "out")
 
 
 def test_a_disk_too_small_for_the_kept_checkpoints_is_warned_about_at_the_start(tmp_path, tiny_qwen_dir, cache_dir,
