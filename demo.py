@@ -20,13 +20,13 @@ from pathlib import Path  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from core.chat import repeated_sentence  # noqa: E402
 from core.config import parse_args  # noqa: E402
-from core.generation import Sampling, generate_reply  # noqa: E402
-from core.report import read_jsonl, write_report  # noqa: E402
-from core.run_setup import setup  # noqa: E402
-from core.step import validate  # noqa: E402
+from core.model.generation import Sampling, generate_reply  # noqa: E402
+from core.train.run_setup import setup  # noqa: E402
+from core.train.step import validate  # noqa: E402
 from core.trainer import fit  # noqa: E402
+from core.use.chat import repeated_sentence  # noqa: E402
+from core.use.report import read_jsonl, write_report  # noqa: E402
 
 DEMO_DEFAULTS = ["--data_path", "data/training.jsonl", "--model_name", "smollm2", "--output_dir", "runs/demo",
                  "--epochs", "1", "--max_steps", "45", "--batch_size", "4", "--lr", "1e-4", "--warmup_ratio", "0.1",

@@ -56,7 +56,7 @@ def main() -> None:
         size_mb = data.stat().st_size / 1e6
         model_cache = tmp / "model-cache"
         # Convert the model once first (a GGUF conversion is a one-time cost, not part of inspect).
-        subprocess.run([sys.executable, "-c", "import sys; from core.models import load_tokenizer; "
+        subprocess.run([sys.executable, "-c", "import sys; from core.model.load import load_tokenizer; "
                         "load_tokenizer(sys.argv[1], sys.argv[2])",
                         args.model_name, str(model_cache)], check=True, capture_output=True)
         cold, report = timed_inspect(data, args.model_name, model_cache)

@@ -95,7 +95,7 @@ def model_dims(model) -> dict:
     head = model.get_output_embeddings().weight
     total = sum(p.numel() for p in model.parameters())  # tied weights are listed once
     non_embedding = total - embedding.numel() - (0 if head is embedding else head.numel())
-    from core.last_layer import last_decoder_layer
+    from core.model.patches.last_layer import last_decoder_layer
     last_mlp = last_decoder_layer(model).mlp
     return {"non_embedding": non_embedding, "last_mlp": sum(p.numel() for p in last_mlp.parameters()),
             "hidden": config.hidden_size, "vocab": head.shape[0], "layers": config.num_hidden_layers}
@@ -209,8 +209,8 @@ def project_worker(args) -> dict:
     import torch
 
     from core.config import TrainConfig
-    from core.run_setup import setup
-    from core.step import train_batches, train_step
+    from core.train.run_setup import setup
+    from core.train.step import train_batches, train_step
 
     matmul_now = matmul_rate(args.device)[0]
     work = Path(args.work_dir)
@@ -281,10 +281,10 @@ def parity_worker(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from core.batching import IGNORE, trained_tokens
     from core.config import TrainConfig
-    from core.run_setup import setup
-    from core.step import make_batch
+    from core.labels import IGNORE, trained_tokens
+    from core.train.run_setup import setup
+    from core.train.step import make_batch
 
     work = Path(args.work_dir)
     data = work / "parity.jsonl"
@@ -326,9 +326,9 @@ def parity_worker(args) -> dict:
 
 def tokenize_worker(args) -> dict:
     """Time `tokenize_file` on a data file with a given cache (a build the first time, a cache hit after)."""
+    from core.data.tokenized import tokenize_file
     from core.dataset import DataOptions
-    from core.models import load_tokenizer
-    from core.tokenized import tokenize_file
+    from core.model.load import load_tokenizer
 
     tokenizer = load_tokenizer(args.model_dir)
     rss_before = peak_rss_mb()
@@ -415,7 +415,7 @@ def prepare_model(name: str, tmp: Path, cache_dir: str) -> Path:
     """The directory both frameworks load: the project's cached SmolLM2 conversion, or a fresh random Qwen."""
     if name == "random-qwen-0.5b":
         return build_random_qwen(tmp / "random-qwen-0.5b")
-    from core.models import converted_gguf_dir, default_cache_dir, resolve_model_path
+    from core.model.load import converted_gguf_dir, default_cache_dir, resolve_model_path
     return converted_gguf_dir(Path(resolve_model_path("smollm2")), default_cache_dir(cache_dir))
 
 

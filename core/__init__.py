@@ -1,5 +1,5 @@
 """Fine-tune a chat model into a roleplay chatbot: data, model preparation, training loop, checkpoints.
 
 Importing any module of this package changes nothing outside it (no environment variables, no
-registries); `core.run_setup.setup` and `core.model_prep.prepare_model` make the changes a run needs.
+registries); `core.train.run_setup.setup` and `core.model.prepare.prepare_model` make the changes a run needs.
 """

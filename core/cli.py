@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import ConfigError, TrainConfig, option, parse_args
+from core.config import TrainConfig, option, parse_args
+from core.errors import StoppedAtOnce, UserError, first_line
 
 USAGE = """Fine-tune a chat model into a roleplay chatbot.
 
@@ -56,23 +57,23 @@ def inspect_command(argv: list[str]) -> int:
 
 
 def chat(argv: list[str]) -> int:
-    from core.chat_cli import ChatConfig, chat
+    from core.use.chat_cli import ChatConfig, chat
     return chat(parse_args(argv, ChatConfig, prog="train.py chat", description="Practise with the bot."))
 
 
 def web(argv: list[str]) -> int:
-    from core.web_app import WebConfig, serve
+    from core.use.web_app import WebConfig, serve
     return serve(parse_args(argv, WebConfig, prog="train.py web", description="Practise with the bot in a browser."))
 
 
 def export(argv: list[str]) -> int:
-    from core.export import ExportConfig, export
+    from core.use.export import ExportConfig, export
     return export(parse_args(argv, ExportConfig, prog="train.py export",
                              description="GGUF files, an Ollama Modelfile and the Hub."))
 
 
 def evaluate(argv: list[str]) -> int:
-    from core.evaluate import EvaluateConfig, evaluate
+    from core.use.evaluate import EvaluateConfig, evaluate
     return evaluate(parse_args(argv, EvaluateConfig, prog="train.py evaluate",
                                description="Replies, loss and perplexity of a model on a data file."))
 
@@ -90,19 +91,9 @@ def prefer_huge_pages() -> None:
 def report_errors(command: Callable[[], int]) -> int:
     """Run a command; turn every expected fault into one line on stderr and a non-zero exit code."""
     prefer_huge_pages()
-    from core.chat_format import TemplateError
-    from core.checkpoint import CheckpointError
-    from core.data_files import DataError
-    from core.models import ModelLoadError
-    from core.stop_signal import StoppedAtOnce
-    from core.trainer import TrainingStopped
     try:
         return command()
-    except (ConfigError, DataError, ModelLoadError, TemplateError) as err:
-        return fail(str(err), 2)
-    except CheckpointError as err:
-        return fail(str(err), 1)
-    except TrainingStopped as err:
+    except UserError as err:
         return fail(str(err), err.exit_code)
     except KeyboardInterrupt:
         return fail("interrupted before training started; no checkpoint was written", 130)
@@ -115,7 +106,7 @@ def report_errors(command: Callable[[], int]) -> int:
         with tempfile.NamedTemporaryFile("w", prefix="roleplay-tuner-bug-", suffix=".txt", delete=False) as f:
             traceback.print_exc(file=f)
         where = traceback.extract_tb(err.__traceback__)[-1]
-        return fail(f"internal error ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}) at "
+        return fail(f"internal error ({type(err).__name__}: {first_line(err)}) at "
                     f"{where.filename}:{where.lineno}. This is a bug: please report it with the command you ran "
                     f"and the traceback in {f.name}", 3)
 
@@ -128,8 +119,9 @@ def fail(message: str, code: int) -> int:
 
 
 def train(argv: list[str]) -> int:
-    from core.run_setup import setup
-    from core.trainer import TrainingStopped, fit
+    from core.errors import TrainingStopped
+    from core.train.run_setup import setup
+    from core.trainer import fit
     config = parse_args(argv, TrainConfig, description=USAGE)
     run = setup(config)
     try:
@@ -150,7 +142,7 @@ def train(argv: list[str]) -> int:
 
 def write_report(config: TrainConfig, is_main: bool) -> None:
     """report.html for the run in --output_dir (rank 0, unless --no-report)."""
-    from core.report import write_report as build
+    from core.use.report import write_report as build
     if config.report and is_main:
         print(f"Report: {build(Path(config.output_dir))}")
 
@@ -170,10 +162,10 @@ def inspect(config: InspectConfig) -> int:
     It reads the same options as training (so `--config run.yaml` inspects exactly what that run
     would train), tokenises through the same cache, and needs only the tokenizer, not the weights.
     """
-    from core.data_report import PLAIN_OFF, PLAIN_ON, data_statistics, format_statistics, render_sequence
+    from core.data.statistics import PLAIN_OFF, PLAIN_ON, data_statistics, format_statistics, render_sequence
+    from core.data.tokenized import tokenize_file
     from core.dataset import data_options
-    from core.models import default_cache_dir, load_tokenizer
-    from core.tokenized import tokenize_file
+    from core.model.load import default_cache_dir, load_tokenizer
     tokenizer = load_tokenizer(config.model_name, config.cache_dir, config.trust_remote_code)
     data = tokenize_file(config.data_path, tokenizer, data_options(config), config.max_length,
                          default_cache_dir(config.cache_dir), progress=sys.stderr.isatty())

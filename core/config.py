@@ -18,97 +18,152 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad option or config file; the message is meant for the user as it is."""
+from core.errors import ConfigError
 
 
-def option(default: Any, help: str, choices: tuple | None = None, changes_run: bool = False) -> Any:
+def option(default: Any, help: str, choices: tuple | None = None, changes_run: bool = False,
+           at_least: float | None = None) -> Any:
     """A config field; `changes_run` marks options whose change would make a resumed run differ."""
-    return field(default=default, metadata={"help": help, "choices": choices, "changes_run": changes_run})
+    return field(default=default, metadata={"help": help, "choices": choices, "changes_run": changes_run,
+                                            "at_least": at_least})
+
+
+def check_options(config: Any) -> None:
+    """The checks every option declares: finite numbers, one of its choices, its lower bound."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{f.name} must be a finite number, got {value}")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"--{f.name} must be one of {', '.join(choices)}, got {value!r}")
+        at_least = f.metadata.get("at_least")
+        if at_least is not None and value < at_least:
+            bound = "must not be negative" if at_least == 0 else f"must be at least {at_least}"
+            raise ConfigError(f"--{f.name} {bound}, got {value}")
+
 
 
 @dataclass
-class TrainConfig:
-    # Data and model
+class DataOptions:
+    """The training data and its validation split."""
+
     data_path: str = option("", "training data: a .jsonl or .json file (optionally .gz), a directory of them or a glob pattern, of input/output, messages or ShareGPT records; required")
-    model_name: str = option("Qwen/Qwen2.5-0.5B-Instruct", "hub id, local Hugging Face directory, local .gguf file, or 'smollm2' for the offline SmolLM2-135M-Instruct", changes_run=True)
-    output_dir: str = option("./checkpoints", "where checkpoints, best_model/, config and metrics go")
-    overwrite_output_dir: bool = option(False, "start afresh in an --output_dir that holds an earlier run (its checkpoints and logs are deleted)")
-    # Schedule
-    epochs: int = option(3, "passes over the training split", changes_run=True)
-    batch_size: int = option(4, "sequences per micro-batch, per process", changes_run=True)
-    batch_tokens: int = option(0, "fill each micro-batch (per process) with whole sequences up to this many tokens, in place of --batch_size (padded rows count their padding); at least --max_length (0: off)", changes_run=True)
-    grad_accum_steps: int = option(1, "micro-batches per optimizer step; the loss is normalised by the trained tokens of all of them", changes_run=True)
-    max_steps: int = option(0, "stop after this many optimizer steps (0: run all epochs)", changes_run=True)
-    lr: float = option(2e-5, "peak learning rate (AdamW)", changes_run=True)
-    lr_scheduler: str = option("cosine", "decay after warmup", ("cosine", "linear", "constant"), changes_run=True)
-    warmup_ratio: float = option(0.03, "fraction of optimizer steps spent warming up linearly", changes_run=True)
-    weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms)", changes_run=True)
-    max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)", changes_run=True)
-    seed: int = option(42, "seed for the split, the sample order and initialisation", changes_run=True)
-    # Data handling
     eval_split: float = option(0.1, "fraction of records held out for validation (0: none)", changes_run=True)
-    max_length: int = option(512, "longest sequence in tokens; longer conversations lose their oldest turns", changes_run=True)
+
+
+@dataclass
+class FormatOptions:
+    """How records become token sequences with trained-token masks: training, `inspect` and `evaluate` alike."""
+
+    max_length: int = option(512, "longest sequence in tokens; longer conversations lose their oldest turns", changes_run=True, at_least=1)
     train_on: str = option("all_assistant", "which assistant turns carry loss", ("all_assistant", "last_assistant"), changes_run=True)
     system_prompt: str = option("", "default system prompt (persona) for records that have none", changes_run=True)
     merge_consecutive: bool = option(False, "merge consecutive messages of one role instead of rejecting the record", changes_run=True)
     allow_extra_keys: bool = option(False, "accept record and message keys the formats do not define (metadata such as 'id'); by default they are refused, so that a misspelt key is not silently ignored")
-    length_group_batches: int = option(64, "padded batches only: batches per length-sorted group (larger pads less, smaller shuffles more)", changes_run=True)
+
+
+@dataclass
+class ModelOptions:
+    """The model to fine-tune."""
+
+    model_name: str = option("Qwen/Qwen2.5-0.5B-Instruct", "hub id, local Hugging Face directory, local .gguf file, or 'smollm2' for the offline SmolLM2-135M-Instruct", changes_run=True)
+
+
+@dataclass
+class LoadOptions:
+    """Where models run and what loading them may do: every command that loads a model takes these."""
+
+    device: str = option("auto", "cuda, mps or cpu (auto: the first available in that order)", ("auto", "cuda", "mps", "cpu"))
     cache_dir: str = option("", "tokenised-data and converted-model cache (default: ~/.cache/roleplay-tuner)")
-    # Evaluation, logging, checkpoints
-    eval_steps: int = option(0, "also evaluate every N optimizer steps (0: only at the end of each epoch)", changes_run=True)
-    log_steps: int = option(100, "write a log line every N optimizer steps")
-    save_steps: int = option(500, "write checkpoint-N/ every N optimizer steps (0: never)")
-    save_total_limit: int = option(0, "keep only the K newest checkpoint-N/ (0: keep all)")
-    early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0: off)", changes_run=True)
-    early_stopping_threshold: float = option(0.0, "smallest drop in validation loss that counts as an improvement", changes_run=True)
-    sample_prompts: int = option(4, "validation prompts whose replies (greedy and sampled) are generated at every evaluation and appended to samples.jsonl (0: none)")
-    sample_max_new_tokens: int = option(64, "longest sampled reply in tokens")
-    report: bool = option(True, "write report.html (curves, data, metrics, base against fine-tuned replies) when the run ends or is stopped")
-    report_to: str = option("none", "also send the metrics to a tracker", ("none", "tensorboard", "wandb", "trackio"))
-    max_bad_steps: int = option(5, "stop after this many non-finite losses or gradients in a row")
+    trust_remote_code: bool = option(False, "allow model repositories to run their own Python code")
+
+
+@dataclass
+class ScheduleOptions:
+    """Batches, steps and the optimizer."""
+
+    epochs: int = option(3, "passes over the training split", changes_run=True, at_least=1)
+    batch_size: int = option(4, "sequences per micro-batch, per process", changes_run=True, at_least=1)
+    batch_tokens: int = option(0, "fill each micro-batch (per process) with whole sequences up to this many tokens, in place of --batch_size (padded rows count their padding); at least --max_length (0: off)", changes_run=True, at_least=0)
+    grad_accum_steps: int = option(1, "micro-batches per optimizer step; the loss is normalised by the trained tokens of all of them", changes_run=True, at_least=1)
+    max_steps: int = option(0, "stop after this many optimizer steps (0: run all epochs)", changes_run=True, at_least=0)
+    lr: float = option(2e-5, "peak learning rate (AdamW)", changes_run=True)
+    lr_scheduler: str = option("cosine", "decay after warmup", ("cosine", "linear", "constant"), changes_run=True)
+    warmup_ratio: float = option(0.03, "fraction of optimizer steps spent warming up linearly", changes_run=True)
+    weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms)", changes_run=True, at_least=0)
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)", changes_run=True, at_least=0)
+    seed: int = option(42, "seed for the split, the sample order and initialisation", changes_run=True, at_least=0)
+    length_group_batches: int = option(64, "padded batches only: batches per length-sorted group (larger pads less, smaller shuffles more)", changes_run=True, at_least=1)
+
+
+@dataclass
+class CheckpointOptions:
+    """Where the run writes, how often it validates, logs and saves, when it stops early, and resuming."""
+
+    output_dir: str = option("./checkpoints", "where checkpoints, best_model/, config and metrics go")
+    overwrite_output_dir: bool = option(False, "start afresh in an --output_dir that holds an earlier run (its checkpoints and logs are deleted)")
+    eval_steps: int = option(0, "also evaluate every N optimizer steps (0: only at the end of each epoch)", changes_run=True, at_least=0)
+    log_steps: int = option(100, "write a log line every N optimizer steps", at_least=1)
+    save_steps: int = option(500, "write checkpoint-N/ every N optimizer steps (0: never)", at_least=0)
+    save_total_limit: int = option(0, "keep only the K newest checkpoint-N/ (0: keep all)", at_least=0)
+    early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0: off)", changes_run=True, at_least=0)
+    early_stopping_threshold: float = option(0.0, "smallest drop in validation loss that counts as an improvement", changes_run=True, at_least=0)
+    max_bad_steps: int = option(5, "stop after this many non-finite losses or gradients in a row", at_least=0)
     resume_from_checkpoint: str = option("", "checkpoint directory to resume from, or 'auto' for the newest intact one")
     force_resume: bool = option(False, "resume even if the data or hyper-parameters differ from the checkpoint's")
-    # Hardware and speed
-    device: str = option("auto", "cuda, mps or cpu (auto: the first available in that order)", ("auto", "cuda", "mps", "cpu"))
+    report: bool = option(True, "write report.html (curves, data, metrics, base against fine-tuned replies) when the run ends or is stopped")
+    report_to: str = option("none", "also send the metrics to a tracker", ("none", "tensorboard", "wandb", "trackio"))
+
+
+@dataclass
+class SampleOptions:
+    """Replies to validation prompts, generated at every evaluation (samples.jsonl)."""
+
+    sample_prompts: int = option(4, "validation prompts whose replies (greedy and sampled) are generated at every evaluation and appended to samples.jsonl (0: none)", at_least=0)
+    sample_max_new_tokens: int = option(64, "longest sampled reply in tokens", at_least=1)
+
+
+@dataclass
+class HardwareOptions:
+    """Precision, parallelism and the speed-ups of `prepare_model`."""
+
     precision: str = option("auto", "auto: bf16 autocast on GPUs that support it, fp16 on older GPUs, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"), changes_run=True)
     distributed: str = option("ddp", "with several processes (torchrun, accelerate launch): data parallel (ddp) or fully sharded (fsdp, for models that do not fit one device)", ("ddp", "fsdp"), changes_run=True)
     packing: bool = option(True, "lay each micro-batch's sequences end to end in one row (no padding, attention kept within each sequence); off: right-padded batches of similar lengths", changes_run=True)
-    head_chunk_rows: int = option(2048, "trained positions whose logits are computed at once by the selective loss (lower: less memory, more kernel launches)")
+    head_chunk_rows: int = option(2048, "trained positions whose logits are computed at once by the selective loss (lower: less memory, more kernel launches)", at_least=1)
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
+    compile: bool = option(False, "torch.compile the transformer body")
+
+
+@dataclass
+class AdapterOptions:
+    """LoRA and QLoRA through PEFT."""
+
     lora: bool = option(False, "train LoRA adapters (PEFT) instead of every weight: far less memory; best_model/ holds the merged model", changes_run=True)
-    lora_r: int = option(16, "LoRA rank", changes_run=True)
+    lora_r: int = option(16, "LoRA rank", changes_run=True, at_least=1)
     lora_alpha: float = option(32.0, "LoRA scaling numerator (the update is scaled by alpha / r)", changes_run=True)
     lora_dropout: float = option(0.05, "dropout on the LoRA branch", changes_run=True)
     lora_target_modules: str = option("all-linear", "modules that get adapters: all-linear (every linear projection of the decoder layers) or a comma-separated list of names such as q_proj,v_proj", changes_run=True)
     load_in_4bit: bool = option(False, "QLoRA: load the base model in 4-bit NF4 through bitsandbytes (CUDA only; with --lora)", changes_run=True)
     merge_lora: bool = option(True, "also write best_model/ as the merged model (a plain Hugging Face directory); off: the adapter only")
-    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
-    compile: bool = option(False, "torch.compile the transformer body")
-    trust_remote_code: bool = option(False, "allow model repositories to run their own Python code")
+
+GROUPS = tuple(group for group in (DataOptions, FormatOptions, ModelOptions, LoadOptions, ScheduleOptions, CheckpointOptions, SampleOptions, HardwareOptions, AdapterOptions,))
+
+
+
+@dataclass
+class TrainConfig(AdapterOptions, HardwareOptions, SampleOptions, CheckpointOptions, ScheduleOptions, LoadOptions, ModelOptions, FormatOptions, DataOptions):
+    """Every option of a training run: the groups combined, so the command line stays flat.
+
+    (Dataclass fields follow the reverse order of the bases, so the groups appear in GROUPS' order.)
+    """
 
     def validate(self) -> None:
         """Check every option before anything loads: ranges, finiteness, and directories that are files."""
         if not self.data_path:
             raise ConfigError("--data_path is required (a .jsonl or .json file of training records, or a directory of them)")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"--{f.name} must be a finite number, got {value}")
-            choices = f.metadata["choices"]
-            if choices and value not in choices:
-                raise ConfigError(f"--{f.name} must be one of {', '.join(choices)}, got {value!r}")
-        positive = ("epochs", "batch_size", "grad_accum_steps", "max_length", "log_steps", "length_group_batches",
-                    "head_chunk_rows", "sample_max_new_tokens")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        non_negative = ("max_steps", "save_steps", "eval_steps", "save_total_limit", "early_stopping_patience",
-                        "max_grad_norm", "weight_decay", "early_stopping_threshold", "max_bad_steps", "seed",
-                        "sample_prompts", "batch_tokens")
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
+        check_options(self)
         if self.batch_tokens and self.batch_tokens < self.max_length:
             raise ConfigError(f"--batch_tokens ({self.batch_tokens}) must be at least --max_length ({self.max_length}), "
                               "so that every sequence fits a batch")
@@ -120,8 +175,8 @@ class TrainConfig:
             raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise ConfigError("--lora_r must be at least 1, --lora_alpha positive and --lora_dropout in [0, 1)")
+        if self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ConfigError("--lora_alpha must be positive and --lora_dropout in [0, 1)")
         if self.load_in_4bit and not self.lora:
             raise ConfigError("--load_in_4bit trains adapters on a frozen 4-bit model: add --lora")
         if self.lora and self.distributed == "fsdp":

@@ -1,4 +1,4 @@
-"""Validate raw records (core/data_files.py) into conversations.
+"""Validate raw records (core/data/files.py) into conversations.
 
 Three record formats, detected per record and mixable in one file:
   {"input": ..., "output": ..., "system"?: ...}                     the original pair format
@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.data_files import DataError, iter_raw_records
+from core.data.files import iter_raw_records
+from core.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}

@@ -1,4 +1,4 @@
-"""The training loop: `fit` trains a `Run` (built by core/run_setup.py) step by step (core/step.py),
+"""The training loop: `fit` trains a `Run` (built by core/train/run_setup.py) step by step (core/train/step.py),
 and decides, in small named functions, when to log, validate, save and stop.
 
 `Run.on_event(name, run, **details)` is called at "micro_batch" (before its forward), "step" (after
@@ -16,24 +16,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core import adapters, distributed, trackers
-from core import checkpoint as ckpt
-from core.run_log import RunLog
-from core.run_setup import Run
-from core.samples import write_samples
-from core.step import train_batches, train_step, validate
-from core.stop_signal import StopSignal
+from core.errors import TrainingStopped
+from core.model import adapters
+from core.run_files import ADAPTER_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, WEIGHTS_FILE
+from core.train import checkpoint as ckpt
+from core.train import distributed, trackers
+from core.train.run_log import RunLog
+from core.train.run_setup import Run
+from core.train.samples import write_samples
+from core.train.step import train_batches, train_step, validate
+from core.train.stop_signal import StopSignal
 from core.utils import get_rng_state
-
-
-class TrainingStopped(RuntimeError):
-    """The run ended before its last step; the message says why, and `checkpoint` where to resume from."""
-
-    def __init__(self, message: str, checkpoint: Path | None = None, exit_code: int = 1):
-        super().__init__(message)
-        self.checkpoint = checkpoint
-        self.exit_code = exit_code
-
 
 # The loop ----------------------------------------------------------------------------------------
 
@@ -45,7 +38,7 @@ def fit(run: Run, log=tqdm.write) -> dict:
     if state.step == 0 and run.data.prompts:  # the base model's replies, before any training
         write_samples(run.prepared.model, run.tokenizer, run.data.prompts, 0, run.output_dir,
                       config.sample_max_new_tokens)
-    with StopSignal() as stop, RunLog(run.output_dir / ckpt.METRICS_FILE, run.optim.total_steps, state.step,
+    with StopSignal() as stop, RunLog(run.output_dir / METRICS_FILE, run.optim.total_steps, state.step,
                                       log, enabled=run.dist.is_main, trackers=tracked) as run_log:
         while stop_reason is None and state.epoch < config.epochs and not finished_between_epochs(run):
             batches = train_batches(run, state.epoch)
@@ -178,7 +171,7 @@ def save_best(run: Run, result: dict) -> None:
         model, adapter, weights = model.get_base_model(), model, adapters.merged_state_dict(model)
     if run.dist.is_main:
         ckpt.save_model_dir(run.output_dir / "best_model", model, run.tokenizer, weights=weights, adapter=adapter,
-                            extra_files={ckpt.CONFIG_FILE: json.dumps(run.config.to_dict(), indent=2),
+                            extra_files={CONFIG_FILE: json.dumps(run.config.to_dict(), indent=2),
                                          "best.json": json.dumps({"step": run.state.step, **result}, indent=2)})
     distributed.barrier(run.dist)
 
@@ -227,7 +220,7 @@ def write_summary(run: Run, stopped: str, seconds: float | None) -> dict:
     state = run.state
     best = run.output_dir / "best_model"
     finished = stopped in ("completed", "max_steps", "early_stopping")
-    written = (best / ckpt.WEIGHTS_FILE).is_file() or (best / ckpt.ADAPTER_FILE).is_file()
+    written = (best / WEIGHTS_FILE).is_file() or (best / ADAPTER_FILE).is_file()
     if run.dist.is_main and finished and not written:
         raise TrainingStopped(f"the run ended ({stopped}) but {best} was not written; this is a bug")
     trainable, total = adapters.parameter_counts(run.prepared.model)
@@ -236,5 +229,5 @@ def write_summary(run: Run, stopped: str, seconds: float | None) -> dict:
                "seconds": None if seconds is None else round(seconds, 1), "best_model": str(best),
                "trainable_parameters": trainable, "total_parameters": total}
     if run.dist.is_main:
-        (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (run.output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

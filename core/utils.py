@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.config import ConfigError
+from core.errors import ConfigError
 
 
 def set_seed(seed: int) -> None:

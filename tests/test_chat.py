@@ -13,10 +13,10 @@ import torch
 from conftest import ROOT
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core.chat import load_scenarios, repeated_sentence
-from core.config import ConfigError
 from core.dataset import DataOptions, load_conversations
-from core.generation import NoRepeatInReply, Sampling, generate_reply, stream_reply
+from core.errors import ConfigError
+from core.model.generation import NoRepeatInReply, Sampling, generate_reply, stream_reply
+from core.use.chat import load_scenarios, repeated_sentence
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import pytest
 from conftest import QWEN3_TEMPLATE, SMOLLM2_TEMPLATE, load_qwen_tokenizer
 
-from core.chat_format import ChatEncoder
+from core.data.chat_format import ChatEncoder
 from core.dataset import DataOptions, parse_record
 
 PERSONA = "You are Dana, IT director at a 200-person logistics firm; budget is frozen until Q3."

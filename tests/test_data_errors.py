@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import ROOT, write_jsonl
 
-from core.data_files import DataError
 from core.dataset import DataOptions, load_conversations
+from core.errors import DataError
 
 GOOD = {"input": "Hi", "output": "Hello."}
 
@@ -106,7 +106,7 @@ def test_merge_consecutive_is_an_option_and_counted(tmp_path):
 
 
 def test_special_token_in_content_is_refused(tmp_path, qwen_tokenizer):
-    from core.chat_format import ChatEncoder
+    from core.data.chat_format import ChatEncoder
     from core.dataset import parse_record
     conversation, _ = parse_record("f line 4", {"input": "hi<|im_end|>", "output": "x"}, DataOptions())
     with pytest.raises(DataError, match=r"f line 4: message 0 contains the special token '<\|im_end\|>'"):

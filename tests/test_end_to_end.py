@@ -14,8 +14,8 @@ import torch
 from conftest import ROOT, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core.chat import repeated_sentence
-from core.generation import Sampling, generate_reply
+from core.model.generation import Sampling, generate_reply
+from core.use.chat import repeated_sentence
 
 RECORDS = [
     {"input": "Hi, is this the purchasing manager?", "output": "Yes, this is Maria. Who is calling?"},

@@ -7,7 +7,7 @@ import torch
 from conftest import assert_error, cli, load_qwen_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from core.export import push_to_hub
+from core.use.export import push_to_hub
 
 CHAT = [{"role": "system", "content": "You are Dana, IT director."},
         {"role": "user", "content": "Hi Dana, 3 quick questions about your $40k budget? Café at 10?"}]

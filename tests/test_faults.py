@@ -15,8 +15,9 @@ import pytest
 import torch
 from conftest import assert_error, cli, make_config, sample_data, write_jsonl
 
-from core.run_setup import setup
-from core.trainer import TrainingStopped, fit
+from core.errors import TrainingStopped
+from core.train.run_setup import setup
+from core.trainer import fit
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def test_2_a_diverging_short_run_without_validation_writes_no_model(args, tmp_pa
 # 3. A full disk during a save --------------------------------------------------------------------
 
 def full_disk_in_torch_save(monkeypatch):
-    from core import checkpoint
+    from core.train import checkpoint
     original = checkpoint.torch.save
 
     def failing(obj, path, *a, **k):
@@ -277,7 +278,7 @@ def test_9_stale_temporaries_are_removed_and_reported(args, tmp_path):
 
 
 def test_9_a_second_signal_during_a_save_leaves_no_temporary_directory(args, tmp_path, monkeypatch):
-    from core import checkpoint
+    from core.train import checkpoint
     original = checkpoint.torch.save
 
     def signalled_twice(obj, path, *a, **k):
@@ -293,7 +294,7 @@ def test_9_a_second_signal_during_a_save_leaves_no_temporary_directory(args, tmp
 
 
 def test_9_ctrl_c_during_tokenisation_gives_one_line(args, tmp_path, monkeypatch, cache_dir):
-    from core.chat_format import ChatEncoder
+    from core.data.chat_format import ChatEncoder
 
     def interrupted(self, conversations):
         os.kill(os.getpid(), signal.SIGINT)

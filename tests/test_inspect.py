@@ -7,9 +7,9 @@ from conftest import ROOT, write_jsonl
 
 from core.cli import InspectConfig
 from core.config import parse_args
-from core.data_report import data_statistics
+from core.data.statistics import data_statistics
+from core.data.tokenized import tokenize_file
 from core.dataset import DataOptions
-from core.tokenized import tokenize_file
 
 PITCH = "Our platform cuts route planning time in half for fleets like yours. " * 8
 RECORDS = [

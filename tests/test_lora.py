@@ -12,9 +12,10 @@ from conftest import ROOT, assert_error, cli, make_config, make_run, sample_data
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from core.run_setup import setup
-from core.step import accumulate_gradients
-from core.trainer import TrainingStopped, fit
+from core.errors import TrainingStopped
+from core.train.run_setup import setup
+from core.train.step import accumulate_gradients
+from core.trainer import fit
 
 QUIET = dict(log=lambda *_: None)
 LORA = dict(lora=True, lora_r=4, lora_alpha=8.0, lora_dropout=0.1, lr=1e-2)

@@ -16,8 +16,8 @@ import pytest
 
 from core.cli import report_errors
 from core.config import TrainConfig, parse_args
+from core.data.tokenized import tokenize_file
 from core.dataset import DataOptions
-from core.tokenized import tokenize_file
 
 SEED = 20261128
 VALID_RECORDS = [

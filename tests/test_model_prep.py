@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import ROOT, make_run
 
-from core.config import ConfigError
-from core.packed_attention import ATTENTION
+from core.errors import ConfigError
+from core.model.patches.packed_attention import ATTENTION
 
 
 def test_prepare_model_applies_and_logs_each_cpu_patch(tmp_path, tiny_qwen_dir, cache_dir):

@@ -15,10 +15,11 @@ from conftest import ROOT, make_config, sample_data
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from core.checkpoint import CheckpointError, checkpoint_bytes, latest_checkpoint, rotate_checkpoints
 from core.config import TrainConfig, option
-from core.run_setup import setup
-from core.trainer import TrainingStopped, fit
+from core.errors import CheckpointError, TrainingStopped
+from core.train.checkpoint import checkpoint_bytes, latest_checkpoint, rotate_checkpoints
+from core.train.run_setup import setup
+from core.trainer import fit
 
 QUIET = dict(log=lambda *_: None)
 
@@ -144,7 +145,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwe
     out = tmp_path / "out"
     script = textwrap.dedent("""
         import os, signal, sys
-        import core.checkpoint as ckpt
+        import core.train.checkpoint as ckpt
         original = ckpt.torch.save
         def dying_save(obj, path, *a, **k):
             if "checkpoint-4" in str(path):
@@ -245,7 +246,7 @@ def test_a_write_error_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path,
                                                                        monkeypatch):
     import errno
 
-    from core import checkpoint as ckpt
+    from core.train import checkpoint as ckpt
     sample_data(tmp_path, 40)
     run = setup(config_for(tmp_path, tiny_qwen_dir, cache_dir, save_steps=2, eval_steps=0), **QUIET)
     original = ckpt.torch.save

@@ -13,13 +13,13 @@ import torch
 from conftest import ROOT, make_run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core.batching import BatchSize, collate, epoch_batches, pack
-from core.last_layer import is_trimmed, trim_last_layer
-from core.lean_layers import make_lean
-from core.loss import summed_loss, summed_loss_full_logits
-from core.packed_attention import ATTENTION
-from core.step import accumulate_gradients
-from core.tokenized import split_records
+from core.data.batching import BatchSize, collate, epoch_batches, pack
+from core.data.tokenized import split_records
+from core.model.patches.last_layer import is_trimmed, trim_last_layer
+from core.model.patches.lean_layers import make_lean
+from core.model.patches.packed_attention import ATTENTION
+from core.model.patches.selective_head import summed_loss, summed_loss_full_logits
+from core.train.step import accumulate_gradients
 from core.trainer import fit
 
 
@@ -301,7 +301,7 @@ def test_freed_memory_is_reused_without_page_faults():
 
 
 def test_setup_says_when_freed_memory_cannot_be_kept(tmp_path, tiny_qwen_dir, cache_dir, monkeypatch):
-    monkeypatch.setattr("core.run_setup.retain_freed_memory", lambda: False)  # as on macOS or musl
+    monkeypatch.setattr("core.train.run_setup.retain_freed_memory", lambda: False)  # as on macOS or musl
     messages = []
     make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, device="cpu")
     assert any("refused to keep freed memory" in m for m in messages)

@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT
 
 from core.dataset import DataOptions, load_conversations
-from core.web_app import NONE, Practice, WebConfig, model_choices
+from core.use.web_app import NONE, Practice, WebConfig, model_choices
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = ROOT / "runs" / "test-artifacts" / "web_chat.png"

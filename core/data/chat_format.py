@@ -17,12 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.data_files import DataError
 from core.dataset import Conversation, Message
-
-
-class TemplateError(RuntimeError):
-    """The model's chat template cannot be used for training as it is."""
+from core.errors import DataError, TemplateError
 
 
 @dataclass

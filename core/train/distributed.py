@@ -18,7 +18,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as torch_dist
 
-from core.config import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,7 @@ import signal
 
 from tqdm import tqdm
 
-
-class StoppedAtOnce(BaseException):
-    """A second signal: leave now. BaseException, so that no `except Exception` on the way swallows it."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"stopped at once by a second {signal.Signals(signum).name}")
-        self.exit_code = 128 + signum
+from core.errors import StoppedAtOnce
 
 
 class StopSignal:

@@ -1,7 +1,7 @@
 """`train.py evaluate`: a model's replies, loss and perplexity on every record of a data file, and the mean.
 
 The loss is taken exactly where training takes it (the same chat template and trained-token masks,
-through `core.tokenized`), per trained token; the reply is generated for the conversation up to the
+through `core.data.tokenized`), per trained token; the reply is generated for the conversation up to the
 record's last trained reply, which is the reference. Two checkpoints evaluated on the same file can
 be compared line by line.
 """
@@ -9,20 +9,21 @@ be compared line by line.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from core.batching import collate, trained_tokens
-from core.chat import load_for_chat
-from core.config import ConfigError, option
+from core.config import option
+from core.data.batching import collate
+from core.data.tokenized import tokenize_file
 from core.dataset import data_options, load_conversations
-from core.generation import Sampling, generate_reply
-from core.models import default_cache_dir
-from core.tokenized import tokenize_file
+from core.errors import ConfigError
+from core.labels import perplexity, trained_tokens
+from core.model.generation import Sampling, generate_reply
+from core.model.load import default_cache_dir
+from core.use.chat import load_for_chat
 
 
 @dataclass
@@ -55,7 +56,7 @@ class EvaluateConfig:
 @torch.no_grad()
 def record_losses(model, data) -> tuple[np.ndarray, np.ndarray]:
     """(summed loss, trained tokens) per record, each sequence through the stock model on its own."""
-    from core.loss import summed_loss_full_logits
+    from core.model.patches.selective_head import summed_loss_full_logits
     n_records = int(np.max(data.records)) + 1 if len(data) else 0
     losses, tokens = np.zeros(n_records), np.zeros(n_records, dtype=np.int64)
     for index in range(len(data)):
@@ -79,14 +80,14 @@ def evaluate(config: EvaluateConfig) -> int:
             prompt, reference = conversation.before_last_reply()
             loss = losses[index] / max(tokens[index], 1)
             entry = {"where": conversation.where, "prompt": prompt[-1]["content"] if prompt else "",
-                     "reference": reference, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+                     "reference": reference, "loss": loss, "perplexity": perplexity(loss),
                      "trained_tokens": int(tokens[index])}
             if config.replies:
                 entry["reply"] = generate_reply(model, tokenizer, prompt, greedy)
             handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
     mean = float(losses.sum() / max(tokens.sum(), 1))
     summary = {"model": config.model, "data_path": config.data_path, "records": len(losses),
-               "trained_tokens": int(tokens.sum()), "mean_loss": mean, "perplexity": math.exp(min(mean, 50.0))}
+               "trained_tokens": int(tokens.sum()), "mean_loss": mean, "perplexity": perplexity(mean)}
     output.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{config.model} on {config.data_path}: {len(losses)} records, mean loss {mean:.4f} per trained token "
           f"(perplexity {summary['perplexity']:.2f}); each record in {output}")

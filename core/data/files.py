@@ -17,9 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-
-class DataError(ValueError):
-    """A problem with the training data; the message is one line, meant for the user as it is."""
+from core.errors import DataError
 
 FORMATS = (".jsonl", ".json")
 SUFFIXES = FORMATS + tuple(f"{s}.gz" for s in FORMATS)

@@ -26,24 +26,22 @@ from pathlib import Path
 import torch
 
 from core.config import TrainConfig, run_options
+from core.errors import CheckpointError, first_line
+from core.run_files import (
+    ADAPTER_FILE,
+    CONFIG_FILE,
+    DATA_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    RUN_OUTPUTS,
+    SAMPLES_FILE,
+    STATE_FILE,
+    TENSORS_FILE,
+    WEIGHTS_FILE,
+)
 from core.utils import atomic_directory, remove_stale_temporaries
 
-STATE_FILE = "trainer_state.json"
-TENSORS_FILE = "training_state.pt"
-CONFIG_FILE = "train_config.json"
-WEIGHTS_FILE = "model.safetensors"
-ADAPTER_FILE = "adapter_model.safetensors"  # a LoRA run's checkpoints hold the adapter instead
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.jsonl"
-DATA_FILE = "data_summary.json"
-RUN_OUTPUTS = (RUN_FILE, CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, DATA_FILE, "summary.json", "best_model",
-               "report.html", "loss_curves.png", "training_curves.png", "tensorboard")
 _NAME = re.compile(r"^(checkpoint-\d+|epoch_\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read, or the output directory belongs to another run."""
 
 
 @dataclass
@@ -162,7 +160,7 @@ def load_checkpoint(path: Path) -> Restored:
     try:
         tensors = torch.load(path / TENSORS_FILE, weights_only=True, map_location="cpu")
     except Exception as err:  # a truncated zip, a refused pickle global, ...: all mean "do not trust this file"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise CheckpointError(f"{path / TENSORS_FILE} cannot be read safely ({reason})") from None
     if not isinstance(tensors, dict) or not {"optimizer", "scheduler", "scaler", "rng"} <= tensors.keys():
         raise CheckpointError(f"{path / TENSORS_FILE} does not hold the optimizer, scheduler, scaler and RNG states")

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.config import ConfigError, option
+from core.config import option
+from core.errors import ConfigError, first_line
 from core.utils import atomic_directory
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
@@ -190,7 +191,7 @@ def push_to_hub(repo: str, model_dir: Path, export_dir: Path, private: bool, api
         api.upload_folder(repo_id=repo, folder_path=str(export_dir), path_in_repo="gguf",
                           commit_message="Upload GGUF files and an Ollama Modelfile")
     except Exception as err:  # the hub client raises many types (HTTP, auth, network): one line for each
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise ConfigError(f"--push_to_hub {repo}: the upload failed ({reason}); log in with `hf auth login` or set "
                           "HF_TOKEN, and check that the Hub can be reached") from None
     print(f"Pushed to {url}")

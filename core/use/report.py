@@ -14,9 +14,7 @@ import html
 import json
 from pathlib import Path
 
-from core.checkpoint import CONFIG_FILE, DATA_FILE, METRICS_FILE, SAMPLES_FILE
-
-REPORT_FILE = "report.html"
+from core.run_files import CONFIG_FILE, DATA_FILE, METRICS_FILE, REPORT_FILE, SAMPLES_FILE, SUMMARY_FILE
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -30,7 +28,7 @@ def read_json(path: Path) -> dict:
 def write_report(output_dir: Path) -> Path:
     """Write report.html (and the two PNGs) from the files in `output_dir`; return its path."""
     metrics = read_jsonl(output_dir / METRICS_FILE)
-    summary = read_json(output_dir / "summary.json")
+    summary = read_json(output_dir / SUMMARY_FILE)
     loss_png = plot_losses(metrics, output_dir / "loss_curves.png")
     training_png = plot_training(metrics, output_dir / "training_curves.png")
     final = [(f"final {name}", next((m[key] for m in reversed(metrics) if m["type"] == kind), None))

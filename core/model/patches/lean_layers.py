@@ -9,7 +9,7 @@ norm), which is about a third of a Llama-style layer's activations, at no extra 
 `make_lean(model)` swaps the `forward` of the modules it recognises exactly (by class, config and
 plain `nn.Linear` projections, so a wrapped projection such as a LoRA layer is never bypassed) and
 leaves every other module, and the weights, untouched: checkpoints are unaffected. It is a CPU
-measure, applied by `core.model_prep`; on a GPU these chains are cheap next to kernel launches.
+measure, applied by `core.model.prepare`; on a GPU these chains are cheap next to kernel launches.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-ADAPTER_FILE = "adapter_model.safetensors"
+from core.run_files import ADAPTER_FILE
+
 ADAPTER_DIR = "adapter"
 
 

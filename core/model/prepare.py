@@ -2,12 +2,12 @@
 
 `prepare_model` moves the model to its device and applies, in order:
   adapters            LoRA through PEFT (--lora; first, so that later changes see the wrapped layers)
-  lean layers         RMSNorm/SwiGLU that keep fewer activations (core/lean_layers.py; CPU only)
-  packed attention    per-sequence SDPA for packed rows (core/packed_attention.py), unless the model
+  lean layers         RMSNorm/SwiGLU that keep fewer activations (core/model/patches/lean_layers.py; CPU only)
+  packed attention    per-sequence SDPA for packed rows (core/model/patches/packed_attention.py), unless the model
                       already runs FlashAttention, which reads the packed boundaries natively
   gradient checkpointing (--gradient_checkpointing)
-  selective head      the loss takes logits at trained positions only (core/loss.py)
-  trimmed last layer  the last layer's MLP on trained rows only (core/last_layer.py)
+  selective head      the loss takes logits at trained positions only (core/model/patches/selective_head.py)
+  trimmed last layer  the last layer's MLP on trained rows only (core/model/patches/last_layer.py)
   compile             torch.compile of the decoder body (--compile)
   distributed         DDP, or FSDP2 with each decoder layer a unit, when launched on several processes
 The model and its loss are one module (`SummedLoss`), so that DDP and FSDP run their hooks around the
@@ -22,12 +22,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core import adapters, distributed, packed_attention
-from core.config import ConfigError, TrainConfig
-from core.distributed import Dist
-from core.last_layer import trim_last_layer
-from core.lean_layers import make_lean
-from core.loss import selective_head_refusal, summed_loss, summed_loss_full_logits
+from core.config import TrainConfig
+from core.errors import ConfigError
+from core.model import adapters
+from core.model.patches import packed_attention
+from core.model.patches.last_layer import trim_last_layer
+from core.model.patches.lean_layers import make_lean
+from core.model.patches.selective_head import selective_head_refusal, summed_loss, summed_loss_full_logits
+from core.train import distributed
+from core.train.distributed import Dist
 from core.utils import autocast
 
 

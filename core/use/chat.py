@@ -1,4 +1,4 @@
-"""What practising with the bot needs besides generation (core/generation.py): personas to play, a
+"""What practising with the bot needs besides generation (core/model/generation.py): personas to play, a
 conversation as a training record, a model loaded for chatting, and a check for looping replies.
 """
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from core.config import ConfigError, option
-from core.generation import Sampling
+from core.config import option
+from core.errors import ConfigError
+from core.model.generation import Sampling
 
 
 def repeated_sentence(text: str) -> str | None:
@@ -59,7 +60,7 @@ def as_record(system: str, turns: list[dict]) -> dict:
 
 def load_for_chat(name: str, device: str = "auto", cache_dir: str = "", trust_remote_code: bool = False):
     """(model, tokenizer) ready to generate: a checkpoint directory, hub id, .gguf file or 'smollm2'."""
-    from core.models import load_model_and_tokenizer
+    from core.model.load import load_model_and_tokenizer
     from core.utils import pick_device
     model, tokenizer = load_model_and_tokenizer(name, cache_dir, trust_remote_code)
     target = pick_device(device)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.config import TrainConfig
-from core.tokenized import TokenizedData, split_records
+from core.data.tokenized import TokenizedData, split_records
 
 TRAINED_ON, TRAINED_OFF = "\033[30;42m", "\033[0m"  # black on green on a terminal
 PLAIN_ON, PLAIN_OFF = "[[", "]]"                   # markers when piped

@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.chat import ChatOptions, Scenario, as_record, load_for_chat, load_scenarios
 from core.config import option
-from core.generation import stream_reply
+from core.model.generation import stream_reply
+from core.use.chat import ChatOptions, Scenario, as_record, load_for_chat, load_scenarios
 
 
 @dataclass

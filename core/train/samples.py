@@ -11,10 +11,10 @@ import json
 from itertools import islice
 from pathlib import Path
 
-from core.checkpoint import SAMPLES_FILE
+from core.data.tokenized import split_records
 from core.dataset import data_options, load_conversations
-from core.generation import Sampling, generate_reply
-from core.tokenized import split_records
+from core.model.generation import Sampling, generate_reply
+from core.run_files import SAMPLES_FILE
 
 SAMPLE_SEED = 1234
 

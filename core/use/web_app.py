@@ -13,9 +13,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.chat import ChatOptions, as_record, load_for_chat, load_scenarios
-from core.config import ConfigError, option
-from core.generation import stream_reply
+from core.config import option
+from core.errors import ConfigError
+from core.model.generation import stream_reply
+from core.use.chat import ChatOptions, as_record, load_for_chat, load_scenarios
 
 CUSTOM = "(your own persona)"
 NONE = "(none)"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from core.batching import IGNORE
-from core.last_layer import ROWS, is_trimmed
+from core.labels import IGNORE
+from core.model.patches.last_layer import ROWS, is_trimmed
 
 
 class _ChunkedHeadCrossEntropy(torch.autograd.Function):
@@ -76,7 +76,7 @@ def trained_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 def summed_loss(model, inputs: dict, labels: torch.Tensor, chunk_size: int = 2048) -> torch.Tensor:
     """Sum (not mean) of token cross-entropies over trained tokens; the caller divides by its token count.
 
-    `inputs` are the model inputs of a padded or packed batch (`core.batching`).
+    `inputs` are the model inputs of a padded or packed batch (`core.data.batching`).
     """
     body = model.get_decoder()
     index, targets = trained_positions(labels)

@@ -5,7 +5,7 @@ resumed run rebuilds it and starts at the next unseen batch without iterating ov
 Two layouts:
   packed  a micro-batch's sequences laid end to end in one row, no padding; position ids restart at
           0 for every sequence and the boundaries travel as `cu_seq_lens_q/k` and `max_length_q/k`,
-          the keywords transformers' variable-length attention reads (see core/packed_attention.py)
+          the keywords transformers' variable-length attention reads (see core/model/patches/packed_attention.py)
   padded  right-padded rows, cut from shuffled groups of similar length, for models that cannot
           take packed rows
 Labels are IGNORE wherever no loss is taken.
@@ -18,14 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.tokenized import TokenizedData
-
-IGNORE = -100  # the label of positions that carry no loss (PyTorch's cross-entropy default)
-
-
-def trained_tokens(labels: torch.Tensor) -> int:
-    """How many tokens of a batch carry loss (each label predicts from the position before it)."""
-    return int((labels[:, 1:] != IGNORE).sum())
+from core.data.tokenized import TokenizedData
+from core.labels import IGNORE
 
 
 @dataclass(frozen=True)

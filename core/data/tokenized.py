@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from core.chat_format import ChatEncoder, FormatStats
-from core.data_files import data_files, data_format, data_sha256
+from core.data.chat_format import ChatEncoder, FormatStats
+from core.data.files import data_files, data_format, data_sha256
 from core.dataset import DataOptions, LoadStats, load_conversations
 from core.utils import atomic_directory
 

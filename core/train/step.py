@@ -14,9 +14,10 @@ import math
 import numpy as np
 import torch
 
-from core import distributed
-from core.batching import collate, epoch_batches, eval_batches, pack, trained_tokens
-from core.run_setup import Run
+from core.data.batching import collate, epoch_batches, eval_batches, pack
+from core.labels import perplexity, trained_tokens
+from core.train import distributed
+from core.train.run_setup import Run
 
 
 def train_batches(run: Run, epoch: int) -> list[np.ndarray]:
@@ -95,4 +96,4 @@ def validate(run: Run) -> dict:
     total, tokens = distributed.sum_across(run.dist, [total, tokens], run.prepared.device)
     run.prepared.model.train()
     loss = total / max(tokens, 1)
-    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": int(tokens)}
+    return {"eval_loss": loss, "eval_ppl": perplexity(loss), "eval_tokens": int(tokens)}

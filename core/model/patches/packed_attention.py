@@ -1,11 +1,11 @@
-"""Attention for packed rows (core/batching.py: `pack`): causal SDPA on each sequence alone.
+"""Attention for packed rows (core/data/batching.py: `pack`): causal SDPA on each sequence alone.
 
 A packed row's sequence boundaries reach the attention function as `cu_seq_lens_q`. FlashAttention
 models read them natively; SDPA and eager models get `packed_sdpa_attention`, which runs causal SDPA
 per sequence, so no attention crosses a boundary and no score is spent on a masked-out pair. Calls
 without boundaries (generation) go to the stock SDPA function unchanged.
 
-`register()` adds the function to transformers' registries; `core.model_prep` calls it when it
+`register()` adds the function to transformers' registries; `core.model.prepare` calls it when it
 switches a model to packed attention. Importing this module changes nothing.
 """
 
