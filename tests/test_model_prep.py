@@ -51,9 +51,9 @@ def snapshot():
             "masks": sorted(AttentionMaskInterface._global_mapping)}
 
 before = snapshot()
-modules = [m.name for m in pkgutil.iter_modules(core.__path__)]
+modules = [m.name for m in pkgutil.walk_packages(core.__path__, "core.")]
 for name in modules:
-    importlib.import_module(f"core.{name}")
+    importlib.import_module(name)
 print(json.dumps({"modules": modules, "same": snapshot() == before}))
 """
 
@@ -62,5 +62,5 @@ def test_importing_every_core_module_changes_no_environment_and_no_registry():
     result = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert {"model_prep", "packed_attention", "trainer", "cli"} <= set(report["modules"])
+    assert {"core.model.prepare", "core.model.patches.packed_attention", "core.trainer", "core.cli"} <= set(report["modules"])
     assert report["same"]

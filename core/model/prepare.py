@@ -1,41 +1,40 @@
-"""Every change this project makes to a stock transformers model, in one place, chosen by device and options.
+"""Every change this project makes to a stock transformers model, in one place: an ordered table of patches.
 
-`prepare_model` moves the model to its device and applies, in order:
-  adapters            LoRA through PEFT (--lora; first, so that later changes see the wrapped layers)
-  lean layers         RMSNorm/SwiGLU that keep fewer activations (core/model/patches/lean_layers.py; CPU only)
-  packed attention    per-sequence SDPA for packed rows (core/model/patches/packed_attention.py), unless the model
-                      already runs FlashAttention, which reads the packed boundaries natively
-  gradient checkpointing (--gradient_checkpointing)
-  selective head      the loss takes logits at trained positions only (core/model/patches/selective_head.py)
-  trimmed last layer  the last layer's MLP on trained rows only (core/model/patches/last_layer.py)
-  compile             torch.compile of the decoder body (--compile)
-  distributed         DDP, or FSDP2 with each decoder layer a unit, when launched on several processes
-The model and its loss are one module (`SummedLoss`), so that DDP and FSDP run their hooks around the
-selective head too, which reads the head's weight directly instead of calling the head. Each applied
-change is listed in `Prepared.patches` and in the log; a change that does not apply is logged with
-the reason. Nothing here happens at import time.
+`PATCHES` lists them in the order applied. Each is a `Patch`: `why_not(target)` says why it does not
+apply here (None: it does), `apply(target)` makes the change and returns the text the `Model:` log
+line shows. A skipped patch is recorded with its reason in `Prepared.skipped`; a reason that is not
+merely "not asked for" is also logged as a note. A new backend or speed-up is one file under
+`core/model/patches/` and one row here. The process-level wrapping (DDP, FSDP2) is not a change to
+the model and is done by the training setup (`core.train.distributed.wrap`). Nothing here happens at
+import time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from core.config import TrainConfig
+from core.config import AdapterOptions, HardwareOptions
 from core.errors import ConfigError
 from core.model import adapters
 from core.model.patches import packed_attention
 from core.model.patches.last_layer import trim_last_layer
 from core.model.patches.lean_layers import make_lean
 from core.model.patches.selective_head import selective_head_refusal, summed_loss, summed_loss_full_logits
-from core.train import distributed
-from core.train.distributed import Dist
 from core.utils import autocast
+
+NOT_ASKED = "not asked for"
 
 
 class SummedLoss(torch.nn.Module):
-    """The model and its loss as one module: sum of token cross-entropies over trained tokens."""
+    """The model and its loss as one module: sum of token cross-entropies over trained tokens.
+
+    One module so that DDP and FSDP run their hooks around the selective head too, which reads the
+    head's weight directly instead of calling the head.
+    """
 
     def __init__(self, model: torch.nn.Module, selective: bool, head_chunk_rows: int):
         super().__init__()
@@ -58,6 +57,7 @@ class Prepared:
     amp_dtype: torch.dtype
     packed: bool = False                  # batches are packed rows, not padded ones
     patches: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # patch name -> why it does not apply
 
     @property
     def selective(self) -> bool:
@@ -69,81 +69,160 @@ class Prepared:
             return self.loss_module(inputs, labels)
 
 
-def prepare_model(model, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype, dist: Dist | None = None,
-                  log=print, adapter_from=None) -> Prepared:
-    """`adapter_from`: a LoRA checkpoint whose adapter weights the fresh adapters take (resuming)."""
+@dataclass
+class Target:
+    """What the patches read and change."""
+    prepared: Prepared
+    hardware: HardwareOptions
+    adapter: AdapterOptions
+    max_length: int
+    adapter_from: Path | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.prepared.model
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    why_not: Callable[[Target], str | None]
+    apply: Callable[[Target], str]
+
+
+# The patches, each a "why not" and an "apply" ------------------------------------------------------
+
+def lora_why_not(t: Target) -> str | None:
+    return None if t.adapter.lora else f"{NOT_ASKED} (--lora)"
+
+
+def lora_apply(t: Target) -> str:
+    model = t.model
+    if t.adapter.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.hardware.gradient_checkpointing)
+    model = adapters.attach_lora(model, t.adapter)
+    if t.adapter_from is not None:
+        adapters.load_adapter(model, t.adapter_from)
+    t.prepared.model = t.prepared.loss_module.model = model
+    trainable, total = adapters.parameter_counts(model)
+    o = t.adapter
+    return f"LoRA r={o.lora_r} alpha={o.lora_alpha:g} on {o.lora_target_modules} ({trainable:,} of {total:,} " \
+           "parameters trainable)"
+
+
+def lean_why_not(t: Target) -> str | None:
+    if t.prepared.device.type != "cpu":
+        return f"only on the CPU (the device is {t.prepared.device.type})"
+    return None
+
+
+def lean_apply(t: Target) -> str:
+    changed = make_lean(t.model)
+    if t.adapter.lora:
+        t.notes.append("lean SwiGLU is off for MLPs whose projections carry adapters (it would bypass them)")
+    return f"lean RMSNorm/SwiGLU on {changed} modules (cpu)" if changed else ""
+
+
+def packing_why_not(t: Target) -> str | None:
+    if not t.hardware.packing:
+        return f"{NOT_ASKED} (--no-packing)"
+    reason = packed_attention.cannot_pack(t.model, t.max_length)
+    return f"{reason}; training on right-padded batches of similar lengths" if reason else None
+
+
+def packing_apply(t: Target) -> str:
+    t.prepared.packed = True
+    model = t.model
+    if "flash" in (model.config._attn_implementation or ""):
+        return f"packed rows on {model.config._attn_implementation} (native varlen)"
+    packed_attention.register()
+    model.set_attn_implementation(packed_attention.ATTENTION)
+    return "packed attention: per-sequence SDPA"
+
+
+def checkpointing_why_not(t: Target) -> str | None:
+    return None if t.hardware.gradient_checkpointing else f"{NOT_ASKED} (--gradient_checkpointing)"
+
+
+def checkpointing_apply(t: Target) -> str:
+    model = t.model
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    if t.adapter.lora:  # frozen embeddings: make their output require grad, or checkpointed layers get none
+        model.enable_input_require_grads()
+    return "gradient checkpointing"
+
+
+def selective_why_not(t: Target) -> str | None:
+    refusal = selective_head_refusal(t.model)
+    return f"{refusal}; the loss takes the model's full logits" if refusal else None
+
+
+def selective_apply(t: Target) -> str:
+    t.prepared.loss_module.selective = True
+    return f"selective head: logits at trained positions only, {t.hardware.head_chunk_rows} rows at a time"
+
+
+def last_layer_why_not(t: Target) -> str | None:
+    return None if t.prepared.selective else "it serves the selective head, which is off"
+
+
+def last_layer_apply(t: Target) -> str:
+    return "last layer: MLP on trained rows only" if trim_last_layer(t.model) else ""
+
+
+def compile_why_not(t: Target) -> str | None:
+    if not t.hardware.compile:
+        return f"{NOT_ASKED} (--compile)"
+    if not t.prepared.selective:
+        raise ConfigError(f"--compile compiles the decoder body of the selective head, which this model cannot use "
+                          f"({selective_head_refusal(t.model)}); run without --compile")
+    return None
+
+
+def compile_apply(t: Target) -> str:
+    t.model.get_decoder().compile()
+    return "torch.compile of the decoder body"
+
+
+PATCHES = (
+    Patch("LoRA", lora_why_not, lora_apply),  # first, so that later patches see the wrapped layers
+    Patch("lean layers", lean_why_not, lean_apply),
+    Patch("packing", packing_why_not, packing_apply),
+    Patch("gradient checkpointing", checkpointing_why_not, checkpointing_apply),
+    Patch("selective head", selective_why_not, selective_apply),
+    Patch("trimmed last layer", last_layer_why_not, last_layer_apply),
+    Patch("compile", compile_why_not, compile_apply),
+)
+
+
+def prepare_model(model, hardware: HardwareOptions, adapter: AdapterOptions, max_length: int, device: torch.device,
+                  amp_dtype: torch.dtype, log=print, adapter_from: Path | None = None) -> Prepared:
+    """Apply `PATCHES` in order and log what changed. `adapter_from`: a LoRA checkpoint to resume the adapters of."""
     if not getattr(model, "is_loaded_in_4bit", False):  # a 4-bit model is placed on its GPU when it loads
         model.to(device)
-    notes = []
-    if config.lora:
-        model = attach_adapters(model, config, adapter_from)
     model.train()  # from_pretrained returns eval mode, in which gradient checkpointing is inactive
-    prepared = Prepared(model, SummedLoss(model, False, config.head_chunk_rows), device, amp_dtype)
-    if config.lora:
-        trainable, total = adapters.parameter_counts(model)
-        prepared.patches.append(f"LoRA r={config.lora_r} alpha={config.lora_alpha:g} on {config.lora_target_modules}"
-                                f" ({trainable:,} of {total:,} parameters trainable)")
-    if device.type == "cpu":
-        changed = make_lean(model)
-        if changed:
-            prepared.patches.append(f"lean RMSNorm/SwiGLU on {changed} modules (cpu)")
-        if config.lora:
-            notes.append("lean SwiGLU is off for MLPs whose projections carry adapters (it would bypass them)")
-    if config.packing:
-        use_packed_attention(model, config, prepared, notes)
-    if config.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-        if config.lora:  # frozen embeddings: make their output require grad, or checkpointed layers get none
-            model.enable_input_require_grads()
-        prepared.patches.append("gradient checkpointing")
-    refusal = selective_head_refusal(model)
-    if refusal is None:
-        prepared.loss_module.selective = True
-        prepared.patches.append(f"selective head: logits at trained positions only, {config.head_chunk_rows} rows "
-                                "at a time")
-        if trim_last_layer(model):
-            prepared.patches.append("last layer: MLP on trained rows only")
-    else:
-        notes.append(f"selective head is off: {refusal}; the loss takes the model's full logits")
-    if config.compile:
-        if refusal is not None:
-            raise ConfigError(f"--compile compiles the decoder body of the selective head, which this model cannot "
-                              f"use ({refusal}); run without --compile")
-        model.get_decoder().compile()
-        prepared.patches.append("torch.compile of the decoder body")
-    prepared.loss_module, wrapped = distributed.wrap(prepared.loss_module, dist or Dist(), decoder_layers(model),
-                                                     amp_dtype)
-    if wrapped:
-        prepared.patches.append(wrapped)
+    prepared = Prepared(model, SummedLoss(model, False, hardware.head_chunk_rows), device, amp_dtype)
+    target = Target(prepared, hardware, adapter, max_length, adapter_from)
+    for patch in PATCHES:
+        reason = patch.why_not(target)
+        if reason is not None:
+            prepared.skipped[patch.name] = reason
+            continue
+        described = patch.apply(target)
+        if described:
+            prepared.patches.append(described)
+        else:
+            prepared.skipped[patch.name] = "nothing in this model it recognises"
     log("Model: " + ("; ".join(prepared.patches) or "stock"))
-    for note in notes:
+    for name, reason in prepared.skipped.items():
+        if not reason.startswith(NOT_ASKED):
+            target.notes.append(f"{name} is off: {reason}")
+    for note in target.notes:
         log(f"Note: {note}")
     return prepared
-
-
-def use_packed_attention(model, config: TrainConfig, prepared: Prepared, notes: list[str]) -> None:
-    """Packed rows with attention kept within each sequence, or padded batches and the reason."""
-    reason = packed_attention.cannot_pack(model, config.max_length)
-    if reason:
-        notes.append(f"packing is off: {reason}; training on right-padded batches of similar lengths")
-    elif "flash" in (model.config._attn_implementation or ""):
-        prepared.patches.append(f"packed rows on {model.config._attn_implementation} (native varlen)")
-    else:
-        packed_attention.register()
-        model.set_attn_implementation(packed_attention.ATTENTION)
-        prepared.patches.append("packed attention: per-sequence SDPA")
-    prepared.packed = reason is None
-
-
-def attach_adapters(model, config: TrainConfig, adapter_from):
-    if config.load_in_4bit:
-        from peft import prepare_model_for_kbit_training
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    model = adapters.attach_lora(model, config)
-    if adapter_from is not None:
-        adapters.load_adapter(model, adapter_from)
-    return model
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:

@@ -26,7 +26,7 @@ from core.data.tokenized import TokenizedData, split_sequences, tokenize_file
 from core.dataset import data_options
 from core.errors import ConfigError
 from core.model.load import default_cache_dir, load_model_and_tokenizer
-from core.model.prepare import Prepared, prepare_model, set_stop_tokens
+from core.model.prepare import Prepared, decoder_layers, prepare_model, set_stop_tokens
 from core.train import checkpoint as ckpt
 from core.train import distributed, trackers
 from core.train.checkpoint import Restored, TrainState
@@ -103,8 +103,12 @@ def setup(config: TrainConfig, log=print) -> Run:
     if device.type == "cpu" and not retain_freed_memory():
         log("Note: the C library (not glibc?) refused to keep freed memory for reuse, so every step faults its "
             "activations in afresh: slower on the CPU, not wrong")
-    prepared = prepare_model(model, config, device, amp_dtype, dist, log,
-                             adapter_from=restored.path if restored and config.lora else None)
+    prepared = prepare_model(model, hardware=config, adapter=config, max_length=config.max_length, device=device,
+                             amp_dtype=amp_dtype, log=log, adapter_from=restored.path if restored and config.lora else None)
+    prepared.loss_module, wrapped = distributed.wrap(prepared.loss_module, dist, decoder_layers(prepared.model),
+                                                     amp_dtype)
+    if wrapped:
+        log(f"Processes: {wrapped}")
     set_stop_tokens(model, tokenizer, splits.sequences.summary["format"]["end_of_turn_ids"])
     batching = BatchSize(config.batch_size, config.batch_tokens, dist.world_size, padded=not prepared.packed,
                          group_batches=0 if prepared.packed else config.length_group_batches)

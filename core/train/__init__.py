@@ -1,0 +1,1 @@
+"""The training run: setup, one step, validation, checkpoints, the output directory, logs, signals, ranks."""

@@ -1,0 +1,1 @@
+"""After training: practice (terminal, browser), evaluation, the report and export, on a plain model directory."""
