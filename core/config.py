@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from core.errors import ConfigError
+from core.errors import ConfigError, first_line
 
 
 def option(default: Any, help: str, choices: tuple | None = None, changes_run: bool = False,
@@ -225,7 +225,7 @@ def load_yaml(path: str, cls: type = TrainConfig) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the config file is not UTF-8 text") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: invalid YAML ({first_line(err)})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of option: value")
     known = {f.name: f for f in dataclasses.fields(cls)}

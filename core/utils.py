@@ -156,3 +156,8 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def unique_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Each parameter once: tied weights (embedding and head) are one tensor, counted and stored once."""
+    return list({id(p): p for p in model.parameters()}.values())

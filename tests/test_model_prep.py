@@ -62,5 +62,6 @@ def test_importing_every_core_module_changes_no_environment_and_no_registry():
     result = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert {"core.model.prepare", "core.model.patches.packed_attention", "core.trainer", "core.cli"} <= set(report["modules"])
+    expected = {"core.model.prepare", "core.model.patches.packed_attention", "core.trainer", "core.cli"}
+    assert expected <= set(report["modules"])
     assert report["same"]

@@ -1,1 +1,4 @@
-"""The data side: files -> records -> token sequences with trained-token masks -> batches. Knows the tokenizer, never the model."""
+"""The data side: files -> records -> token sequences with trained-token masks -> batches.
+
+It knows the tokenizer and its chat template, never the model.
+"""

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from core.run_files import ADAPTER_FILE
+from core.utils import unique_parameters
 
 ADAPTER_DIR = "adapter"
 
@@ -64,5 +65,5 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
 
 def parameter_counts(model) -> tuple[int, int]:
     """(trainable, total) parameters, each shared tensor counted once."""
-    params = {id(p): p for p in model.parameters()}.values()
+    params = unique_parameters(model)
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

@@ -39,7 +39,7 @@ from core.run_files import (
     TENSORS_FILE,
     WEIGHTS_FILE,
 )
-from core.utils import atomic_directory, remove_stale_temporaries
+from core.utils import atomic_directory, remove_stale_temporaries, unique_parameters
 
 _NAME = re.compile(r"^(checkpoint-\d+|epoch_\d+)$")
 
@@ -104,7 +104,7 @@ def save_checkpoint(target: Path, model, tokenizer, config, state: TrainState, f
 def checkpoint_bytes(model: torch.nn.Module, lora: bool) -> tuple[int, int]:
     """(one checkpoint's weights and AdamW state, best_model/'s weights) in bytes, from the parameters;
     the tokenizer files come on top. A LoRA checkpoint holds the adapter, its best_model/ the merged model."""
-    params = {id(p): p for p in model.parameters()}.values()  # tied weights are stored once
+    params = unique_parameters(model)
     full = sum(p.numel() * p.element_size() for p in params)
     trainable = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
     return (trainable if lora else full) + 2 * trainable, full

@@ -103,8 +103,9 @@ def setup(config: TrainConfig, log=print) -> Run:
     if device.type == "cpu" and not retain_freed_memory():
         log("Note: the C library (not glibc?) refused to keep freed memory for reuse, so every step faults its "
             "activations in afresh: slower on the CPU, not wrong")
+    adapter_from = restored.path if restored and config.lora else None
     prepared = prepare_model(model, hardware=config, adapter=config, max_length=config.max_length, device=device,
-                             amp_dtype=amp_dtype, log=log, adapter_from=restored.path if restored and config.lora else None)
+                             amp_dtype=amp_dtype, log=log, adapter_from=adapter_from)
     prepared.loss_module, wrapped = distributed.wrap(prepared.loss_module, dist, decoder_layers(prepared.model),
                                                      amp_dtype)
     if wrapped:

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from core.config import option
-from core.errors import ConfigError
+from core.errors import ConfigError, first_line
 from core.model.generation import Sampling
 
 
@@ -41,7 +41,7 @@ def load_scenarios(path: str) -> list[Scenario]:
     try:
         entries = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"--scenarios {path}: invalid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"--scenarios {path}: invalid YAML ({first_line(err)})") from None
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"--scenarios {path}: expected a list of {{name, system}} entries")
     scenarios = []

@@ -19,6 +19,7 @@ import torch
 
 from core.config import option
 from core.errors import ConfigError, first_line
+from core.model.generation import Sampling
 from core.utils import atomic_directory
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
@@ -151,8 +152,9 @@ def modelfile(gguf_name: str, tokenizer, stop: str, system: str) -> str:
     lines = [f"FROM ./{gguf_name}"]
     if chatml:
         lines.append(f'TEMPLATE """{CHATML_OLLAMA}"""')
-    lines += [f'PARAMETER stop "{stop}"', "PARAMETER temperature 0.7", "PARAMETER top_p 0.9",
-              "PARAMETER repeat_penalty 1.1"]
+    defaults = Sampling()  # the replies `chat` gives, so Ollama plays the bot the same way
+    lines += [f'PARAMETER stop "{stop}"', f"PARAMETER temperature {defaults.temperature}",
+              f"PARAMETER top_p {defaults.top_p}", f"PARAMETER repeat_penalty {defaults.repetition_penalty}"]
     if system:
         lines.append(f'SYSTEM """{system}"""')
     if not chatml:
