@@ -10,6 +10,7 @@ from conftest import ROOT, make_run
 
 from core.errors import ConfigError
 from core.model.patches.packed_attention import ATTENTION
+from core.model.prepare import PATCHES
 
 
 def test_prepare_model_applies_and_logs_each_cpu_patch(tmp_path, tiny_qwen_dir, cache_dir):
@@ -25,6 +26,27 @@ def test_prepare_model_applies_and_logs_each_cpu_patch(tmp_path, tiny_qwen_dir, 
     assert model.config._attn_implementation == ATTENTION
     assert run.prepared.packed and run.prepared.selective and run.prepared.loss_module.model is model
 
+
+
+def test_every_patch_of_the_table_is_applied_or_skipped_with_its_reason(tmp_path, tiny_qwen_dir, cache_dir):
+    messages = []
+    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, device="cpu", lora=True, lora_r=4)
+    prepared = run.prepared
+    applied = {patch.name for patch in PATCHES} - set(prepared.skipped)
+    assert applied == {"LoRA", "lean layers", "packing", "selective head", "trimmed last layer"}
+    assert len(prepared.patches) == len(applied)  # one log entry per applied patch
+    assert prepared.skipped == {"gradient checkpointing": "not asked for (--gradient_checkpointing)",
+                                "compile": "not asked for (--compile)"}
+    (model_line,) = [m for m in messages if m.startswith("Model: ")]
+    assert model_line == "Model: " + "; ".join(prepared.patches)
+
+
+def test_the_model_line_of_a_cpu_run_is_unchanged(tmp_path, tiny_qwen_dir, cache_dir):
+    messages = []
+    make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, device="cpu")
+    assert "Model: lean RMSNorm/SwiGLU on 7 modules (cpu); packed attention: per-sequence SDPA; selective head: " \
+           "logits at trained positions only, 2048 rows at a time; last layer: MLP on trained rows only" in messages
+    assert not [m for m in messages if m.startswith("Note: ")]
 
 def test_a_head_the_selective_loss_cannot_take_is_logged_and_compile_is_refused(tmp_path, tiny_qwen_dir, cache_dir):
     model_dir = tmp_path / "softcapped"
