@@ -8,9 +8,12 @@ is non-zero. Anything else is a bug: one line says so and where the traceback wa
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from core.config import TrainConfig, option, parse_args
-from core.errors import StoppedAtOnce, UserError, first_line
+from core.errors import Interrupted, StoppedAtOnce, UserError, first_line
+from core.utils import stage, stage_of
 
 USAGE = """Fine-tune a chat model into a roleplay chatbot.
 
@@ -91,24 +95,53 @@ def prefer_huge_pages() -> None:
 def report_errors(command: Callable[[], int]) -> int:
     """Run a command; turn every expected fault into one line on stderr and a non-zero exit code."""
     prefer_huge_pages()
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = signal.signal(signal.SIGTERM, raise_interrupted) if main_thread else None
     try:
         return command()
     except UserError as err:
         return fail(str(err), err.exit_code)
-    except KeyboardInterrupt:
-        return fail("interrupted before training started; no checkpoint was written", 130)
+    except KeyboardInterrupt as err:  # SIGINT, or SIGTERM (Interrupted): temporaries were removed on the way out
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        doing, on_disk = stage_of(err)
+        return fail(f"interrupted by {signal.Signals(signum).name} while {doing}; {on_disk}", 128 + signum)
     except StoppedAtOnce as err:  # a second signal; a save it interrupted has removed its temporary directory
-        return fail(f"{err}; the last complete checkpoint is intact", err.exit_code)
+        doing, on_disk = stage_of(err)
+        return fail(f"{err} while {doing}; {on_disk}", err.exit_code)
     except MemoryError:
         return fail("out of memory; lower --batch_size (or --batch_tokens) or --max_length, "
                     "or pass --gradient_checkpointing", 1)
-    except Exception as err:  # a genuine bug: say so, in one line, and keep the traceback for the report
-        with tempfile.NamedTemporaryFile("w", prefix="roleplay-tuner-bug-", suffix=".txt", delete=False) as f:
-            traceback.print_exc(file=f)
-        where = traceback.extract_tb(err.__traceback__)[-1]
-        return fail(f"internal error ({type(err).__name__}: {first_line(err)}) at "
-                    f"{where.filename}:{where.lineno}. This is a bug: please report it with the command you ran "
-                    f"and the traceback in {f.name}", 3)
+    except Exception as err:
+        if lost_peer(err):
+            return fail(f"a process of this distributed run was lost ({first_line(err)}); the run stopped. Start it "
+                        "again with --resume_from_checkpoint auto to continue from its last checkpoint", 1)
+        return report_bug(err)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def lost_peer(err: Exception) -> bool:
+    """A collective failed because another rank died (killed, out of memory): the launcher's fault line, not a bug."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    return type(err).__name__ in ("DistBackendError", "DistNetworkError", "DistStoreError") or bool(re.search(
+        r"Connection (closed|reset) by peer|Broken pipe|NCCL communicator was aborted|remote process exited",
+        str(err)))
+
+
+def report_bug(err: Exception) -> int:
+    """A genuine bug: say so, in one line, and keep the traceback for the report."""
+    with tempfile.NamedTemporaryFile("w", prefix="roleplay-tuner-bug-", suffix=".txt", delete=False) as f:
+        traceback.print_exception(err, file=f)
+    where = traceback.extract_tb(err.__traceback__)[-1]
+    return fail(f"internal error ({type(err).__name__}: {first_line(err)}) at "
+                f"{where.filename}:{where.lineno}. This is a bug: please report it with the command you ran "
+                f"and the traceback in {f.name}", 3)
 
 
 def fail(message: str, code: int) -> int:
@@ -120,31 +153,47 @@ def fail(message: str, code: int) -> int:
 
 def train(argv: list[str]) -> int:
     from core.errors import TrainingStopped
+    from core.train.output_dir import unlock_output_dir
     from core.train.run_setup import setup
     from core.trainer import fit
     config = parse_args(argv, TrainConfig, description=USAGE)
-    run = setup(config)
+    out = Path(config.output_dir)
     try:
-        summary = fit(run)
+        with stage("preparing the run (loading the model and the data)", "no checkpoint was written"):
+            run = setup(config)
+        with stage("training", lambda: checkpoints_on_disk(out)):
+            summary = fit(run)
     except TrainingStopped as err:
-        write_report(config, run.dist.is_main)
         if err.checkpoint is None:
             raise
-        print(f"\n{err}\nTo resume: python train.py {shlex.join(resume_command(argv, err.checkpoint))}",
-              file=sys.stderr)
+        write_report(config, run.dist.is_main)
+        if run.dist.is_main:
+            print(f"\n{err}\nTo resume: python train.py {shlex.join(resume_command(argv, err.checkpoint))}",
+                  file=sys.stderr)
         return err.exit_code
+    finally:
+        unlock_output_dir(out)
     write_report(config, run.dist.is_main)
     best = summary["best_eval_loss"]
-    print(f"Done: {summary['steps']} steps ({summary['stopped']}), best validation loss "
-          f"{best if best is not None else 'n/a'}; model in {summary['best_model']}")
+    if run.dist.is_main:
+        print(f"Done: {summary['steps']} steps ({summary['stopped']}), best validation loss "
+              f"{best if best is not None else 'n/a'}; model in {summary['best_model']}")
     return 0
+
+
+def checkpoints_on_disk(out: Path) -> str:
+    """What an interrupted run leaves: its newest complete checkpoint, or none (a half-written one is removed)."""
+    from core.train.checkpoint import complete_checkpoints
+    found = complete_checkpoints(out)
+    return f"the newest complete checkpoint is {found[-1][1]}" if found else "no checkpoint was written"
 
 
 def write_report(config: TrainConfig, is_main: bool) -> None:
     """report.html for the run in --output_dir (rank 0, unless --no-report)."""
     from core.use.report import write_report as build
     if config.report and is_main:
-        print(f"Report: {build(Path(config.output_dir))}")
+        with stage("writing report.html", "the run's checkpoints are complete; report.html may be missing"):
+            print(f"Report: {build(Path(config.output_dir))}")
 
 
 def resume_command(argv: list[str], checkpoint) -> list[str]:
@@ -162,10 +211,15 @@ def inspect(config: InspectConfig) -> int:
     It reads the same options as training (so `--config run.yaml` inspects exactly what that run
     would train), tokenises through the same cache, and needs only the tokenizer, not the weights.
     """
+    from core.data.files import data_files, data_inputs
     from core.data.statistics import PLAIN_OFF, PLAIN_ON, data_statistics, format_statistics, render_sequence
     from core.data.tokenized import tokenize_file
     from core.dataset import data_options
     from core.model.load import default_cache_dir, load_tokenizer
+    from core.outputs import check_cache_dir, local_inputs
+    data_files(config.data_path)
+    check_cache_dir(default_cache_dir(config.cache_dir),
+                    data_inputs(config.data_path) + local_inputs("--model_name", config.model_name))
     tokenizer = load_tokenizer(config.model_name, config.cache_dir, config.trust_remote_code)
     data = tokenize_file(config.data_path, tokenizer, data_options(config), config.max_length,
                          default_cache_dir(config.cache_dir), progress=sys.stderr.isatty())

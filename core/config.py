@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ class FormatOptions:
     system_prompt: str = option("", "default system prompt (persona) for records that have none", changes_run=True)
     merge_consecutive: bool = option(False, "merge consecutive messages of one role instead of rejecting the record", changes_run=True)
     allow_extra_keys: bool = option(False, "accept record and message keys the formats do not define (metadata such as 'id'); by default they are refused, so that a misspelt key is not silently ignored")
+    special_tokens: str = option("refuse", "text in a message that spells one of the tokenizer's special tokens (<|im_end|>, <tool_call>): refuse names the record; text trains it as plain text, never as the control token", ("refuse", "text"), changes_run=True)
 
 
 @dataclass
@@ -203,10 +205,16 @@ def run_options(config: TrainConfig) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata["changes_run"]}
 
 
+def help_text(f: dataclasses.Field) -> str:
+    """An option's help with its default, unless the help already says it (or that the option is required)."""
+    text = f.metadata["help"]
+    return text if "(default:" in text or text.endswith("required") else f"{text} (default: {f.default!r})"
+
+
 def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         kind = type(f.default)
-        kwargs: dict[str, Any] = {"help": f"{f.metadata['help']} (default: {f.default!r})", "default": argparse.SUPPRESS}
+        kwargs: dict[str, Any] = {"help": help_text(f), "default": argparse.SUPPRESS}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -219,13 +227,16 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
 def load_yaml(path: str, cls: type = TrainConfig) -> dict[str, Any]:
     """Read a YAML config, refusing unknown keys so that a typo is not silently ignored."""
     try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig")) or {}
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the config file is not UTF-8 text") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML ({first_line(err)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML is nested too deeply; a config file is a flat mapping of option: value"
+                          ) from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of option: value")
     known = {f.name: f for f in dataclasses.fields(cls)}
@@ -237,14 +248,24 @@ def load_yaml(path: str, cls: type = TrainConfig) -> dict[str, Any]:
         expected = type(known[key].default)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if expected is float and isinstance(value, str) and _NUMBER.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string; the user meant the number
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(f"{path}: option {key!r} must be {expected.__name__}, got {value!r}")
         values[key] = value
     return values
 
 
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as a ConfigError (one line, exit 2) instead of exiting itself."""
+    """argparse that reports a bad flag as a ConfigError (one line, exit 2) instead of exiting itself, and reads
+    `--lr -1e-5` as a value (argparse's own pattern knows only -1 and -1.5, and took -1e-5 for a flag)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def error(self, message: str):
         raise ConfigError(f"{message} (see {self.prog} --help)")

@@ -56,11 +56,13 @@ class DataOptions:
     merge_consecutive: bool = False
     train_on: str = "all_assistant"
     allow_extra_keys: bool = False
+    special_tokens: str = "refuse"  # or "text": special-token text in messages is trained as plain text
 
 
 def data_options(config) -> DataOptions:
     """The data-handling options of a TrainConfig (or anything with the same fields)."""
-    return DataOptions(config.system_prompt, config.merge_consecutive, config.train_on, config.allow_extra_keys)
+    return DataOptions(config.system_prompt, config.merge_consecutive, config.train_on, config.allow_extra_keys,
+                       config.special_tokens)
 
 
 @dataclass

@@ -55,6 +55,15 @@ class StoppedAtOnce(BaseException):
         self.exit_code = 128 + signum
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM outside training, raised where SIGINT raises KeyboardInterrupt, so that both unwind the same way
+    (temporary files removed on the way out) and end in one line."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def first_line(err: BaseException) -> str:
     """An exception's message, first line only (library errors can run to pages)."""
     text = str(err).strip()

@@ -125,11 +125,12 @@ def end_epoch(run: Run, run_log: RunLog) -> str | None:
 
 
 def finish_mid_epoch(run: Run, run_log: RunLog) -> None:
-    """--max_steps ended the run inside an epoch: validate and checkpoint the last step unless just done."""
+    """--max_steps ended the run inside an epoch: validate and checkpoint the last step unless just done
+    (--save_steps 0 writes no checkpoint-N/: the run is finished, and best_model/ holds the model)."""
     config, step = run.config, run.state.step
     if not due(config.eval_steps, step):
         evaluate(run, run_log, run.state.epoch + 1)
-    if not due(config.save_steps, step):
+    if config.save_steps and not due(config.save_steps, step):
         save(run, f"checkpoint-{step}")
 
 

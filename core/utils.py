@@ -1,4 +1,5 @@
-"""Seeding, device and precision selection, host memory reuse, RNG state, atomic directories."""
+"""Seeding, device and precision selection, host memory reuse, RNG state, atomic directories and files, and the
+stage a command is at (what an interrupt there leaves on disk)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import ctypes.util
 import os
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -161,3 +162,41 @@ def _process_alive(pid: int) -> bool:
 def unique_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """Each parameter once: tied weights (embedding and head) are one tensor, counted and stored once."""
     return list({id(p): p for p in model.parameters()}.values())
+
+
+@contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """Write a file under a hidden temporary name and rename it to `target` only when complete: an interrupt or
+    error leaves the previous `target` (or none) and no partial file."""
+    tmp = temporary_sibling(target, "tmp")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_stage: tuple[str, str | Callable[[], str]] = ("starting", "nothing was written")
+
+
+@contextmanager
+def stage(doing: str, on_disk: str | Callable[[], str]) -> Iterator[None]:
+    """Name what the command is doing and what is on disk if it is interrupted now (a text, or a function that
+    looks once the interrupt has unwound): the command line's one line for a signal says both."""
+    global _stage
+    previous, _stage = _stage, (doing, on_disk)
+    try:
+        yield
+    except BaseException as err:
+        if not hasattr(err, "stage"):  # the innermost stage names where it happened
+            err.stage = (doing, on_disk)
+        raise
+    finally:
+        _stage = previous
+
+
+def stage_of(err: BaseException) -> tuple[str, str]:
+    """(what was being done, what is on disk) where `err` interrupted the command."""
+    doing, on_disk = getattr(err, "stage", _stage)
+    return doing, on_disk() if callable(on_disk) else on_disk

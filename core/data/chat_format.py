@@ -10,6 +10,11 @@ template renders earlier turns differently once more turns follow (reasoning tem
 thoughts, templates that add a default system prompt only to non-empty histories), one sequence
 cannot satisfy the rule above for every turn; such a record becomes one sequence per trained turn,
 each exact, and the summary counts it.
+
+Text in a message that spells a token the tokenizer adds (`<|im_end|>`, `<tool_call>`) would become that
+control token and corrupt the turns: `--special_tokens refuse` (the default) names the record, `text`
+tokenises it as plain characters. A message longer than `--max_length` tokens can possibly fill is cut to
+that many characters before it is tokenised, so a huge record costs what the options allow, not its size.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 
 from core.dataset import Conversation, Message
 from core.errors import DataError, TemplateError
+
+_OPEN, _CLOSE = "\ufdd0", "\ufdd1"  # noncharacters: around special-token text to be tokenised as plain text
 
 
 @dataclass
@@ -35,6 +42,7 @@ class Encoded:
     shortened: int = 0        # sequences that lost turns or text to fit --max_length
     dropped_tokens: int = 0   # tokens removed from them
     replies_cut: int = 0      # sequences whose trained reply itself was cut (its end-of-turn is not trained)
+    special_text: int = 0     # messages whose special-token text was trained as plain text
 
 
 @dataclass
@@ -45,6 +53,7 @@ class FormatStats:
     shortened: int = 0
     dropped_tokens: int = 0
     replies_cut: int = 0
+    special_text: int = 0
 
     def add(self, encoded: Encoded) -> None:
         self.records += 1
@@ -53,6 +62,7 @@ class FormatStats:
         self.shortened += encoded.shortened
         self.dropped_tokens += encoded.dropped_tokens
         self.replies_cut += encoded.replies_cut
+        self.special_text += encoded.special_text
 
 
 class ChatEncoder:
@@ -61,14 +71,25 @@ class ChatEncoder:
     `end_of_turn_ids` collects the tokens that close trained replies: generation stops on them.
     """
 
-    def __init__(self, tokenizer, max_length: int):
+    def __init__(self, tokenizer, max_length: int, special_tokens: str = "refuse"):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.special_tokens = special_tokens
         self.end_of_turn_ids: set[int] = set()
         self.special_ids = set(tokenizer.all_special_ids) | {
             i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}
-        names = sorted({tokenizer.convert_ids_to_tokens(i) for i in self.special_ids}, key=len, reverse=True)
+        added = {tok.content for tok in tokenizer.added_tokens_decoder.values()}  # matched in text, special or not
+        names = sorted(added | {tokenizer.convert_ids_to_tokens(i) for i in self.special_ids}, key=len, reverse=True)
         self._special_text = re.compile("|".join(re.escape(n) for n in names)) if names else None
+        self._max_message_chars: int | None = None
+
+    @property
+    def max_message_chars(self) -> int:
+        """No token is longer than the vocabulary's longest entry, so a message of more characters than that many
+        times --max_length cannot fit in any case: only that much of it is tokenised (computed when first needed)."""
+        if self._max_message_chars is None:
+            self._max_message_chars = self.max_length * max(map(len, self.tokenizer.get_vocab()), default=1)
+        return self._max_message_chars
 
     # Rendering -----------------------------------------------------------------------------------
 
@@ -84,15 +105,6 @@ class ChatEncoder:
     def _turn_texts(self, conversation: Conversation) -> list[tuple[str, str]]:
         """(prompt, reply) text for every trained assistant turn, in order."""
         messages, where = conversation.messages, conversation.where
-        if self._special_text is not None:
-            for index, message in enumerate(messages):
-                found = self._special_text.search(message.content)
-                if found and index == 0 and conversation.system_added:
-                    raise DataError(f"--system_prompt contains the special token {found.group()!r}; it would "
-                                    "corrupt the turn structure")
-                if found:
-                    raise DataError(f"{where}: message {index} contains the special token {found.group()!r}; "
-                                    "it would corrupt the turn structure")
         texts = []
         for index, message in enumerate(messages):
             if message.role != "assistant" or not message.train:
@@ -118,7 +130,51 @@ class ChatEncoder:
     # Tokens --------------------------------------------------------------------------------------
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        """Token ids of rendered texts; text marked by `_as_text` is tokenised as plain characters."""
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        return [self._tokenize_marked(t) if _OPEN in t else i for t, i in zip(texts, ids)]
+
+    def _tokenize_marked(self, text: str) -> list[int]:
+        ids = []
+        for index, piece in enumerate(re.split(f"{_OPEN}(.*?){_CLOSE}", text, flags=re.S)):
+            if index % 2 == 0:  # the template's own text, control tokens included
+                ids += self.tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
+                continue
+            while piece and self._special_text.search(piece):  # no added token may match inside: split it off
+                ids += self._tokenize_plain(piece[:1])
+                piece = piece[1:]
+            ids += self._tokenize_plain(piece)
+        return ids
+
+    def _tokenize_plain(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
+
+    # What a message may hold ---------------------------------------------------------------------
+
+    def _prepare(self, conversation: Conversation) -> int:
+        """Cut over-long messages to what --max_length can use, and refuse or mark special-token text; return how
+        many messages had special-token text marked (trained as plain text)."""
+        marked = 0
+        for index, message in enumerate(conversation.messages):
+            if len(message.content) > self.max_length and len(message.content) > self.max_message_chars:
+                keep = self.max_message_chars  # replies and system prompts keep their start, rep messages their end
+                message.content = message.content[-keep:] if message.role == "user" else message.content[:keep]
+            found = self._special_text.search(message.content) if self._special_text is not None else None
+            if found is None:
+                continue
+            if self.special_tokens == "text":
+                message.content = self._as_text(message.content)
+                marked += 1
+                continue
+            what = "--system_prompt" if index == 0 and conversation.system_added else \
+                f"{conversation.where}: message {index}"
+            raise DataError(f"{what} contains the special token {found.group()!r}; it would corrupt the turn "
+                            "structure: remove it, or pass --special_tokens text to train it as plain text")
+        return marked
+
+    def _as_text(self, text: str) -> str:
+        return self._special_text.sub(lambda m: f"{_OPEN}{m.group()}{_CLOSE}", text.replace(_OPEN, "").replace(
+            _CLOSE, ""))
 
     def _assemble(self, turns: list[tuple[list[int], list[int]]], where: str) -> tuple[list[Sequence], bool]:
         """Join (prompt ids, reply ids) turns into one sequence, or one per turn where prefixes disagree.
@@ -155,16 +211,18 @@ class ChatEncoder:
 
     def encode_many(self, conversations: list[Conversation]) -> list[Encoded]:
         """Encode a chunk of records with one batched tokenizer call; over-long ones take the slow path."""
+        marked = [self._prepare(c) for c in conversations]
         texts_per_record = [self._turn_texts(c) for c in conversations]
         flat = [text for texts in texts_per_record for pair in texts for text in pair]
         token_lists = iter(self._tokenize(flat))
         results = []
-        for conversation, texts in zip(conversations, texts_per_record):
+        for conversation, texts, special_text in zip(conversations, texts_per_record, marked):
             turns = [(next(token_lists), next(token_lists)) for _ in texts]
             sequences, split = self._assemble(turns, conversation.where)
             encoded = Encoded(sequences, split_by_template=split)
             if any(len(s.input_ids) > self.max_length for s in sequences):
                 encoded = self._shorten(conversation, sequences, split)
+            encoded.special_text = special_text
             results.append(encoded)
         return results
 
@@ -181,7 +239,7 @@ class ChatEncoder:
             if len(sequence.input_ids) <= self.max_length:
                 result.sequences.append(sequence)
                 continue
-            shortened, cut = self._fit(messages[: end + 1], conversation.where, split)
+            shortened, cut = self._fit(messages[: end + 1], conversation.where, split, conversation.system_added)
             result.sequences.append(shortened)
             result.shortened += 1
             result.replies_cut += cut
@@ -199,7 +257,8 @@ class ChatEncoder:
         sequences, _ = self._encode_plain(context + [messages[-1]], where)
         return sequences[0]
 
-    def _fit(self, messages: list[Message], where: str, last_only: bool) -> tuple[Sequence, int]:
+    def _fit(self, messages: list[Message], where: str, last_only: bool, system_added: bool = False
+             ) -> tuple[Sequence, int]:
         system = messages[:1] if messages[0].role == "system" else []
         body = messages[len(system):]
 
@@ -224,6 +283,10 @@ class ChatEncoder:
         if len(sequence.input_ids) <= self.max_length:
             return sequence, 0
         prompt_length = sequence.trained.index(True)
+        if prompt_length >= self.max_length and system_added:
+            raise DataError(f"--system_prompt leaves no room: with it, the shortest prompt of {where} is "
+                            f"{prompt_length} tokens, not less than --max_length {self.max_length}; shorten "
+                            "--system_prompt or raise --max_length")
         if prompt_length >= self.max_length:
             raise DataError(f"{where}: even shortened to its system prompt and last reply, the prompt is "
                             f"{prompt_length} tokens, not less than --max_length {self.max_length}")
@@ -236,4 +299,5 @@ class ChatEncoder:
     def _keep_end(self, text: str, excess_tokens: int) -> str:
         """Drop at least `excess_tokens` tokens from the start of a message, keeping its end."""
         ids = self._tokenize([text])[0]
-        return self.tokenizer.decode(ids[min(len(ids), excess_tokens + 1):])
+        kept = self.tokenizer.decode(ids[min(len(ids), excess_tokens + 1):])
+        return self._as_text(kept) if _OPEN in text else kept

@@ -8,16 +8,21 @@ of records), either optionally gzip-compressed (`.gz`). Every problem is a `Data
 
 from __future__ import annotations
 
+import errno
 import glob
 import gzip
 import hashlib
 import json
+import os
+import re
+import stat
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from core.errors import DataError
+from core.outputs import Input
 
 FORMATS = (".jsonl", ".json")
 SUFFIXES = FORMATS + tuple(f"{s}.gz" for s in FORMATS)
@@ -47,12 +52,35 @@ def data_files(data_path: str | Path) -> list[Path]:
     return files
 
 
+def data_inputs(data_path: str | Path) -> list[Input]:
+    """What `--data_path` reads, for the output checks: a directory as a whole (every file that appears under it
+    is read), a file, or a pattern's files (and, for a recursive `**` pattern, the folder it searches)."""
+    path = Path(data_path)
+    if any(c in str(data_path) for c in "*?[") and not path.exists():
+        root = Path(str(data_path).split("**")[0]) if "**" in str(data_path) else None
+        return [Input("--data_path", p) for p in data_files(data_path)] + (
+            [Input("--data_path", root)] if root is not None else [])
+    return [Input("--data_path", path)]
+
+
 def _check_file(path: Path) -> None:
     if data_format(path) is None:
         raise DataError(f"{path}: unknown extension {''.join(path.suffixes) or '(none)'!r}; use .jsonl (one record "
                         "per line) or .json (a list of records), optionally gzip-compressed (.gz)")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DataError(f"{path}: a loop of symbolic links ({err.strerror}); point it at the data file") from None
+        if path.is_symlink():
+            raise DataError(f"{path}: a broken symbolic link (to {os.readlink(path)}); point it at the data file"
+                            ) from None
+        raise DataError(f"{path}: no such file") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else \
+            "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise DataError(f"{path} is {kind}, not a regular file: the data is read twice (hashed, then tokenised), "
+                        "so save it to a file first")
     try:
         path.open("rb").close()
     except OSError as err:
@@ -87,6 +115,51 @@ def _common_parent(files: list[Path]) -> Path:
     return Path(*common)
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def parse_json(text: str, where: str) -> object:
+    """One JSON value, refusing what json.loads accepts but a record cannot hold: duplicate keys (JSON keeps
+    the last, silently), nesting deeper than Python can follow, and lone UTF-16 surrogates (no text has them)."""
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as err:
+        raise DataError(f"{where}: the key {err.key!r} appears twice in one object (JSON would keep only the "
+                        "last); keep one") from None
+    except RecursionError:
+        raise DataError(f"{where}: the JSON is nested too deeply to be a record") from None
+    _refuse_surrogates(value, where)
+    return value
+
+
+def _refuse_surrogates(value: object, where: str) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and (found := _SURROGATE.search(item)):
+            raise DataError(f"{where}: the text holds a lone UTF-16 surrogate (\\u{ord(found.group()):04x}, half of "
+                            f"an escaped emoji pair) near {item[max(0, found.start() - 20):found.start()]!r}; "
+                            "write the character itself or its complete \\uXXXX\\uXXXX pair")
+
+
 def iter_raw_records(data_path: str | Path) -> Iterator[tuple[str, object]]:
     """Yield (location, parsed JSON value) for each record of each file, streaming JSONL line by line."""
     for path in data_files(data_path):
@@ -97,16 +170,25 @@ def _open(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
 
 
+def _decode(raw: bytes, where: str, first: bool = True) -> str:
+    """UTF-8 text; a byte-order mark (spreadsheets and Windows tools write one) is accepted at the start."""
+    if first and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DataError(f"{where}: the file is UTF-16 text (a Windows 'Unicode' file); save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as err:
+        at = err.start + (3 if first and raw.startswith(b"\xef\xbb\xbf") else 0)
+        raise DataError(f"{where}: not UTF-8 text (byte {raw[at]:#04x} at column {at + 1})") from None
+
+
 def _iter_json(path: Path) -> Iterator[tuple[str, object]]:
     try:
         with _open(path) as handle:
-            data = json.loads(handle.read().decode("utf-8"))
+            data = parse_json(_decode(handle.read(), path), str(path))
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: cannot read the file ({getattr(err, 'strerror', None) or err})") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: a .json file must hold a list of records, got {type(data).__name__}")
     if not data:
@@ -121,15 +203,11 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, object]]:
     try:
         with _open(path) as handle:  # bytes: a bad byte is then reported with its line, not as a traceback
             for number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise DataError(f"{path} line {number}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
-                                    f"{err.start + 1})") from None
+                line = _decode(raw, f"{path} line {number}", first=number == 1)
                 if not line.strip():
                     continue
                 try:
-                    value = json.loads(line)
+                    value = parse_json(line, f"{path} line {number}")
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path} line {number}: invalid JSON ({err.msg} at column {err.colno})") from None
                 seen = True

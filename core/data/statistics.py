@@ -39,6 +39,7 @@ def data_statistics(data: TokenizedData, eval_split: float, seed: int) -> dict:
         "over_max_length": fmt["shortened"],
         "dropped_tokens": fmt["dropped_tokens"],
         "replies_cut": fmt["replies_cut"],
+        "special_text_messages": fmt["special_text"],
         "duplicate_records": int(len(hashes) - len(first)),
         "records_in_both_splits": int(np.isin(hashes, in_both).sum()),
         "train_records": int((~is_eval).sum()),
@@ -69,7 +70,9 @@ def format_statistics(stats: dict, config: TrainConfig) -> str:
         f"Split (--eval_split {config.eval_split}, --seed {config.seed}): {stats['train_records']} train records, "
         f"{stats['eval_records']} validation",
         f"Options applied: merged consecutive roles in {stats['merged_records']} records, "
-        f"default system prompt added to {stats['system_added']}",
+        f"default system prompt added to {stats['system_added']}; special-token text in messages: "
+        + (f"trained as plain text in {stats['special_text_messages']} messages (--special_tokens text)"
+           if config.special_tokens == "text" else "refused (--special_tokens refuse)"),
     ] + ([f"WARNING: {stats['replies_cut']} replies alone exceed --max_length and were cut; their end-of-turn "
           "token is not trained. Raise --max_length to keep them whole"] if stats["replies_cut"] else []))
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from core.data.chat_format import ChatEncoder, FormatStats
 from core.data.files import data_files, data_format, data_sha256
 from core.dataset import DataOptions, LoadStats, load_conversations
-from core.utils import atomic_directory
+from core.utils import atomic_directory, remove_stale_temporaries, stage
 
 FORMAT_VERSION = 4
 TOKEN_ARRAYS = {"ids": np.int32, "trained": np.bool_}  # written as they are produced: raw files, no header
@@ -78,6 +78,7 @@ def tokenize_file(path: str | Path, tokenizer, options: DataOptions, max_length:
         "max_length": max_length,
         "options": asdict(options), "version": FORMAT_VERSION}, sort_keys=True).encode()).hexdigest()[:20]
     entry = cache_root / "tokens" / key
+    remove_stale_temporaries(entry.parent)  # entries an earlier run was building when it was killed
     if not (entry / "summary.json").is_file():
         _build(path, tokenizer, options, max_length, entry, progress)
     return _open(entry, data_hash)
@@ -97,12 +98,13 @@ def _record_hash(conversation) -> int:
 
 
 def _build(path, tokenizer, options: DataOptions, max_length: int, entry: Path, progress: bool) -> None:
-    with atomic_directory(entry) as tmp:
+    with stage(f"tokenising {path}", "the tokenised cache entry was not written (its temporary was removed)"), \
+            atomic_directory(entry) as tmp:
         _write_arrays(path, tokenizer, options, max_length, tmp, progress)
 
 
 def _write_arrays(path, tokenizer, options: DataOptions, max_length: int, tmp: Path, progress: bool) -> None:
-    encoder = ChatEncoder(tokenizer, max_length)
+    encoder = ChatEncoder(tokenizer, max_length, options.special_tokens)
     load_stats, format_stats = LoadStats(), FormatStats()
     offsets, records, hashes = array("q", [0]), array("q"), array("Q")  # 8 bytes a sequence, not a Python object
     roles: dict[str, int] = {}

@@ -1,7 +1,8 @@
 """Build a run from its config, one concern at a time: output directory, data, model, optimizer, state.
 
-`setup` checks what can be checked before anything loads (device, data file, output directory,
-resume checkpoint), then loads the model and tokenised data, prepares the model (core/model/prepare.py),
+`setup` checks what can be checked before anything loads (device, data file, output and cache directories,
+the lock, resume checkpoint), then loads the model (and checks the adapters' target modules against it), the
+tokenised data, prepares the model (core/model/prepare.py),
 builds the optimizer and restores a checkpoint's state when resuming. The result, `Run`, is what
 `core.trainer.fit` trains.
 """
@@ -18,19 +19,30 @@ import torch
 from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
 
-from core.config import TrainConfig, run_options
+from core.config import TrainConfig
 from core.data.batching import BatchSize, epoch_batches
-from core.data.files import data_files, data_sha256
+from core.data.files import data_files, data_inputs, data_sha256
 from core.data.statistics import data_statistics, format_statistics
 from core.data.tokenized import TokenizedData, split_sequences, tokenize_file
 from core.dataset import data_options
 from core.errors import ConfigError
 from core.model.load import default_cache_dir, load_model_and_tokenizer
 from core.model.prepare import Prepared, decoder_layers, prepare_model, set_stop_tokens
+from core.outputs import check_cache_dir, local_inputs
 from core.train import checkpoint as ckpt
 from core.train import distributed, trackers
 from core.train.checkpoint import Restored, TrainState
+from core.train.disk_space import disk_shortfall
 from core.train.distributed import Dist
+from core.train.fingerprint import check_resumable, run_fingerprint
+from core.train.output_dir import (
+    check_output_dir,
+    claim_output_dir,
+    lock_output_dir,
+    mark_output_dir,
+    start_afresh,
+    truncate_logs,
+)
 from core.train.samples import validation_prompts
 from core.utils import (
     pick_device,
@@ -89,13 +101,15 @@ def setup(config: TrainConfig, log=print) -> Run:
     dist = distributed.init_distributed(config.distributed, device)
     device, log = distributed.local_device(dist, device), log if dist.is_main else (lambda *_: None)
     data_hash = data_sha256(data_files(config.data_path))
-    fingerprint = {"data_sha256": data_hash, "config": {**run_options(config), "processes": dist.world_size}}
-    output_dir = Path(config.output_dir)
-    restored = setup_output_dir(config, output_dir, fingerprint, dist, log)
+    fingerprint = run_fingerprint(data_hash, config, dist.world_size)
+    out = Path(config.output_dir)
+    restored = setup_output_dir(config, out, fingerprint, dist, log)
     set_seed(config.seed)
     source = restored.path if restored and not config.lora else config.model_name  # LoRA checkpoints: adapters
     model, tokenizer = load_model_and_tokenizer(str(source), config.cache_dir, config.trust_remote_code,
                                                 load_in_4bit=config.load_in_4bit, device=device)
+    if config.lora:
+        check_target_modules(model, config.lora_target_modules)
     with distributed.main_first(dist):  # rank 0 tokenises into the cache; the others then read it
         splits = setup_data(config, tokenizer, data_hash, log)
     if dist.is_main and not (dist.active and dist.strategy == "fsdp"):  # sharded weights cannot generate alone
@@ -123,21 +137,45 @@ def setup(config: TrainConfig, log=print) -> Run:
     if restored is not None:
         restore(run, restored, log)
     if dist.is_main:
-        ckpt.mark_output_dir(output_dir, fingerprint, config, splits.statistics)
+        mark_output_dir(out, fingerprint, config, splits.statistics)
         warn_if_disk_short(run, steps, log)
     return run
 
 
-def setup_output_dir(config: TrainConfig, output_dir: Path, fingerprint: dict, dist: Dist, log) -> Restored | None:
-    """Find the checkpoint to resume from (checked against this run), and claim the directory (rank 0)."""
-    restored = ckpt.find_resume(config.resume_from_checkpoint, output_dir, log)
-    if restored is not None:
-        ckpt.check_resumable(restored, fingerprint, config.force_resume, log)
+def setup_output_dir(config: TrainConfig, out: Path, fingerprint: dict, dist: Dist, log) -> Restored | None:
+    """Check the output and cache paths, lock and claim the directory (rank 0), and find the checkpoint to
+    resume from (checked against this run). With 'auto' and no checkpoint yet, the run starts afresh."""
     if dist.is_main:
-        recover_interrupted_swap(output_dir / "best_model")
-        ckpt.claim_output_dir(output_dir, fingerprint, restored is not None, config.overwrite_output_dir, log)
+        inputs = data_inputs(config.data_path) + local_inputs("--model_name", config.model_name)
+        check_output_dir(out, inputs)
+        check_cache_dir(default_cache_dir(config.cache_dir), inputs)
+        lock_output_dir(out)
+        recover_interrupted_swap(out / "best_model")
+    restored = ckpt.find_resume(config.resume_from_checkpoint, out, log)
+    if restored is not None:
+        check_resumable(restored.path, restored.fingerprint, fingerprint, config.force_resume, log)
+    if dist.is_main:
+        if config.resume_from_checkpoint == "auto" and restored is None and not config.overwrite_output_dir:
+            start_afresh(out, fingerprint, log)
+        claim_output_dir(out, fingerprint, restored is not None, config.overwrite_output_dir, log)
     distributed.barrier(dist)
     return restored
+
+
+def check_target_modules(model, value: str) -> None:
+    """Every name in --lora_target_modules names modules of this model (PEFT would ignore a typo among good ones,
+    or fail with its own error), checked before the data is tokenised."""
+    from core.model.adapters import target_modules
+    wanted = target_modules(value)
+    if wanted == "all-linear":
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing or not wanted:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(f"--lora_target_modules: {', '.join(map(repr, missing)) or 'no name given'} "
+                          f"{'names' if len(missing) < 2 else 'name'} no module of {type(model).__name__}; its "
+                          f"linear layers are {', '.join(linear)} (or pass all-linear)")
 
 
 def setup_data(config: TrainConfig, tokenizer, data_hash: str, log) -> Splits:
@@ -171,7 +209,7 @@ def warn_if_disk_short(run: Run, steps: list[int], log) -> None:
     kept = min(saves, config.save_total_limit) if config.save_total_limit else saves
     epochs_ended = sum(1 for end in np.cumsum(steps) if end <= total)
     per_checkpoint, best_model = ckpt.checkpoint_bytes(run.prepared.model, lora=config.lora)
-    warning = ckpt.disk_shortfall(run.output_dir, per_checkpoint, best_model, kept, epochs_ended)
+    warning = disk_shortfall(run.output_dir, per_checkpoint, best_model, kept, epochs_ended)
     if warning:
         log(warning)
 
@@ -199,5 +237,5 @@ def restore(run: Run, restored: Restored, log) -> None:
     set_rng_state(restored.tensors["rng"])
     run.state, run.resumed_from = restored.state, restored.path
     if run.dist.is_main:
-        ckpt.truncate_logs(run.output_dir, run.state.step)
+        truncate_logs(run.output_dir, run.state.step, log)
     log(f"Resumed at step {run.state.step}, epoch {run.state.epoch + 1}, batch {run.state.batch_in_epoch}")

@@ -17,21 +17,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import option
+from core.errors import ConfigError
 from core.model.generation import stream_reply
+from core.outputs import Input, check_output, local_inputs
 from core.use.chat import ChatOptions, Scenario, as_record, load_for_chat, load_scenarios
+from core.utils import stage
 
 
 @dataclass
 class ChatConfig(ChatOptions):
     seed: int = option(-1, "seed for sampling (-1: a different conversation every time)")
 
+    def validate(self) -> None:
+        super().validate()
+        if not -1 <= self.seed < 2**62:
+            raise ConfigError(f"--seed must be -1 (a random conversation) or from 0 to below 2**62, got {self.seed}")
+
+
+def is_transcript(path: Path) -> bool:
+    """A file of earlier /save output (or an empty one): every line a `messages` training record."""
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return all(isinstance(r := json.loads(line), dict) and set(r) == {"messages"} for line in lines)
+    except (OSError, ValueError, RecursionError):
+        return False
+
 
 class Session:
     """One practice call: the persona and the turns so far."""
 
-    def __init__(self, scenarios: list[Scenario], system: str):
+    def __init__(self, scenarios: list[Scenario], system: str, inputs: list[Input] = ()):
         self.scenarios = scenarios
         self.system = system
+        self.inputs = list(inputs)  # what /save may not write over or into
         self.turns: list[dict] = []
 
     def messages(self) -> list[dict]:
@@ -74,6 +92,10 @@ class Session:
             return "Nothing to save yet: the prospect has not replied."
         path = Path(argument).expanduser()
         try:
+            check_output("/save", path, self.inputs, is_transcript, "a file of saved conversations")
+        except ConfigError as err:
+            return f"Not saved: {err}"
+        try:
             with path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(as_record(self.system, self.turns), ensure_ascii=False) + "\n")
         except OSError as err:
@@ -85,10 +107,16 @@ def chat(config: ChatConfig) -> int:
     scenarios = load_scenarios(config.scenarios) if config.scenarios else []
     system = config.system_prompt or (scenarios[0].system if scenarios else "")
     model, tokenizer = load_for_chat(config.model, config.device, config.cache_dir, config.trust_remote_code)
-    session, sampling = Session(scenarios, system), config.sampling()
+    inputs = local_inputs("--model", config.model) + local_inputs("--scenarios", config.scenarios)
+    session, sampling = Session(scenarios, system, inputs), config.sampling()
     print(f"Practice call with {config.model}. You are the rep; /help lists the commands, /quit ends.")
     if system:
         print(f"Persona: {system}")
+    with stage("chatting", "nothing was saved (/save FILE appends a conversation)"):
+        return converse(config, session, model, tokenizer, sampling)
+
+
+def converse(config: ChatConfig, session: Session, model, tokenizer, sampling) -> int:
     while True:
         try:
             line = input("rep> ").strip()

@@ -17,13 +17,16 @@ import torch
 
 from core.config import option
 from core.data.batching import collate
+from core.data.files import data_files, data_inputs
 from core.data.tokenized import tokenize_file
 from core.dataset import data_options, load_conversations
 from core.errors import ConfigError
 from core.labels import perplexity, trained_tokens
 from core.model.generation import Sampling, generate_reply
 from core.model.load import default_cache_dir
+from core.outputs import check_cache_dir, check_output, local_inputs
 from core.use.chat import load_for_chat
+from core.utils import atomic_file, stage
 
 
 @dataclass
@@ -36,6 +39,7 @@ class EvaluateConfig:
     train_on: str = option("all_assistant", "which assistant turns the loss is taken on", ("all_assistant", "last_assistant"))
     merge_consecutive: bool = option(False, "merge consecutive messages of one role instead of rejecting the record")
     allow_extra_keys: bool = option(False, "accept record and message keys the formats do not define")
+    special_tokens: str = option("refuse", "special-token text in a message: refuse, or train (here: score) it as plain text, as in training", ("refuse", "text"))
     replies: bool = option(True, "generate each record's reply (greedy); off: losses only, much faster")
     max_new_tokens: int = option(64, "longest generated reply in tokens")
     device: str = option("auto", "cuda, mps or cpu", ("auto", "cuda", "mps", "cpu"))
@@ -68,27 +72,54 @@ def record_losses(model, data) -> tuple[np.ndarray, np.ndarray]:
     return losses, tokens
 
 
+def is_evaluation(path: Path) -> bool:
+    """An earlier evaluation's output: its first line is a record's result (or its summary's keys)."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = json.loads(handle.readline() if path.suffix != ".json" else handle.read())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(first, dict) and ({"where", "loss"} <= first.keys() or {"mean_loss", "records"} <= first.keys())
+
+
+def check_paths(config: EvaluateConfig) -> None:
+    """Before the model loads: the data files can be read, and the outputs harm nothing evaluate did not write."""
+    data_files(config.data_path)
+    inputs = data_inputs(config.data_path) + local_inputs("--model", config.model)
+    output = Path(config.output)
+    for path in (output, output.with_suffix(".summary.json")):
+        check_output("--output", path, inputs, is_evaluation, "an earlier evaluation's output")
+    check_cache_dir(default_cache_dir(config.cache_dir), inputs)
+
+
 def evaluate(config: EvaluateConfig) -> int:
+    check_paths(config)
+    output = Path(config.output)
+    with stage(f"evaluating {config.model}", f"{output} was not written (an earlier one is intact)"):
+        return write_evaluation(config, output)
+
+
+def write_evaluation(config: EvaluateConfig, output: Path) -> int:
     model, tokenizer = load_for_chat(config.model, config.device, config.cache_dir, config.trust_remote_code)
     options = data_options(config)
     data = tokenize_file(config.data_path, tokenizer, options, config.max_length, default_cache_dir(config.cache_dir))
     losses, tokens = record_losses(model, data)
     greedy = Sampling(max_new_tokens=config.max_new_tokens, greedy=True)
-    output = Path(config.output)
-    with output.open("w", encoding="utf-8") as handle:
-        for index, conversation in enumerate(load_conversations(config.data_path, options)):
-            prompt, reference = conversation.before_last_reply()
-            loss = losses[index] / max(tokens[index], 1)
-            entry = {"where": conversation.where, "prompt": prompt[-1]["content"] if prompt else "",
-                     "reference": reference, "loss": loss, "perplexity": perplexity(loss),
-                     "trained_tokens": int(tokens[index])}
-            if config.replies:
-                entry["reply"] = generate_reply(model, tokenizer, prompt, greedy)
-            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
-    mean = float(losses.sum() / max(tokens.sum(), 1))
-    summary = {"model": config.model, "data_path": config.data_path, "records": len(losses),
-               "trained_tokens": int(tokens.sum()), "mean_loss": mean, "perplexity": perplexity(mean)}
-    output.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_file(output) as records, atomic_file(output.with_suffix(".summary.json")) as summary_file:
+        with records.open("w", encoding="utf-8") as handle:
+            for index, conversation in enumerate(load_conversations(config.data_path, options)):
+                prompt, reference = conversation.before_last_reply()
+                loss = losses[index] / max(tokens[index], 1)
+                entry = {"where": conversation.where, "prompt": prompt[-1]["content"] if prompt else "",
+                         "reference": reference, "loss": loss, "perplexity": perplexity(loss),
+                         "trained_tokens": int(tokens[index])}
+                if config.replies:
+                    entry["reply"] = generate_reply(model, tokenizer, prompt, greedy)
+                handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        mean = float(losses.sum() / max(tokens.sum(), 1))
+        summary = {"model": config.model, "data_path": config.data_path, "records": len(losses),
+                   "trained_tokens": int(tokens.sum()), "mean_loss": mean, "perplexity": perplexity(mean)}
+        summary_file.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{config.model} on {config.data_path}: {len(losses)} records, mean loss {mean:.4f} per trained token "
           f"(perplexity {summary['perplexity']:.2f}); each record in {output}")
     return 0

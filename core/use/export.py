@@ -20,7 +20,8 @@ import torch
 from core.config import option
 from core.errors import ConfigError, first_line
 from core.model.generation import Sampling
-from core.utils import atomic_directory
+from core.outputs import Input, check_output
+from core.utils import atomic_directory, stage
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -162,24 +163,40 @@ def modelfile(gguf_name: str, tokenizer, stop: str, system: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def is_export(path: Path) -> bool:
+    """An earlier export (or an empty directory): nothing in it that export does not write."""
+    return path.is_dir() and all(p.name in EXPORT_FILES for p in path.iterdir())
+
+
+EXPORT_FILES = ("model-f16.gguf", "model-q8_0.gguf", "Modelfile")
+
+
 def export(config: ExportConfig) -> int:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Check the output path first; then write the files into a temporary directory renamed into place."""
     source = Path(config.model)
+    target = Path(config.output_dir) if config.output_dir else source / "export"
+    check_output("--output_dir", target, [Input("--model", source, own_subfolders=("export",))], is_export,
+                 "an earlier export")
+    with stage(f"exporting {source}", f"{target} was not written (an earlier export there is intact)"):
+        write_export(config, source, target)
+    print(f"Exported {', '.join(f'model-{k}.gguf' for k in config.formats.split(','))} and a Modelfile to {target}")
+    if config.push_to_hub:
+        push_to_hub(config.push_to_hub, source, target, config.private)
+    return 0
+
+
+def write_export(config: ExportConfig, source: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     if type(model).__name__ not in ARCHITECTURES:
         raise ConfigError(f"export supports {', '.join(ARCHITECTURES)}; {source} is a {type(model).__name__}")
     tokenizer = AutoTokenizer.from_pretrained(source)
-    target = Path(config.output_dir) if config.output_dir else source / "export"
     formats = config.formats.split(",")
     with atomic_directory(target) as tmp:
         for kind in formats:
             write_gguf(tmp / f"model-{kind}.gguf", model, tokenizer, kind)
         stop = tokenizer.convert_ids_to_tokens(end_of_turn(model, tokenizer))
         (tmp / "Modelfile").write_text(modelfile(f"model-{formats[-1]}.gguf", tokenizer, stop, config.system_prompt))
-    print(f"Exported {', '.join(f'model-{k}.gguf' for k in formats)} and a Modelfile to {target}")
-    if config.push_to_hub:
-        push_to_hub(config.push_to_hub, source, target, config.private)
-    return 0
 
 
 def push_to_hub(repo: str, model_dir: Path, export_dir: Path, private: bool, api=None) -> str:

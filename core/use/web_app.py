@@ -9,6 +9,7 @@ to 127.0.0.1; `--host 0.0.0.0` shares it on the team's network.
 from __future__ import annotations
 
 import json
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,11 +145,28 @@ def build_app(config: WebConfig):
     return app
 
 
+def check_port(host: str, port: int) -> None:
+    """The address can be listened on, checked before any model loads (Gradio would fail after the banner)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ConfigError(f"--host {host}: not an address of this machine ({err.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); another program "
+                              "is using it: pass another --port") from None
+
+
 def serve(config: WebConfig) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise ConfigError("train.py web needs Gradio: pip install -e '.[web]'") from None
+    check_port(config.host, config.port)
     app = build_app(config)
     print(f"Practice app on http://{config.host}:{config.port} (Ctrl-C to stop)", flush=True)
     app.queue().launch(server_name=config.host, server_port=config.port, show_error=True, quiet=True)
