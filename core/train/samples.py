@@ -3,6 +3,7 @@
 The prompts are the first `--sample_prompts` validation records, each cut before its last trained
 reply (the reference). Every evaluation appends one line to `samples.jsonl`: the step and, per
 prompt, the greedy reply and one sampled with a fixed seed; step 0 is the base model, before training.
+All prompts' replies are generated as one batch (greedy) and one more (sampled), with the KV cache.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from core.data.tokenized import split_records
 from core.dataset import data_options, load_conversations
-from core.model.generation import Sampling, generate_reply
+from core.model.generation import Sampling, generate_replies
 from core.run_files import SAMPLES_FILE
 
 SAMPLE_SEED = 1234
@@ -42,13 +43,11 @@ def validation_prompts(config, n_records: int) -> list[dict]:
 
 def write_samples(model, tokenizer, prompts: list[dict], step: int, output_dir: Path, max_new_tokens: int) -> None:
     """Generate the greedy and the seeded sampled reply to each prompt and append them as one line."""
-    was_training = model.training
-    model.eval()
-    greedy, sampled = Sampling(max_new_tokens=max_new_tokens, greedy=True), Sampling(max_new_tokens=max_new_tokens)
+    conversations = [p["messages"] for p in prompts]
+    greedy = generate_replies(model, tokenizer, conversations, Sampling(max_new_tokens=max_new_tokens, greedy=True))
+    sampled = generate_replies(model, tokenizer, conversations, Sampling(max_new_tokens=max_new_tokens),
+                               seed=SAMPLE_SEED)
     entries = [{"prompt": p["messages"][-1]["content"] if p["messages"] else "", "reference": p["reference"],
-                "greedy": generate_reply(model, tokenizer, p["messages"], greedy),
-                "sampled": generate_reply(model, tokenizer, p["messages"], sampled, seed=SAMPLE_SEED)}
-               for p in prompts]
-    model.train(was_training)
+                "greedy": g, "sampled": s} for p, g, s in zip(prompts, greedy, sampled)]
     with (output_dir / SAMPLES_FILE).open("a", encoding="utf-8") as handle:
         handle.write(json.dumps({"step": step, "samples": entries}, ensure_ascii=False) + "\n")
