@@ -99,7 +99,7 @@ def setup(config: TrainConfig, log=print) -> Run:
     with distributed.main_first(dist):  # rank 0 tokenises into the cache; the others then read it
         splits = setup_data(config, tokenizer, data_hash, log)
     if dist.is_main and not (dist.active and dist.strategy == "fsdp"):  # sharded weights cannot generate alone
-        splits.prompts = validation_prompts(config, splits.statistics["records"])
+        splits.prompts = validation_prompts(config, splits.sequences)
     if device.type == "cpu" and not retain_freed_memory():
         log("Note: the C library (not glibc?) refused to keep freed memory for reuse, so every step faults its "
             "activations in afresh: slower on the CPU, not wrong")

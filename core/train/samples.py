@@ -9,36 +9,23 @@ All prompts' replies are generated as one batch (greedy) and one more (sampled),
 from __future__ import annotations
 
 import json
-from itertools import islice
 from pathlib import Path
 
-from core.data.tokenized import split_records
-from core.dataset import data_options, load_conversations
+import numpy as np
+
+from core.data.tokenized import TokenizedData, split_records
 from core.model.generation import Sampling, generate_replies
 from core.run_files import SAMPLES_FILE
 
 SAMPLE_SEED = 1234
 
 
-def prompts_from(data_path: str, options, held_out, count: int) -> list[dict]:
-    """The first `count` records of `held_out` (a boolean mask over record indices), as prompt and reference."""
-    chosen = []
-    wanted = (index for index, held in enumerate(held_out) if held)
-    targets = set(islice(wanted, count))
-    for index, conversation in enumerate(load_conversations(data_path, options)):
-        if index in targets:
-            prompt, reference = conversation.before_last_reply()
-            chosen.append({"messages": prompt, "reference": reference})
-        if len(chosen) == len(targets):
-            break
-    return chosen
-
-
-def validation_prompts(config, n_records: int) -> list[dict]:
+def validation_prompts(config, data: TokenizedData) -> list[dict]:
+    """The first `--sample_prompts` held-out records, as prompt and reference, read from the tokenised cache."""
     if not config.sample_prompts or not config.eval_split:
         return []
-    return prompts_from(config.data_path, data_options(config), split_records(n_records, config.eval_split,
-                                                                              config.seed), config.sample_prompts)
+    held_out = np.flatnonzero(split_records(len(data.hashes), config.eval_split, config.seed))
+    return data.prompts(held_out[:config.sample_prompts])
 
 
 def write_samples(model, tokenizer, prompts: list[dict], step: int, output_dir: Path, max_new_tokens: int) -> None:
