@@ -31,7 +31,7 @@ from core.train import checkpoint as ckpt
 from core.train import distributed, trackers
 from core.train.checkpoint import Restored, TrainState
 from core.train.distributed import Dist
-from core.train.samples import validation_prompts
+from core.train.samples import SamplePrompts, sample_plan, validation_prompts
 from core.utils import (
     pick_device,
     pick_precision,
@@ -48,7 +48,7 @@ class Splits:
     train_idx: np.ndarray
     eval_idx: np.ndarray
     statistics: dict           # what `inspect` prints; also written to data_summary.json
-    prompts: list[dict]        # validation prompts whose replies samples.jsonl follows (core/train/samples.py)
+    prompts: SamplePrompts     # validation prompts whose replies samples.jsonl follows (core/train/samples.py)
 
 
 @dataclass
@@ -100,6 +100,7 @@ def setup(config: TrainConfig, log=print) -> Run:
         splits = setup_data(config, tokenizer, data_hash, log)
     if dist.is_main and not (dist.active and dist.strategy == "fsdp"):  # sharded weights cannot generate alone
         splits.prompts = validation_prompts(config, splits.sequences)
+        log(sample_plan(config, splits.prompts))
     if device.type == "cpu" and not retain_freed_memory():
         log("Note: the C library (not glibc?) refused to keep freed memory for reuse, so every step faults its "
             "activations in afresh: slower on the CPU, not wrong")
@@ -151,7 +152,7 @@ def setup_data(config: TrainConfig, tokenizer, data_hash: str, log) -> Splits:
                           "no validation record, which --early_stopping_patience needs; raise --eval_split")
     statistics = data_statistics(data, config.eval_split, config.seed)
     log(format_statistics(statistics, config))
-    return Splits(data, train_idx, eval_idx, statistics, [])
+    return Splits(data, train_idx, eval_idx, statistics, SamplePrompts())
 
 
 def epoch_steps(config: TrainConfig, splits: Splits, batching: BatchSize) -> list[int]:
