@@ -72,8 +72,8 @@ def pad_id(tokenizer) -> int:
 
 def left_padded(tokenizer, conversations: list[list[dict]], device) -> dict:
     """Prompts rendered by the chat template, left-padded to one width so every reply starts at the same column."""
-    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-               for c in conversations]
+    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"] for c in conversations]
     width = max(map(len, prompts))
     ids = torch.full((len(prompts), width), pad_id(tokenizer), dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)

@@ -4,8 +4,8 @@ It reads metrics.jsonl, samples.jsonl, summary.json, data_summary.json and train
 loss curves (also saved as loss_curves.png) and the learning rate and tokens per second
 (training_curves.png) with matplotlib, and embeds them as data URIs: the page needs no network and no
 other file. The roleplay metrics (core/data/roleplay_metrics.py) of the base and fine-tuned samples
-stand side by side, with how each is computed; the table compares, per validation prompt, the reference reply, the base model's reply
-(step 0) and the fine-tuned model's (the best evaluation's step, else the last).
+stand side by side, with how each is computed; the table compares, per validation prompt, the
+reference reply, the base model's reply (step 0) and the fine-tuned model's (the best evaluation's step, else the last).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def write_report(output_dir: Path) -> Path:
         "<h2>Learning rate and speed</h2>" + image(training_png),
         "<h2>Data</h2>" + table(data_rows(read_json(output_dir / DATA_FILE))),
         "<h2>Roleplay metrics: base against fine-tuned</h2>" + metrics_table(samples, summary),
-        "<h2>Replies to validation prompts: base against fine-tuned</h2>" + comparison(samples, summary.get("best_step")),
+        "<h2>Replies to validation prompts: base against fine-tuned</h2>"
+        + comparison(samples, summary.get("best_step")),
         "<h2>Options</h2><details><summary>train_config.json</summary>"
         + table(read_json(output_dir / CONFIG_FILE).items()) + "</details>",
     ]
