@@ -116,6 +116,9 @@ def setup(config: TrainConfig, log=print) -> Run:
     steps = epoch_steps(config, splits, batching)
     total_steps = min(sum(steps), config.max_steps) if config.max_steps else sum(steps)
     optim = setup_optimization(model, config, total_steps, device, amp_dtype, dist)
+    if config.lora_default_lr():
+        log(f"Learning rate: {config.lr:g}, the LoRA default (no --lr given): adapters start at zero and move the "
+            "model only through their low-rank product, so a full fine-tune's 2e-5 barely moves them")
     per_process = f"up to {config.batch_tokens} tokens" if config.batch_tokens else f"{config.batch_size} sequences"
     log(f"Batches: {per_process} per process x {dist.world_size} process(es) x {config.grad_accum_steps} "
         f"accumulated per optimizer step; {optim.total_steps} steps")
