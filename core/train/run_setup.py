@@ -153,7 +153,7 @@ def setup_data(config: TrainConfig, tokenizer, data_hash: str, log) -> Splits:
     if config.early_stopping_patience and len(eval_idx) == 0:
         raise ConfigError(f"--eval_split {config.eval_split} of {data.summary['load']['records']} records holds out "
                           "no validation record, which --early_stopping_patience needs; raise --eval_split")
-    statistics = data_statistics(data, config.eval_split, config.seed)
+    statistics = data_statistics(data, config.eval_split, config.seed, tokenizer)
     log(format_statistics(statistics, config))
     return Splits(data, train_idx, eval_idx, statistics, SamplePrompts())
 
