@@ -223,7 +223,7 @@ def inspect(config: InspectConfig) -> int:
     tokenizer = load_tokenizer(config.model_name, config.cache_dir, config.trust_remote_code)
     data = tokenize_file(config.data_path, tokenizer, data_options(config), config.max_length,
                          default_cache_dir(config.cache_dir), progress=sys.stderr.isatty())
-    print(format_statistics(data_statistics(data, config.eval_split, config.seed), config))
+    print(format_statistics(data_statistics(data, config.eval_split, config.seed, tokenizer), config))
     color = config.color == "always" or (config.color == "auto" and sys.stdout.isatty())
     legend = "highlighted" if color else f"between {PLAIN_ON} and {PLAIN_OFF}"
     for i in range(min(config.examples, len(data))):

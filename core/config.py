@@ -15,11 +15,15 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from core.errors import ConfigError, first_line
+
+# Adapters start at zero and change the model only through their low-rank product: at a full fine-tune's
+# rate (2e-5) they barely move. 2e-4 is the rate PEFT's and TRL's LoRA recipes use.
+LORA_LR = 2e-4
 
 
 def option(default: Any, help: str, choices: tuple | None = None, changes_run: bool = False,
@@ -90,7 +94,7 @@ class ScheduleOptions:
     batch_tokens: int = option(0, "fill each micro-batch (per process) with whole sequences up to this many tokens, in place of --batch_size (padded rows count their padding); at least --max_length (0: off)", changes_run=True, at_least=0)
     grad_accum_steps: int = option(1, "micro-batches per optimizer step; the loss is normalised by the trained tokens of all of them", changes_run=True, at_least=1)
     max_steps: int = option(0, "stop after this many optimizer steps (0: run all epochs)", changes_run=True, at_least=0)
-    lr: float = option(2e-5, "peak learning rate (AdamW)", changes_run=True)
+    lr: float = option(2e-5, "peak learning rate (AdamW); with --lora and no --lr: 2e-4 (LORA_LR)", changes_run=True)
     lr_scheduler: str = option("cosine", "decay after warmup", ("cosine", "linear", "constant"), changes_run=True)
     warmup_ratio: float = option(0.03, "fraction of optimizer steps spent warming up linearly", changes_run=True)
     weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms)", changes_run=True, at_least=0)
@@ -159,7 +163,15 @@ class TrainConfig(AdapterOptions, HardwareOptions, SampleOptions, CheckpointOpti
     """Every option of a training run: the groups combined, so the command line stays flat.
 
     (Dataclass fields follow the reverse order of the bases, so the groups appear in GROUPS' order.)
+    `given`: the options the command line or YAML file set (None when built in code), so that a default
+    can depend on other options: --lora without --lr trains at LORA_LR.
     """
+
+    given: ClassVar[frozenset[str] | None] = None
+
+    def lora_default_lr(self) -> bool:
+        """Whether --lr was left to the LoRA default (set by `validate`)."""
+        return self.lora and self.given is not None and "lr" not in self.given
 
     def validate(self) -> None:
         """Check every option before anything loads: ranges, finiteness, and directories that are files."""
@@ -175,6 +187,8 @@ class TrainConfig(AdapterOptions, HardwareOptions, SampleOptions, CheckpointOpti
             raise ConfigError(f"--eval_split must be in [0, 1), got {self.eval_split}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.lora_default_lr():
+            self.lr = LORA_LR
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
@@ -282,5 +296,6 @@ def parse_args(argv: list[str] | None, cls: type = TrainConfig, prog: str = "tra
     values = load_yaml(config_file, cls) if config_file else {}
     values.update(args)
     config = cls(**values)
+    config.given = frozenset(values)
     config.validate()
     return config

@@ -80,3 +80,17 @@ def test_inspect_accepts_the_training_config(tmp_path):
     yaml.write_text(f"data_path: {tmp_path / 'x.jsonl'}\nmax_length: 128\nlr: 1.0e-4\n")
     config = parse_args(["--config", str(yaml), "--examples", "1"], InspectConfig)
     assert config.max_length == 128 and config.examples == 1 and config.lr == 1e-4
+
+
+def test_inspect_counts_and_shows_the_system_prompt_the_template_inserts(tmp_path, cache_dir, qwen_tokenizer):
+    from conftest import SMOLLM2_TEMPLATE, load_qwen_tokenizer
+    path = write_jsonl(tmp_path / "hand.jsonl", RECORDS)
+    data = tokenize_file(path, qwen_tokenizer, DataOptions(), 64, cache_dir, progress=False)
+    stats = data_statistics(data, eval_split=0.4, seed=1, tokenizer=qwen_tokenizer)
+    assert stats["template_system_added"] == 4  # five records, one with its own system message
+    assert stats["template_system_prompt"] == "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    smollm2 = data_statistics(data, eval_split=0.4, seed=1, tokenizer=load_qwen_tokenizer(SMOLLM2_TEMPLATE))
+    assert smollm2["template_system_prompt"].startswith("You are a helpful AI assistant named SmolLM")
+    with_persona = data_statistics(tokenize_file(path, qwen_tokenizer, DataOptions(system_prompt="You are Dana."), 64,
+                                                 cache_dir, progress=False), 0.4, 1, qwen_tokenizer)
+    assert with_persona["template_system_added"] == 0

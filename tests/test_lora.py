@@ -105,3 +105,13 @@ def test_qlora_on_the_cpu_is_refused_in_one_line(tmp_path, tiny_qwen_dir, cache_
     assert_error(cli(*args, "--load_in_4bit"), r"--load_in_4bit trains adapters on a frozen 4-bit model: add --lora",
                  2)
     assert_error(cli(*args, "--lora", "--load_in_4bit"), r"--load_in_4bit \(QLoRA\) needs a CUDA GPU", 2)
+
+
+def test_lora_without_lr_trains_at_the_lora_rate_and_says_why(tmp_path):
+    from core.config import LORA_LR, parse_args
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("lr: 3.0e-5\n")
+    assert parse_args(["--data_path", "x", "--lora"]).lr == LORA_LR
+    assert parse_args(["--data_path", "x", "--lora", "--lr", "1e-5"]).lr == 1e-5
+    assert parse_args(["--data_path", "x", "--lora", "--config", str(yaml_file)]).lr == 3e-5
+    assert parse_args(["--data_path", "x"]).lr == 2e-5  # a full fine-tune keeps its documented default

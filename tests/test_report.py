@@ -29,6 +29,12 @@ def test_a_run_writes_samples_at_each_evaluation_and_a_self_contained_report(tmp
     assert reference.replace("'", "&#x27;") in page
     assert "Data</h2><table><tr><th>records</th><td>24</td>" in page
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    # roleplay metrics of greedy and sampled replies at each evaluation, base and fine-tuned side by side
+    assert all(set(s["metrics"]) == {"greedy", "sampled"} and s["metrics"]["greedy"]["replies"] == 3
+               and s["seconds"] > 0 for s in samples)
+    assert "Roleplay metrics: base against fine-tuned</h2>" in page and "<th>role consistency</th>" in page
+    assert "Role judge accuracy on" in page and "Generating the samples took" in page
+    assert "Samples: 3 validation prompts, greedy and sampled" in output and "Role judge (naive Bayes" in output
     assert f"Report: {out / 'report.html'}" in output
 
 

@@ -13,7 +13,30 @@ TRAINED_ON, TRAINED_OFF = "\033[30;42m", "\033[0m"  # black on green on a termin
 PLAIN_ON, PLAIN_OFF = "[[", "]]"                   # markers when piped
 
 
-def data_statistics(data: TokenizedData, eval_split: float, seed: int) -> dict:
+def template_system_prompt(tokenizer) -> str:
+    """The system prompt the chat template writes into a conversation that has none ("" if it adds none).
+
+    Found by rendering one user message with and without a sentinel system message: whatever the
+    template writes where the sentinel would be is its default (SmolLM2: "You are a helpful AI
+    assistant named SmolLM, trained by Hugging Face"; Qwen2.5: "You are Qwen, created by Alibaba Cloud...").
+    """
+    system, user = "SYSTEM-SENTINEL-7f3a", "USER-SENTINEL-7f3a"
+    try:
+        with_system = tokenizer.apply_chat_template([{"role": "system", "content": system},
+                                                     {"role": "user", "content": user}], tokenize=False)
+        without = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False)
+    except Exception:  # a template without system messages (or a broken one) adds none; formatting reports errors
+        return ""
+    if system not in with_system or user not in with_system:
+        return ""
+    before = with_system[:with_system.index(system)]
+    between = with_system[with_system.index(system) + len(system):with_system.index(user)]
+    if not without.startswith(before) or between not in without[len(before):]:
+        return ""
+    return without[len(before):without.index(between, len(before))].strip()
+
+
+def data_statistics(data: TokenizedData, eval_split: float, seed: int, tokenizer=None) -> dict:
     """Every number `inspect` prints, as a dict (tests check them against a hand-counted file)."""
     summary, lengths = data.summary, data.lengths
     trained_per_seq = np.add.reduceat(np.asarray(data.trained, dtype=np.int64), data.offsets[:-1]) \
@@ -46,7 +69,15 @@ def data_statistics(data: TokenizedData, eval_split: float, seed: int) -> dict:
         "eval_records": int(is_eval.sum()),
         "merged_records": summary["load"]["merged_records"],
         "system_added": summary["load"]["system_added"],
+        **template_default(summary, tokenizer),
     }
+
+
+def template_default(summary: dict, tokenizer) -> dict:
+    """How many records get the template's own system prompt (those without one), and its text."""
+    text = template_system_prompt(tokenizer) if tokenizer is not None else ""
+    without = summary["load"]["records"] - summary["messages_by_role"].get("system", 0)
+    return {"template_system_prompt": text, "template_system_added": without if text else 0}
 
 
 def format_statistics(stats: dict, config: TrainConfig) -> str:
@@ -73,7 +104,11 @@ def format_statistics(stats: dict, config: TrainConfig) -> str:
         f"default system prompt added to {stats['system_added']}; special-token text in messages: "
         + (f"trained as plain text in {stats['special_text_messages']} messages (--special_tokens text)"
            if config.special_tokens == "text" else "refused (--special_tokens refuse)"),
-    ] + ([f"WARNING: {stats['replies_cut']} replies alone exceed --max_length and were cut; their end-of-turn "
+    ] + ([f"The chat template adds its own system prompt to the {stats['template_system_added']} records without "
+          f"one: {stats['template_system_prompt']!r}; the model learns to answer under it. Give the records a persona "
+          "(a 'system' message or --system_prompt) to train the bot you will practise with"]
+         if stats.get("template_system_added") else []) + (
+        [f"WARNING: {stats['replies_cut']} replies alone exceed --max_length and were cut; their end-of-turn "
           "token is not trained. Raise --max_length to keep them whole"] if stats["replies_cut"] else []))
 
 

@@ -6,6 +6,9 @@ Layout of a cache entry (one directory, renamed into place only when complete):
   offsets.npy  int64, sequence i is ids[offsets[i]:offsets[i+1]]
   records.npy  int64, the record each sequence came from (the split is by record)
   hashes.npy   uint64, a content hash per record (duplicate detection)
+  prompts.jsonl        per record: where it is, the messages before its last trained reply, that reply
+  prompt_offsets.npy   int64, record r's line is prompts.jsonl[prompt_offsets[r]:prompt_offsets[r+1]]
+                       (samples, `evaluate` and the roleplay metrics read records here, not from the data file)
   summary.json counts for the run summary and `inspect`
 The key covers the data files' bytes and their formats (the extension decides how bytes are read), the
 tokenizer, its chat template and every formatting option, so a second run with the same inputs
@@ -29,9 +32,10 @@ from core.data.files import data_files, data_format, data_sha256
 from core.dataset import DataOptions, LoadStats, load_conversations
 from core.utils import atomic_directory, remove_stale_temporaries, stage
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 TOKEN_ARRAYS = {"ids": np.int32, "trained": np.bool_}  # written as they are produced: raw files, no header
 CHUNK_RECORDS = 512
+PROMPTS_FILE = "prompts.jsonl"
 
 
 @dataclass
@@ -43,6 +47,17 @@ class TokenizedData:
     hashes: np.ndarray
     summary: dict
     data_hash: str
+    prompt_offsets: np.ndarray | None = None
+    entry: Path | None = None
+
+    def prompts(self, records) -> list[dict]:
+        """Records' {"where", "messages" (before the last trained reply), "reference" (that reply)}, in order given."""
+        out = []
+        with open(self.entry / PROMPTS_FILE, "rb") as handle:
+            for record in records:
+                handle.seek(int(self.prompt_offsets[record]))
+                out.append(json.loads(handle.read(int(self.prompt_offsets[record + 1] - self.prompt_offsets[record]))))
+        return out
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -85,16 +100,24 @@ def tokenize_file(path: str | Path, tokenizer, options: DataOptions, max_length:
 
 
 def _open(entry: Path, data_hash: str) -> TokenizedData:
-    arrays = {name: np.load(entry / f"{name}.npy", mmap_mode="r") for name in ("offsets", "records", "hashes")}
+    arrays = {name: np.load(entry / f"{name}.npy", mmap_mode="r")
+              for name in ("offsets", "records", "hashes", "prompt_offsets")}
     for name, dtype in TOKEN_ARRAYS.items():
         path = entry / f"{name}.bin"
         arrays[name] = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.empty(0, dtype)
-    return TokenizedData(**arrays, summary=json.loads((entry / "summary.json").read_text()), data_hash=data_hash)
+    return TokenizedData(**arrays, summary=json.loads((entry / "summary.json").read_text()), data_hash=data_hash,
+                         entry=entry)
 
 
 def _record_hash(conversation) -> int:
     text = json.dumps(conversation.as_chat(), ensure_ascii=False)
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _prompt_line(conversation) -> bytes:
+    prompt, reference = conversation.before_last_reply()
+    line = {"where": conversation.where, "messages": prompt, "reference": reference}
+    return (json.dumps(line, ensure_ascii=False) + "\n").encode()
 
 
 def _build(path, tokenizer, options: DataOptions, max_length: int, entry: Path, progress: bool) -> None:
@@ -107,9 +130,11 @@ def _write_arrays(path, tokenizer, options: DataOptions, max_length: int, tmp: P
     encoder = ChatEncoder(tokenizer, max_length, options.special_tokens)
     load_stats, format_stats = LoadStats(), FormatStats()
     offsets, records, hashes = array("q", [0]), array("q"), array("Q")  # 8 bytes a sequence, not a Python object
+    prompt_offsets = array("q", [0])
     roles: dict[str, int] = {}
     multi_turn = 0
     with open(tmp / "ids.bin", "wb") as ids_out, open(tmp / "trained.bin", "wb") as trained_out, \
+            open(tmp / PROMPTS_FILE, "wb") as prompts_out, \
             tqdm(desc="Tokenising", unit=" records", disable=None if progress else True, mininterval=1.0) as bar:
         conversations = load_conversations(path, options, load_stats)
         while chunk := list(islice(conversations, CHUNK_RECORDS)):
@@ -117,6 +142,7 @@ def _write_arrays(path, tokenizer, options: DataOptions, max_length: int, tmp: P
                 format_stats.add(encoded)
                 record = len(hashes)
                 hashes.append(_record_hash(conversation))
+                prompt_offsets.append(prompt_offsets[-1] + prompts_out.write(_prompt_line(conversation)))
                 for message in conversation.messages:
                     roles[message.role] = roles.get(message.role, 0) + 1
                 multi_turn += sum(m.role == "assistant" for m in conversation.messages) > 1
@@ -129,6 +155,7 @@ def _write_arrays(path, tokenizer, options: DataOptions, max_length: int, tmp: P
     np.save(tmp / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
     np.save(tmp / "records.npy", np.frombuffer(records, dtype=np.int64))
     np.save(tmp / "hashes.npy", np.frombuffer(hashes, dtype=np.uint64))
+    np.save(tmp / "prompt_offsets.npy", np.frombuffer(prompt_offsets, dtype=np.int64))
     stats = asdict(format_stats)
     stats["end_of_turn_ids"] = sorted(encoder.end_of_turn_ids)
     summary = {"load": asdict(load_stats), "format": stats, "messages_by_role": roles,

@@ -1,6 +1,13 @@
 """Generate a reply exactly as the model was trained: its own chat template with the generation prompt,
 stopping at the end-of-turn token it learned. Sampled by default, so two practice calls with the same
 opener play out differently; `Sampling(greedy=True)` gives the one most likely reply.
+
+Replies are decoded with the KV cache (one new token per forward pass) and, for several conversations
+at once, in left-padded batches (`generate_replies`): samples, `evaluate` and the demo use it. The
+model may be the training model: the patches of `core.model.prepare` are inert in generation (the
+lean layers compute the stock outputs, packed attention falls back to stock SDPA without sequence
+boundaries, the trimmed last layer runs its stock forward without trained rows); tests/test_generation.py
+checks that a prepared model generates the stock model's tokens.
 """
 
 from __future__ import annotations
@@ -59,20 +66,52 @@ def _inputs(model, tokenizer, messages: list[dict]) -> dict:
                                          return_dict=True).to(model.device)
 
 
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def left_padded(tokenizer, conversations: list[list[dict]], device) -> dict:
+    """Prompts rendered by the chat template, left-padded to one width so every reply starts at the same column."""
+    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"] for c in conversations]
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
 @torch.no_grad()
+def generate_replies(model, tokenizer, conversations: list[list[dict]], sampling: Sampling | None = None,
+                     seed: int | None = None, batch_size: int = 8) -> list[str]:
+    """The bot's next reply to each conversation, `batch_size` at a time (left-padded, KV cache on).
+
+    `seed` makes sampling repeatable for the same conversations and batch size; the caller's RNG stays as it was.
+    """
+    sampling = sampling or Sampling()
+    was_training = model.training
+    model.eval()
+    devices = [model.device.index or 0] if model.device.type == "cuda" else []
+    replies = []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for start in range(0, len(conversations), batch_size):
+            inputs = left_padded(tokenizer, conversations[start:start + batch_size], model.device)
+            width = inputs["input_ids"].shape[1]
+            output = model.generate(**inputs, **sampling.generate_kwargs(width), use_cache=True,
+                                    pad_token_id=pad_id(tokenizer))
+            replies += [text.strip() for text in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
+    model.train(was_training)
+    return replies
+
+
 def generate_reply(model, tokenizer, messages: list[dict], sampling: Sampling | None = None,
                    seed: int | None = None) -> str:
     """The bot's next reply to a conversation (a list of {"role", "content"}); `seed` makes sampling repeatable."""
-    sampling = sampling or Sampling()
-    inputs = _inputs(model, tokenizer, messages)
-    prompt_length = inputs["input_ids"].shape[1]
-    devices = [model.device.index or 0] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None):  # the caller's RNG stays as it was
-        if seed is not None:
-            torch.manual_seed(seed)
-        output = model.generate(**inputs, **sampling.generate_kwargs(prompt_length),
-                                pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True).strip()
+    return generate_replies(model, tokenizer, [messages], sampling, seed)[0]
 
 
 def stream_reply(model, tokenizer, messages: list[dict], sampling: Sampling | None = None) -> Iterator[str]:
@@ -81,7 +120,7 @@ def stream_reply(model, tokenizer, messages: list[dict], sampling: Sampling | No
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     inputs = _inputs(model, tokenizer, messages)
     kwargs = {**inputs, **sampling.generate_kwargs(inputs["input_ids"].shape[1]), "streamer": streamer,
-              "pad_token_id": tokenizer.pad_token_id}
+              "use_cache": True, "pad_token_id": pad_id(tokenizer)}
     thread = threading.Thread(target=model.generate, kwargs=kwargs, daemon=True)
     thread.start()
     yield from streamer

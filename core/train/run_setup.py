@@ -43,7 +43,7 @@ from core.train.output_dir import (
     start_afresh,
     truncate_logs,
 )
-from core.train.samples import validation_prompts
+from core.train.samples import SamplePrompts, sample_plan, validation_prompts
 from core.utils import (
     pick_device,
     pick_precision,
@@ -60,7 +60,7 @@ class Splits:
     train_idx: np.ndarray
     eval_idx: np.ndarray
     statistics: dict           # what `inspect` prints; also written to data_summary.json
-    prompts: list[dict]        # validation prompts whose replies samples.jsonl follows (core/train/samples.py)
+    prompts: SamplePrompts     # validation prompts whose replies samples.jsonl follows (core/train/samples.py)
 
 
 @dataclass
@@ -113,7 +113,8 @@ def setup(config: TrainConfig, log=print) -> Run:
     with distributed.main_first(dist):  # rank 0 tokenises into the cache; the others then read it
         splits = setup_data(config, tokenizer, data_hash, log)
     if dist.is_main and not (dist.active and dist.strategy == "fsdp"):  # sharded weights cannot generate alone
-        splits.prompts = validation_prompts(config, splits.statistics["records"])
+        splits.prompts = validation_prompts(config, splits.sequences)
+        log(sample_plan(config, splits.prompts))
     if device.type == "cpu" and not retain_freed_memory():
         log("Note: the C library (not glibc?) refused to keep freed memory for reuse, so every step faults its "
             "activations in afresh: slower on the CPU, not wrong")
@@ -130,6 +131,9 @@ def setup(config: TrainConfig, log=print) -> Run:
     steps = epoch_steps(config, splits, batching)
     total_steps = min(sum(steps), config.max_steps) if config.max_steps else sum(steps)
     optim = setup_optimization(model, config, total_steps, device, amp_dtype, dist)
+    if config.lora_default_lr():
+        log(f"Learning rate: {config.lr:g}, the LoRA default (no --lr given): adapters start at zero and move the "
+            "model only through their low-rank product, so a full fine-tune's 2e-5 barely moves them")
     per_process = f"up to {config.batch_tokens} tokens" if config.batch_tokens else f"{config.batch_size} sequences"
     log(f"Batches: {per_process} per process x {dist.world_size} process(es) x {config.grad_accum_steps} "
         f"accumulated per optimizer step; {optim.total_steps} steps")
@@ -188,9 +192,9 @@ def setup_data(config: TrainConfig, tokenizer, data_hash: str, log) -> Splits:
     if config.early_stopping_patience and len(eval_idx) == 0:
         raise ConfigError(f"--eval_split {config.eval_split} of {data.summary['load']['records']} records holds out "
                           "no validation record, which --early_stopping_patience needs; raise --eval_split")
-    statistics = data_statistics(data, config.eval_split, config.seed)
+    statistics = data_statistics(data, config.eval_split, config.seed, tokenizer)
     log(format_statistics(statistics, config))
-    return Splits(data, train_idx, eval_idx, statistics, [])
+    return Splits(data, train_idx, eval_idx, statistics, SamplePrompts())
 
 
 def epoch_steps(config: TrainConfig, splits: Splits, batching: BatchSize) -> list[int]:

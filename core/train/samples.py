@@ -3,52 +3,80 @@
 The prompts are the first `--sample_prompts` validation records, each cut before its last trained
 reply (the reference). Every evaluation appends one line to `samples.jsonl`: the step and, per
 prompt, the greedy reply and one sampled with a fixed seed; step 0 is the base model, before training.
+All prompts' replies are generated as one batch (greedy) and one more (sampled), with the KV cache; the
+line also holds the seconds they took and their roleplay metrics (core/data/roleplay_metrics.py), the
+role judge learnt from the training split's turns.
 """
 
 from __future__ import annotations
 
 import json
-from itertools import islice
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.data.tokenized import split_records
-from core.dataset import data_options, load_conversations
-from core.model.generation import Sampling, generate_reply
+import numpy as np
+
+from core.data.roleplay_metrics import ROLE_JUDGE_METHOD, RoleJudge, reply_metrics, role_judge, summarise
+from core.data.tokenized import TokenizedData, split_records
+from core.model.generation import Sampling, generate_replies
 from core.run_files import SAMPLES_FILE
 
 SAMPLE_SEED = 1234
 
 
-def prompts_from(data_path: str, options, held_out, count: int) -> list[dict]:
-    """The first `count` records of `held_out` (a boolean mask over record indices), as prompt and reference."""
-    chosen = []
-    wanted = (index for index, held in enumerate(held_out) if held)
-    targets = set(islice(wanted, count))
-    for index, conversation in enumerate(load_conversations(data_path, options)):
-        if index in targets:
-            prompt, reference = conversation.before_last_reply()
-            chosen.append({"messages": prompt, "reference": reference})
-        if len(chosen) == len(targets):
-            break
-    return chosen
+JUDGE_RECORDS = 2000  # training records the role judge learns from (enough for a bag-of-words judge)
 
 
-def validation_prompts(config, n_records: int) -> list[dict]:
+@dataclass
+class SamplePrompts:
+    """The validation prompts whose replies are followed, and the role judge learnt from the training split."""
+    prompts: list[dict] = field(default_factory=list)
+    judge: RoleJudge | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __iter__(self):
+        return iter(self.prompts)
+
+
+def validation_prompts(config, data: TokenizedData) -> SamplePrompts:
+    """The first `--sample_prompts` held-out records, as prompt and reference, read from the tokenised cache."""
     if not config.sample_prompts or not config.eval_split:
-        return []
-    return prompts_from(config.data_path, data_options(config), split_records(n_records, config.eval_split,
-                                                                              config.seed), config.sample_prompts)
+        return SamplePrompts()
+    held_out = split_records(len(data.hashes), config.eval_split, config.seed)
+    judge = role_judge(data.prompts(np.flatnonzero(~held_out)[:JUDGE_RECORDS]), config.seed)
+    return SamplePrompts(data.prompts(np.flatnonzero(held_out)[:config.sample_prompts]), judge)
 
 
-def write_samples(model, tokenizer, prompts: list[dict], step: int, output_dir: Path, max_new_tokens: int) -> None:
-    """Generate the greedy and the seeded sampled reply to each prompt and append them as one line."""
-    was_training = model.training
-    model.eval()
-    greedy, sampled = Sampling(max_new_tokens=max_new_tokens, greedy=True), Sampling(max_new_tokens=max_new_tokens)
+def sample_plan(config, prompts: SamplePrompts) -> str:
+    """The setup log's line: what the samples cost, and how well the role judge agrees with held-out turns."""
+    if not prompts:
+        return "Samples: none (--sample_prompts 0 or no validation split)"
+    judge = prompts.judge
+    accuracy = f"{judge.accuracy:.1%} on {judge.held_out_turns} held-out turns" if judge.accuracy is not None else \
+        "not measured (the training split lacks one side's turns)"
+    return (f"Samples: {len(prompts)} validation prompts, greedy and sampled (one batch each, KV cache), up to "
+            f"{config.sample_max_new_tokens} tokens, at step 0 and at every evaluation; their seconds are in "
+            f"samples.jsonl and their share of the run in report.html. Role judge ({ROLE_JUDGE_METHOD}): "
+            f"accuracy {accuracy}")
+
+
+def write_samples(model, tokenizer, prompts: SamplePrompts, step: int, output_dir: Path, max_new_tokens: int) -> None:
+    """Generate the greedy and the seeded sampled reply to each prompt, measure them, and append them as one line."""
+    started = time.perf_counter()
+    conversations = [p["messages"] for p in prompts]
+    greedy = generate_replies(model, tokenizer, conversations, Sampling(max_new_tokens=max_new_tokens, greedy=True))
+    sampled = generate_replies(model, tokenizer, conversations, Sampling(max_new_tokens=max_new_tokens),
+                               seed=SAMPLE_SEED)
+    seconds = time.perf_counter() - started
     entries = [{"prompt": p["messages"][-1]["content"] if p["messages"] else "", "reference": p["reference"],
-                "greedy": generate_reply(model, tokenizer, p["messages"], greedy),
-                "sampled": generate_reply(model, tokenizer, p["messages"], sampled, seed=SAMPLE_SEED)}
-               for p in prompts]
-    model.train(was_training)
+                "greedy": g, "sampled": s} for p, g, s in zip(prompts, greedy, sampled)]
+    metrics = {kind: summarise([reply_metrics(r, p["reference"], p["messages"], prompts.judge)
+                                for r, p in zip(replies, prompts)], replies)
+               for kind, replies in (("greedy", greedy), ("sampled", sampled))}
+    line = {"step": step, "seconds": round(seconds, 2), "samples": entries, "metrics": metrics,
+            "role_judge": prompts.judge.to_dict() if prompts.judge else None}
     with (output_dir / SAMPLES_FILE).open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"step": step, "samples": entries}, ensure_ascii=False) + "\n")
+        handle.write(json.dumps(line, ensure_ascii=False) + "\n")

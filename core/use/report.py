@@ -3,8 +3,9 @@
 It reads metrics.jsonl, samples.jsonl, summary.json, data_summary.json and train_config.json, draws the
 loss curves (also saved as loss_curves.png) and the learning rate and tokens per second
 (training_curves.png) with matplotlib, and embeds them as data URIs: the page needs no network and no
-other file. The table compares, per validation prompt, the reference reply, the base model's reply
-(step 0) and the fine-tuned model's (the best evaluation's step, else the last).
+other file. The roleplay metrics (core/data/roleplay_metrics.py) of the base and fine-tuned samples
+stand side by side, with how each is computed; the table compares, per validation prompt, the
+reference reply, the base model's reply (step 0) and the fine-tuned model's (the best evaluation's step, else the last).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import html
 import json
 from pathlib import Path
 
+from core.data.roleplay_metrics import METRIC_NOTES
 from core.run_files import CONFIG_FILE, DATA_FILE, METRICS_FILE, REPORT_FILE, SAMPLES_FILE, SUMMARY_FILE
 
 
@@ -29,6 +31,7 @@ def write_report(output_dir: Path) -> Path:
     """Write report.html (and the two PNGs) from the files in `output_dir`; return its path."""
     metrics = read_jsonl(output_dir / METRICS_FILE)
     summary = read_json(output_dir / SUMMARY_FILE)
+    samples = read_jsonl(output_dir / SAMPLES_FILE)
     loss_png = plot_losses(metrics, output_dir / "loss_curves.png")
     training_png = plot_training(metrics, output_dir / "training_curves.png")
     final = [(f"final {name}", next((m[key] for m in reversed(metrics) if m["type"] == kind), None))
@@ -38,8 +41,9 @@ def write_report(output_dir: Path) -> Path:
         "<h2>Loss</h2>" + image(loss_png),
         "<h2>Learning rate and speed</h2>" + image(training_png),
         "<h2>Data</h2>" + table(data_rows(read_json(output_dir / DATA_FILE))),
-        "<h2>Replies to validation prompts: base against fine-tuned</h2>" + comparison(
-            read_jsonl(output_dir / SAMPLES_FILE), summary.get("best_step")),
+        "<h2>Roleplay metrics: base against fine-tuned</h2>" + metrics_table(samples, summary),
+        "<h2>Replies to validation prompts: base against fine-tuned</h2>"
+        + comparison(samples, summary.get("best_step")),
         "<h2>Options</h2><details><summary>train_config.json</summary>"
         + table(read_json(output_dir / CONFIG_FILE).items()) + "</details>",
     ]
@@ -73,9 +77,43 @@ def data_rows(stats: dict) -> list[tuple[str, object]]:
     return [(k.replace("_", " "), stats[k]) for k in keys if k in stats]
 
 
-def comparison(samples: list[dict], best_step: int | None) -> str:
+def base_and_tuned(samples: list[dict], best_step: int | None) -> tuple[dict | None, dict | None]:
+    """samples.jsonl's lines for the base model (step 0) and the fine-tuned one (the best step, else the last)."""
     base = next((s for s in samples if s["step"] == 0), None)
     tuned = next((s for s in samples if s["step"] == best_step), None) or (samples[-1] if samples else None)
+    return base, tuned
+
+
+def metrics_table(samples: list[dict], summary: dict) -> str:
+    """The roleplay metrics of the base and fine-tuned replies, what each means, and what the samples cost."""
+    base, tuned = base_and_tuned(samples, summary.get("best_step"))
+    if base is None or tuned is None or tuned is base or "metrics" not in base:
+        return "<p>No metrics: the run had no validation prompts, or wrote its samples before metrics existed.</p>"
+    head = (f"<tr><th>metric</th><th>base (greedy)</th><th>fine-tuned, step {tuned['step']} (greedy)</th>"
+            "<th>base (sampled)</th><th>fine-tuned (sampled)</th><th>how it is computed</th></tr>")
+    names = [n for n in METRIC_NOTES if n in base["metrics"]["greedy"] or n in tuned["metrics"]["greedy"]]
+    rows = "".join(f"<tr><th>{esc(n.replace('_', ' '))}</th>"
+                   + "".join(f"<td>{number(line['metrics'][kind].get(n))}</td>"
+                             for kind in ("greedy", "sampled") for line in (base, tuned))
+                   + f"<td>{esc(METRIC_NOTES[n])}</td></tr>" for n in names)
+    judge = tuned.get("role_judge") or {}
+    notes = [f"{len(tuned['samples'])} validation prompts."]
+    if judge.get("accuracy") is not None:
+        notes.append(f"Role judge accuracy on {judge['held_out_turns']} held-out turns of both sides: "
+                     f"{judge['accuracy']:.1%}.")
+    seconds = sum(s.get("seconds", 0) for s in samples)
+    if summary.get("seconds"):
+        notes.append(f"Generating the samples took {seconds:.1f} s of the run's {summary['seconds']:.1f} s "
+                     f"({seconds / summary['seconds']:.1%}).")
+    return f"<table class='samples'>{head}{rows}</table><p>{esc(' '.join(notes))}</p>"
+
+
+def number(value) -> str:
+    return "" if value is None else f"{value:.3g}" if isinstance(value, float) else esc(value)
+
+
+def comparison(samples: list[dict], best_step: int | None) -> str:
+    base, tuned = base_and_tuned(samples, best_step)
     if base is None or tuned is None or tuned is base:
         return "<p>No samples: the run had no validation prompts (--sample_prompts 0 or no validation split).</p>"
     head = ("<tr><th>rep's message</th><th>reference</th><th>base model</th>"

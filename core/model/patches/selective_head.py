@@ -78,16 +78,34 @@ def summed_loss(model, inputs: dict, labels: torch.Tensor, chunk_size: int = 204
 
     `inputs` are the model inputs of a padded or packed batch (`core.data.batching`).
     """
-    body = model.get_decoder()
     index, targets = trained_positions(labels)
-    if is_trimmed(model):  # the last layer returns the trained rows only
-        selected = body(**inputs, use_cache=False, **{ROWS: index}).last_hidden_state[0]
-    else:
-        hidden = body(**inputs, use_cache=False).last_hidden_state
-        selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+    selected = trained_hidden(model, inputs, index)
     head = model.get_output_embeddings()
     with torch.autocast(device_type=selected.device.type, enabled=False):
         return _ChunkedHeadCrossEntropy.apply(selected, head.weight, targets, chunk_size)
+
+
+def trained_hidden(model, inputs: dict, index: torch.Tensor) -> torch.Tensor:
+    """The final hidden states at the flat positions `index` (those that predict a trained token)."""
+    body = model.get_decoder()
+    if is_trimmed(model):  # the last layer returns the trained rows only
+        return body(**inputs, use_cache=False, **{ROWS: index}).last_hidden_state[0]
+    hidden = body(**inputs, use_cache=False).last_hidden_state
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+
+
+@torch.no_grad()
+def token_losses(model, inputs: dict, labels: torch.Tensor, chunk_size: int = 2048
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat positions, cross-entropy of each trained token): `summed_loss`'s terms one by one (per-record losses)."""
+    index, targets = trained_positions(labels)
+    selected = trained_hidden(model, inputs, index)
+    weight = model.get_output_embeddings().weight
+    with torch.autocast(device_type=selected.device.type, enabled=False):
+        losses = [torch.nn.functional.cross_entropy((selected[i:i + chunk_size] @ weight.to(selected.dtype).T).float(),
+                                                    targets[i:i + chunk_size], reduction="none")
+                  for i in range(0, len(targets), chunk_size)]
+    return index, torch.cat(losses) if losses else torch.zeros(0)
 
 
 def selective_head_refusal(model) -> str | None:
