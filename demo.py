@@ -80,7 +80,7 @@ def persona_share(run, tuned, tokenizer) -> None:
     config, data = run.config, run.data.sequences
     held_out = data.prompts(np.flatnonzero(split_records(len(data.hashes), config.eval_split, config.seed)))
     chats = [p["messages"] for p in held_out]
-    base, _ = load_for_chat(config.model_name, config.device, config.cache_dir)
+    base, _ = load_for_chat(config.model_name, config)
     sampling = Sampling(max_new_tokens=config.sample_max_new_tokens)
     print(f"\n== Sampled replies to all {len(chats)} held-out prompts: does the bot use its persona? ==")
     for name, model in (("base", base), ("fine-tuned", tuned)):

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from core.config import LoadOptions
 from core.model.generation import Sampling, left_padded, pad_id
 from core.use.chat import load_for_chat
 
@@ -72,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_for_chat("smollm2", "cpu")
+    model, tokenizer = load_for_chat("smollm2", LoadOptions(device="cpu"))
     print(f"SmolLM2-135M-Instruct fp32 on the CPU, {torch.get_num_threads()} torch thread(s), load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; greedy, up to {args.max_new_tokens} new tokens, "
           f"median of {args.repeats}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from core.config import option
+from core.config import LoadOptions, check_options, option
 from core.errors import ConfigError, first_line
 from core.model.generation import Sampling
 
@@ -58,19 +58,19 @@ def as_record(system: str, turns: list[dict]) -> dict:
     return {"messages": ([{"role": "system", "content": system}] if system else []) + list(turns)}
 
 
-def load_for_chat(name: str, device: str = "auto", cache_dir: str = "", trust_remote_code: bool = False):
+def load_for_chat(name: str, load: LoadOptions):
     """(model, tokenizer) ready to generate: a checkpoint directory, hub id, .gguf file or 'smollm2'."""
     from core.model.load import load_model_and_tokenizer
     from core.utils import pick_device
-    model, tokenizer = load_model_and_tokenizer(name, cache_dir, trust_remote_code)
-    target = pick_device(device)
+    model, tokenizer = load_model_and_tokenizer(name, load.cache_dir, load.trust_remote_code)
+    target = pick_device(load.device)
     model.to(target, dtype=torch.bfloat16 if target.type == "cuda" else torch.float32).eval()
     return model, tokenizer
 
 
 @dataclass
-class ChatOptions:
-    """What every way of talking to a model takes: the model, the persona, the sampling, the device."""
+class ChatOptions(LoadOptions):
+    """What every way of talking to a model takes: the model, the persona, the sampling, and how the model loads."""
 
     model: str = option("", "the model to talk to: a checkpoint directory (best_model/), hub id, .gguf file or 'smollm2'; required")
     system_prompt: str = option("", "the persona the model plays (its system prompt)")
@@ -78,26 +78,19 @@ class ChatOptions:
     temperature: float = option(Sampling.temperature, "sampling temperature (higher: more varied replies)")
     top_p: float = option(Sampling.top_p, "nucleus sampling: keep the most likely tokens up to this probability mass")
     repetition_penalty: float = option(Sampling.repetition_penalty, "penalise tokens already in the conversation (1: off)")
-    no_repeat_ngram_size: int = option(Sampling.no_repeat_ngram_size, "never repeat a phrase of this many tokens within one reply (0: off)")
-    max_new_tokens: int = option(Sampling.max_new_tokens, "longest reply in tokens")
+    no_repeat_ngram_size: int = option(Sampling.no_repeat_ngram_size, "never repeat a phrase of this many tokens within one reply (0: off)", at_least=0)
+    max_new_tokens: int = option(Sampling.max_new_tokens, "longest reply in tokens", at_least=1)
     greedy: bool = option(False, "always the most likely reply (no sampling)")
-    device: str = option("auto", "cuda, mps or cpu", ("auto", "cuda", "mps", "cpu"))
-    cache_dir: str = option("", "converted-model cache (default: ~/.cache/roleplay-tuner)")
-    trust_remote_code: bool = option(False, "allow model repositories to run their own Python code")
 
     def validate(self) -> None:
         if not self.model:
             raise ConfigError("--model is required (a checkpoint directory such as checkpoints/best_model)")
+        check_options(self)
         for name in ("temperature", "top_p", "repetition_penalty"):
             if not 0 < getattr(self, name) < float("inf"):
                 raise ConfigError(f"--{name} must be a positive number, got {getattr(self, name)}")
         if self.top_p > 1:
             raise ConfigError(f"--top_p must be at most 1, got {self.top_p}")
-        for name in ("max_new_tokens",):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.no_repeat_ngram_size < 0:
-            raise ConfigError(f"--no_repeat_ngram_size must not be negative, got {self.no_repeat_ngram_size}")
 
     def sampling(self) -> Sampling:
         return Sampling(**{f.name: getattr(self, f.name) for f in fields(Sampling)})

@@ -106,7 +106,7 @@ class Session:
 def chat(config: ChatConfig) -> int:
     scenarios = load_scenarios(config.scenarios) if config.scenarios else []
     system = config.system_prompt or (scenarios[0].system if scenarios else "")
-    model, tokenizer = load_for_chat(config.model, config.device, config.cache_dir, config.trust_remote_code)
+    model, tokenizer = load_for_chat(config.model, config)
     inputs = local_inputs("--model", config.model) + local_inputs("--scenarios", config.scenarios)
     session, sampling = Session(scenarios, system, inputs), config.sampling()
     print(f"Practice call with {config.model}. You are the rep; /help lists the commands, /quit ends.")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.config import AdapterOptions, HardwareOptions, option
+from core.config import AdapterOptions, FormatOptions, HardwareOptions, LoadOptions, check_options, option
 from core.data.batching import BatchSize, collate, eval_batches, pack
 from core.data.files import data_files, data_inputs
 from core.data.roleplay_metrics import METRIC_NOTES, ROLE_JUDGE_METHOD, reply_metrics, role_judge, summarise
@@ -44,30 +44,21 @@ from core.utils import atomic_file, autocast, pick_precision, stage
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(LoadOptions, FormatOptions):
+    """`evaluate` reads records as training does (FormatOptions) and loads the model as every command does."""
+
     model: str = option("", "the model to evaluate: a checkpoint directory, hub id, .gguf file or 'smollm2'; required")
     data_path: str = option("", "the records to evaluate on: a .jsonl or .json file (optionally .gz), a directory of them or a glob; required unless --conversations")
     conversations: str = option("", "self-play instead: a file of multi-turn conversations whose user turns the bot answers in its own running context; metrics per turn number")
     output: str = option("evaluation.jsonl", "where each record's reply, loss, perplexity and metrics go (JSONL); the means go to the same name with .summary.json")
-    max_length: int = option(512, "longest sequence in tokens, as in training")
-    system_prompt: str = option("", "default system prompt (persona) for records that have none, as in training")
-    train_on: str = option("all_assistant", "which assistant turns the loss is taken on", ("all_assistant", "last_assistant"))
-    merge_consecutive: bool = option(False, "merge consecutive messages of one role instead of rejecting the record")
-    allow_extra_keys: bool = option(False, "accept record and message keys the formats do not define")
-    special_tokens: str = option("refuse", "special-token text in a message: refuse, or train (here: score) it as plain text, as in training", ("refuse", "text"))
     replies: bool = option(True, "generate each record's reply (greedy) and its roleplay metrics; off: losses only, much faster")
-    max_new_tokens: int = option(64, "longest generated reply in tokens")
-    batch_size: int = option(8, "sequences per loss batch (packed into one row) and replies generated at once")
-    device: str = option("auto", "cuda, mps or cpu", ("auto", "cuda", "mps", "cpu"))
-    cache_dir: str = option("", "tokenised-data and converted-model cache (default: ~/.cache/roleplay-tuner)")
-    trust_remote_code: bool = option(False, "allow model repositories to run their own Python code")
+    max_new_tokens: int = option(64, "longest generated reply in tokens", at_least=1)
+    batch_size: int = option(8, "sequences per loss batch (packed into one row) and replies generated at once", at_least=1)
 
     def validate(self) -> None:
         if not self.model or not (self.data_path or self.conversations):
             raise ConfigError("--model and --data_path (or --conversations) are required")
-        for name in ("max_length", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        check_options(self)
         output = Path(self.output)
         if output.is_dir():
             raise ConfigError(f"--output {output} is a directory; pass a file name")
@@ -165,7 +156,7 @@ def evaluate(config: EvaluateConfig) -> int:
 
 
 def write_evaluation(config: EvaluateConfig) -> int:
-    model, tokenizer = load_for_chat(config.model, config.device, config.cache_dir, config.trust_remote_code)
+    model, tokenizer = load_for_chat(config.model, config)
     if config.conversations:
         return self_play(config, model, tokenizer)
     options = data_options(config)

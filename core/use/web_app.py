@@ -64,7 +64,7 @@ class Practice:
     def model(self, name: str):
         if name not in self.loaded:
             config = self.config
-            self.loaded[name] = load_for_chat(name, config.device, config.cache_dir, config.trust_remote_code)
+            self.loaded[name] = load_for_chat(name, config)
         return self.loaded[name]
 
     def respond(self, history: list[dict], system: str, name: str):
