@@ -167,9 +167,9 @@ def train(argv: list[str]) -> int:
         with stage("training", lambda: checkpoints_on_disk(out)):
             summary = fit(run)
     except TrainingStopped as err:
+        write_report(config, run.dist.is_main)
         if err.checkpoint is None:
             raise
-        write_report(config, run.dist.is_main)
         if run.dist.is_main:
             print(f"\n{err}\nTo resume: python train.py {shlex.join(resume_command(argv, err.checkpoint))}",
                   file=sys.stderr)

@@ -111,7 +111,7 @@ class CheckpointOptions:
     overwrite_output_dir: bool = option(False, "start afresh in an --output_dir that holds an earlier run (its checkpoints and logs are deleted)")
     eval_steps: int = option(0, "also evaluate every N optimizer steps (0: only at the end of each epoch)", changes_run=True, at_least=0)
     log_steps: int = option(100, "write a log line every N optimizer steps", at_least=1)
-    save_steps: int = option(500, "write checkpoint-N/ every N optimizer steps (0: never)", at_least=0)
+    save_steps: int = option(500, "write checkpoint-N/ every N optimizer steps (0: never, except the one a SIGINT/SIGTERM stop writes to resume from)", at_least=0)
     save_total_limit: int = option(0, "keep only the K newest checkpoint-N/ (0: keep all)", at_least=0)
     early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0: off)", changes_run=True, at_least=0)
     early_stopping_threshold: float = option(0.0, "smallest drop in validation loss that counts as an improvement", changes_run=True, at_least=0)

@@ -9,7 +9,9 @@ invariant: either the file is accepted (exit 0, no error line) or it is rejected
 import copy
 import io
 import json
+import os
 import random
+import shutil
 from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
@@ -160,3 +162,142 @@ def test_mutated_config_files_are_accepted_or_refused_in_one_line(tmp_path):
         check(code, output, (str(path), "error: --"))  # a value out of range is named by its option
         refused += code != 0
     assert refused > 40
+
+
+def test_mutated_yaml_documents_are_accepted_or_refused_in_one_line(tmp_path):
+    """Whole YAML documents (not only `key: json` lines): flow and block styles, anchors, tags, nesting, BOMs."""
+    import yaml
+    rng = random.Random(SEED + 7)
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps(VALID_RECORDS[0]) + "\n")
+    extras = [b"\xef\xbb\xbf", b"&a ", b"*a", b"!!python/object:os.system ", b"? ", b"- ", b"{", b"[[[[", b"\t",
+              b"lr: 1e-5\n", b"lr: -1e-5\n", b"seed: 99999999999999999999999\n", b"<<: *a\n", b"%YAML 1.2\n---\n"]
+    refused = 0
+    for index in range(80):
+        style = rng.choice([False, True, None])
+        text = yaml.safe_dump(mutate_structure(rng, VALID_CONFIG) if rng.random() < 0.5 else VALID_CONFIG,
+                              default_flow_style=style).encode()
+        for _ in range(rng.randint(1, 2)):
+            at = rng.randrange(len(text) + 1)
+            text = text[:at] + rng.choice(extras) + text[at:]
+        path = tmp_path / f"doc{index}.yaml"
+        path.write_bytes(text)
+        code, output = quietly(lambda path=path: parse_args(["--config", str(path), "--data_path", str(data)],
+                                                           TrainConfig) and 0)
+        check(code, output, (str(path), "error: --"))
+        refused += code != 0
+    assert refused > 20
+
+
+def transcript_case(rng: random.Random, index: int, tmp_path):
+    """A file of saved practice conversations (what `chat`'s /save appends: `messages` records), mutated.
+
+    The feedback format (judgement records from practice) does not exist in this branch: this generic JSONL of
+    records stands in for it, read by both of its readers (/save's ownership check and training).
+    """
+    records = [{"messages": [{"role": "system", "content": "You are Dana."}, {"role": "user", "content": "Hi."},
+                             {"role": "assistant", "content": f"Who is this? {i}"}]} for i in range(rng.randint(1, 3))]
+    if rng.random() < 0.5:
+        victim = rng.randrange(len(records))
+        records[victim] = mutate_structure(rng, records[victim])
+        text = "".join(json.dumps(r) + "\n" for r in records).encode()
+    else:
+        text = mutate_bytes(rng, "".join(json.dumps(r) + "\n" for r in records).encode())
+    path = tmp_path / f"saved{index}.jsonl"
+    path.write_bytes(text)
+    return path
+
+
+def test_mutated_transcript_files_are_accepted_or_refused_in_one_line(tmp_path, qwen_tokenizer):
+    from core.use.chat_cli import Session
+    rng = random.Random(SEED + 11)
+    refused_by_save = 0
+    for index in range(60):
+        path = transcript_case(rng, index, tmp_path)
+        before = path.read_bytes()
+        session = Session([], "You are Dana.")
+        session.turns = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Yes?"}]
+        code, output = quietly(lambda path=path, session=session: print(session.command(f"/save {path}")) or 0)
+        assert code == 0 and "Traceback" not in output, output
+        if output.startswith("Not saved"):
+            refused_by_save += 1
+            assert path.read_bytes() == before and str(path) in output  # a file /save did not write is left alone
+        else:
+            assert path.read_bytes().startswith(before) and output.startswith("Saved")
+
+        def train_on(path=path):
+            tokenize_file(path, qwen_tokenizer, DataOptions(), 128, tmp_path / "cache", progress=False)
+            return 0
+        check(*quietly(train_on), (str(path),))
+    assert refused_by_save > 10
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_qwen_dir, cache_dir):
+    """A one-step run with checkpoint-1/, whose JSON files the sweep mutates."""
+    from conftest import cli, sample_data
+    tmp = tmp_path_factory.mktemp("sweep-run")
+    sample_data(tmp, 8)
+    code, output = cli("--data_path", tmp / "data.jsonl", "--model_name", tiny_qwen_dir, "--cache_dir", cache_dir,
+                       "--output_dir", tmp / "out", "--batch_size", "4", "--max_steps", "1", "--save_steps", "1",
+                       "--eval_split", "0.25", "--sample_prompts", "0", "--no-report")
+    assert code == 0, output[-2000:]
+    return tmp / "out"
+
+
+CHECKPOINT_JSON = ["checkpoint-1/trainer_state.json", "checkpoint-1/train_config.json", "run.json", "summary.json",
+                   "metrics.jsonl"]
+
+
+def mutated_copy(rng: random.Random, source, target, name: str) -> None:
+    """`source` with hard links for the large files and `name` mutated (structure or bytes)."""
+    for path in source.rglob("*"):
+        copy_to = target / path.relative_to(source)
+        copy_to.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            copy_to.mkdir(exist_ok=True)
+        elif path.suffix in (".json", ".jsonl"):
+            copy_to.write_bytes(path.read_bytes())
+        else:
+            os.link(path, copy_to)
+    victim = target / name
+    text = victim.read_bytes()
+    if rng.random() < 0.5 and name != "metrics.jsonl":
+        victim.write_text(json.dumps(mutate_structure(rng, json.loads(text))))
+    else:
+        victim.write_bytes(mutate_bytes(rng, text))
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_JSON)
+def test_mutated_checkpoint_json_files_are_resumed_from_or_refused_in_one_line(tmp_path, finished_run, name):
+    """Resuming reads these files (find the checkpoint, compare fingerprints, cut the logs, claim the directory;
+    run.json and summary.json where no checkpoint is left): a damaged one is skipped with its reason or refused
+    in one line naming the directory, never a bug."""
+    from core.train.checkpoint import find_resume, load_checkpoint
+    from core.train.fingerprint import check_resumable
+    from core.train.output_dir import claim_output_dir, start_afresh, truncate_logs
+    fingerprint = json.loads((finished_run / "run.json").read_text())
+    rng = random.Random(SEED + CHECKPOINT_JSON.index(name))
+    outcomes = {"accepted": 0, "refused": 0}
+    for index in range(12):
+        out = tmp_path / f"case{index}"
+        mutated_copy(rng, finished_run, out, name)
+        if name in ("run.json", "summary.json"):
+            shutil.rmtree(out / "checkpoint-1")
+
+        def resume(out=out):
+            restored = find_resume("auto", out, log=print)
+            if restored is None:
+                start_afresh(out, fingerprint, log=print)
+            else:
+                check_resumable(restored.path, restored.fingerprint, fingerprint, False, log=print)
+                truncate_logs(out, restored.state.step, log=print)
+            claim_output_dir(out, fingerprint, restored is not None, False, log=print)
+            if restored is not None:
+                load_checkpoint(out / "checkpoint-1")
+            return 0
+
+        code, output = quietly(resume)
+        check(code, output, (str(out),))
+        outcomes["accepted" if code == 0 else "refused"] += 1
+    assert outcomes["refused"] >= (1 if name == "metrics.jsonl" else 3), outcomes  # the sweep does break them

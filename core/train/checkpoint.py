@@ -82,7 +82,7 @@ def save_model_dir(target: Path, model, tokenizer, extra_files: dict[str, str] |
                 (tmp / name).write_text(text)
     except Exception as err:  # OSError, torch's RuntimeError, SafetensorError: a full disk wears many types
         reason = getattr(err, "strerror", None) or first_line(err)
-        if re.search(r"unexpected pos|StorageFull|No space left", reason):  # torch's and safetensors' words for it
+        if re.search(r"unexpected pos|StorageFull", reason):  # torch's and safetensors' words for a full disk
             reason = f"No space left on device ({reason})"
         raise CheckpointError(f"could not write {target}: {reason}; earlier checkpoints are intact") from None
 

@@ -178,14 +178,15 @@ def truncate_logs(output_dir: Path, step: int, log=print) -> None:
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
-                entry_step = entry["step"]
-            except (ValueError, KeyError, TypeError):
+                entry_step = json.loads(line)["step"]
+                if not isinstance(entry_step, int) or isinstance(entry_step, bool):
+                    raise TypeError(f"step {entry_step!r}")
+            except (ValueError, KeyError, TypeError, IndexError, RecursionError):
                 if number == len(lines):
                     log(f"{path.name}: dropped its last line, cut short by the crash ({len(line)} characters)")
                     continue
                 raise CheckpointError(f"{path} line {number} is damaged (not a log entry); remove that line, or "
                                       "pass --overwrite_output_dir to start again") from None
-            if isinstance(entry_step, int) and entry_step <= step:
+            if entry_step <= step:
                 kept.append(line)
         path.write_text("".join(line + "\n" for line in kept))
