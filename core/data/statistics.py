@@ -107,8 +107,8 @@ def format_statistics(stats: dict, config: TrainConfig) -> str:
     ] + ([f"The chat template adds its own system prompt to the {stats['template_system_added']} records without "
           f"one: {stats['template_system_prompt']!r}; the model learns to answer under it. Give the records a persona "
           "(a 'system' message or --system_prompt) to train the bot you will practise with"]
-         if stats.get("template_system_added") else []) + (
-        [f"WARNING: {stats['replies_cut']} replies alone exceed --max_length and were cut; their end-of-turn "
+         if stats.get("template_system_added") else [])
+      + ([f"WARNING: {stats['replies_cut']} replies alone exceed --max_length and were cut; their end-of-turn "
           "token is not trained. Raise --max_length to keep them whole"] if stats["replies_cut"] else []))
 
 
