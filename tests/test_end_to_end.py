@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, write_jsonl
+from conftest import ROOT, built_once, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.model.generation import Sampling, generate_reply
@@ -38,9 +38,29 @@ def conversations():
                                          {"role": "assistant", "content": record["output"]}]
 
 
+def evaluate(model, data, cache_dir, output) -> float:
+    """`train.py evaluate` on the records: a reply and a positive loss for each; returns the mean loss."""
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "evaluate", "--model", str(model),
+                             "--data_path", str(data), "--cache_dir", str(cache_dir), "--output", str(output),
+                             "--max_new_tokens", "24"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(lines) == len(RECORDS) and all("reply" in line and line["loss"] > 0 for line in lines)
+    return json.loads(output.with_suffix(".summary.json").read_text())["mean_loss"]
+
+
+@pytest.fixture(scope="session")
+def base_mean_loss(tmp_path_factory, smollm2_dir, cache_dir) -> float:
+    """The stock SmolLM2's mean loss on the records, evaluated once for both runs (and all workers)."""
+    def run(directory):
+        evaluate("smollm2", write_jsonl(directory / "unique.jsonl", RECORDS), cache_dir, directory / "base.jsonl")
+    evaluated = built_once(tmp_path_factory, "smollm2-base-evaluation", run)
+    return json.loads((evaluated / "base.summary.json").read_text())["mean_loss"]
+
+
 @pytest.mark.parametrize("adapters", [[], ["--lora", "--lora_r", "32", "--lora_alpha", "64", "--lora_dropout", "0"]],
                          ids=["full", "lora"])
-def test_smollm2_learns_replies_and_stops(tmp_path, smollm2_dir, cache_dir, adapters):
+def test_smollm2_learns_replies_and_stops(tmp_path, smollm2_dir, cache_dir, base_mean_loss, adapters):
     data = write_jsonl(tmp_path / "tiny.jsonl", RECORDS * 12)  # one epoch of 12 passes: one epoch_N save
     out = tmp_path / "run"
     lr = "3e-3" if adapters else "3e-4"  # adapters start from zero and need a larger step
@@ -73,14 +93,6 @@ def test_smollm2_learns_replies_and_stops(tmp_path, smollm2_dir, cache_dir, adap
         reply = generate_reply(model, tokenizer, chat[:-1], Sampling(max_new_tokens=40), seed=seed)
         assert repeated_sentence(reply) is None, reply
     # `evaluate` on the trained records: the fine-tuned model's mean loss is lower than the base model's.
-    means, unique = {}, write_jsonl(tmp_path / "unique.jsonl", RECORDS)
-    for name, model_path in (("base", "smollm2"), ("tuned", out / "best_model")):
-        output = tmp_path / f"{name}.jsonl"
-        result = subprocess.run([sys.executable, str(ROOT / "train.py"), "evaluate", "--model", str(model_path),
-                                 "--data_path", str(unique), "--cache_dir", str(cache_dir), "--output", str(output),
-                                 "--max_new_tokens", "24"], capture_output=True, text=True, cwd=ROOT, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        lines = [json.loads(line) for line in output.read_text().splitlines()]
-        assert len(lines) == len(RECORDS) and all("reply" in line and line["loss"] > 0 for line in lines)
-        means[name] = json.loads(output.with_suffix(".summary.json").read_text())["mean_loss"]
-    assert means["tuned"] < 0.5 * means["base"], means
+    tuned = evaluate(out / "best_model", write_jsonl(tmp_path / "unique.jsonl", RECORDS), cache_dir,
+                     tmp_path / "tuned.jsonl")
+    assert tuned < 0.5 * base_mean_loss, (tuned, base_mean_loss)

@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import assert_error, cli, load_qwen_tokenizer
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from conftest import assert_error, cli
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.use.export import push_to_hub
 
@@ -14,22 +14,12 @@ CHAT = [{"role": "system", "content": "You are Dana, IT director."},
 TOLERANCE = {"f16": 2e-3, "q8_0": 3e-2}  # relative error of the logits: half precision, then 8-bit blocks
 
 
-def tiny_llama_dir(directory):
-    """A random two-layer Llama (the SmolLM2 architecture, whose query/key rows GGUF permutes)."""
-    tokenizer = load_qwen_tokenizer()
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         tie_word_embeddings=True, bos_token_id=None,
-                                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>")))
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_exported_gguf_loads_back_with_the_same_logits_and_prompt_tokens(tmp_path, tiny_qwen_dir, family):
-    source = tiny_qwen_dir if family == "qwen2" else tiny_llama_dir(tmp_path / "llama")
+def test_exported_gguf_loads_back_with_the_same_logits_and_prompt_tokens(tmp_path, request, family):
+    """qwen2: the tiny Qwen2 on a small Qwen-style vocabulary (Qwen's pre-tokenizer, special tokens and template),
+    both formats; llama: SmolLM2-135M itself (GPT-2's pre-tokenizer, 49k tokens, the query/key rows GGUF
+    permutes), q8_0. Reading a GGUF vocabulary back takes transformers seconds per 10k tokens."""
+    source = request.getfixturevalue("tiny_qwen_1k_dir" if family == "qwen2" else "smollm2_dir")
     out = tmp_path / "export"
     code, output = cli("export", "--model", source, "--output_dir", out, "--system_prompt", "You are Dana.")
     assert code == 0, output[-2000:]
@@ -38,12 +28,12 @@ def test_exported_gguf_loads_back_with_the_same_logits_and_prompt_tokens(tmp_pat
     ids = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True, return_dict=False)
     with torch.no_grad():
         expected = reference(input_ids=torch.tensor([ids])).logits
-    # The tokenizer and template are the same metadata in both files: read back once (it takes a while).
+    # The tokenizer and template are the same metadata in both files: read back once.
     loaded_tokenizer = AutoTokenizer.from_pretrained(out, gguf_file="model-q8_0.gguf")
     assert loaded_tokenizer.chat_template == tokenizer.chat_template
     assert loaded_tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True,
                                                 return_dict=False) == ids
-    kinds = TOLERANCE if family == "qwen2" else {"q8_0": TOLERANCE["q8_0"]}  # each load takes about 20 s
+    kinds = TOLERANCE if family == "qwen2" else {"q8_0": TOLERANCE["q8_0"]}
     for kind, tolerance in kinds.items():
         name = f"model-{kind}.gguf"
         model = AutoModelForCausalLM.from_pretrained(out, gguf_file=name, dtype=torch.float32).eval()
@@ -72,21 +62,21 @@ class StandInHub:
         self.calls.append(("upload_folder", repo_id, path_in_repo))
 
 
-def test_push_to_hub_uploads_the_model_and_the_gguf_files(tmp_path, tiny_qwen_dir):
+def test_push_to_hub_uploads_the_model_and_the_gguf_files(tmp_path, tiny_qwen_1k_dir):
     out = tmp_path / "export"
-    assert cli("export", "--model", tiny_qwen_dir, "--output_dir", out, "--formats", "f16")[0] == 0
+    assert cli("export", "--model", tiny_qwen_1k_dir, "--output_dir", out, "--formats", "f16")[0] == 0
     hub = StandInHub(tmp_path / "hub")
-    assert push_to_hub("team/dana-bot", tiny_qwen_dir, out, True, api=hub) == "https://hub.example/team/dana-bot"
+    assert push_to_hub("team/dana-bot", tiny_qwen_1k_dir, out, True, api=hub) == "https://hub.example/team/dana-bot"
     assert hub.calls[0] == ("create_repo", "team/dana-bot", True)
     uploaded = tmp_path / "hub" / "team" / "dana-bot"
     assert (uploaded / "config.json").is_file() and (uploaded / "gguf" / "model-f16.gguf").is_file()
     AutoModelForCausalLM.from_pretrained(uploaded)  # what was uploaded is a loadable model
 
 
-def test_export_faults_give_one_line(tmp_path, tiny_qwen_dir, monkeypatch):
+def test_export_faults_give_one_line(tmp_path, tiny_qwen_1k_dir, monkeypatch):
     assert_error(cli("export", "--model", tmp_path), r"not a Hugging Face model directory", 2)
-    assert_error(cli("export", "--model", tiny_qwen_dir, "--formats", "q4"), r"--formats takes f16 and/or q8_0", 2)
+    assert_error(cli("export", "--model", tiny_qwen_1k_dir, "--formats", "q4"), r"--formats takes f16 and/or q8_0", 2)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the upload fails
     monkeypatch.setenv("HF_TOKEN", "hf_standin")
-    assert_error(cli("export", "--model", tiny_qwen_dir, "--output_dir", tmp_path / "out", "--formats", "f16",
+    assert_error(cli("export", "--model", tiny_qwen_1k_dir, "--output_dir", tmp_path / "out", "--formats", "f16",
                      "--push_to_hub", "team/dana-bot"), r"--push_to_hub team/dana-bot: the upload failed", 2)

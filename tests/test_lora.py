@@ -1,4 +1,5 @@
-"""LoRA runs on the tiny Qwen2: only adapters train, best_model/ is the merged plain model, resume is exact."""
+"""LoRA runs on the tiny Qwen2 with a 1k vocabulary: only adapters train, best_model/ is the merged plain model,
+resume is exact."""
 
 import json
 import os
@@ -21,12 +22,12 @@ QUIET = dict(log=lambda *_: None)
 LORA = dict(lora=True, lora_r=4, lora_alpha=8.0, lora_dropout=0.1, lr=1e-2)
 
 
-def test_only_adapter_weights_change_and_best_model_is_the_merged_plain_model(tmp_path, tiny_qwen_dir, cache_dir):
-    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, epochs=2, **LORA)
+def test_only_adapter_weights_change_and_best_model_is_the_merged_plain_model(tmp_path, tiny_qwen_1k_dir, cache_dir):
+    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, epochs=2, **LORA)
     assert run.prepared.patches[0].startswith("LoRA r=4 alpha=8 on all-linear")
     summary = fit(run, **QUIET)
     assert 0 < summary["trainable_parameters"] < summary["total_parameters"] / 10
-    stock = dict(AutoModelForCausalLM.from_pretrained(tiny_qwen_dir).named_parameters())
+    stock = dict(AutoModelForCausalLM.from_pretrained(tiny_qwen_1k_dir).named_parameters())
     changed = set()
     for name, param in run.prepared.model.named_parameters():
         plain = name.removeprefix("base_model.model.").replace(".base_layer", "")
@@ -40,7 +41,7 @@ def test_only_adapter_weights_change_and_best_model_is_the_merged_plain_model(tm
                                                                                "model.safetensors").exists()
     assert (out / "best_model" / "adapter" / "adapter_config.json").is_file()
     # best_model/ loads with transformers alone, and its logits are the adapter model's.
-    ids = torch.randint(0, 5000, (1, 24), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, len(run.tokenizer), (1, 24), generator=torch.Generator().manual_seed(0))
     probe = (f"import sys, torch; from transformers import AutoModelForCausalLM\n"
              f"model = AutoModelForCausalLM.from_pretrained({str(out / 'best_model')!r}).eval()\n"
              f"assert 'peft' not in sys.modules\n"
@@ -57,10 +58,10 @@ def test_only_adapter_weights_change_and_best_model_is_the_merged_plain_model(tm
         assert (merged - live).abs().max() < 1e-4
 
 
-def test_gradient_checkpointing_with_lora_gives_the_same_gradients(tmp_path, tiny_qwen_dir, cache_dir):
+def test_gradient_checkpointing_with_lora_gives_the_same_gradients(tmp_path, tiny_qwen_1k_dir, cache_dir):
     grads = []
     for checkpointing in (False, True):
-        run = make_run(tmp_path, tiny_qwen_dir, cache_dir, gradient_checkpointing=checkpointing,
+        run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, gradient_checkpointing=checkpointing,
                        output_dir=str(tmp_path / f"out-{checkpointing}"), **{**LORA, "lora_dropout": 0.0})
         accumulate_gradients(run, [run.data.train_idx[:4]])
         grads.append({n: p.grad.clone() for n, p in run.prepared.model.named_parameters() if p.grad is not None})
@@ -69,12 +70,12 @@ def test_gradient_checkpointing_with_lora_gives_the_same_gradients(tmp_path, tin
         assert (grads[1][name] - grad).norm() <= 1e-5 * grad.norm() + 1e-9, name
 
 
-def test_a_lora_run_stopped_by_sigterm_resumes_to_the_uninterrupted_run(tmp_path, tiny_qwen_dir, cache_dir):
+def test_a_lora_run_stopped_by_sigterm_resumes_to_the_uninterrupted_run(tmp_path, tiny_qwen_1k_dir, cache_dir):
     sample_data(tmp_path, 30)
     options = dict(epochs=2, batch_size=2, grad_accum_steps=2, save_steps=3, eval_steps=2, log_steps=1, **LORA)
-    fit(setup(make_config(tmp_path, tiny_qwen_dir, cache_dir, output_dir=str(tmp_path / "reference"), **options),
+    fit(setup(make_config(tmp_path, tiny_qwen_1k_dir, cache_dir, output_dir=str(tmp_path / "reference"), **options),
               **QUIET), **QUIET)
-    run = setup(make_config(tmp_path, tiny_qwen_dir, cache_dir, **options), **QUIET)
+    run = setup(make_config(tmp_path, tiny_qwen_1k_dir, cache_dir, **options), **QUIET)
 
     def sigterm_in_step_5(name, run, index=None, **details):
         if name == "micro_batch" and run.state.step == 4 and index == 1:
@@ -83,7 +84,7 @@ def test_a_lora_run_stopped_by_sigterm_resumes_to_the_uninterrupted_run(tmp_path
     run.on_event = sigterm_in_step_5
     with pytest.raises(TrainingStopped):
         fit(run, **QUIET)
-    resumed = setup(make_config(tmp_path, tiny_qwen_dir, cache_dir, resume_from_checkpoint="auto", **options),
+    resumed = setup(make_config(tmp_path, tiny_qwen_1k_dir, cache_dir, resume_from_checkpoint="auto", **options),
                     **QUIET)
     assert resumed.state.step == 5
     fit(resumed, **QUIET)
@@ -98,9 +99,9 @@ def test_a_lora_run_stopped_by_sigterm_resumes_to_the_uninterrupted_run(tmp_path
         assert all(torch.equal(mine[k], theirs[k]) for k in theirs), name
 
 
-def test_qlora_on_the_cpu_is_refused_in_one_line(tmp_path, tiny_qwen_dir, cache_dir):
+def test_qlora_on_the_cpu_is_refused_in_one_line(tmp_path, tiny_qwen_1k_dir, cache_dir):
     sample_data(tmp_path, 8)
-    args = ["--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_dir, "--cache_dir", cache_dir,
+    args = ["--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_1k_dir, "--cache_dir", cache_dir,
             "--output_dir", tmp_path / "out", "--device", "cpu"]
     assert_error(cli(*args, "--load_in_4bit"), r"--load_in_4bit trains adapters on a frozen 4-bit model: add --lora",
                  2)

@@ -1,4 +1,7 @@
-"""Runs that survive: exact resume after SIGTERM, SIGKILL during a save, rotation, bad numbers, early stopping."""
+"""Runs that survive: exact resume after SIGTERM, SIGKILL during a save, rotation, bad numbers, early stopping.
+
+On the tiny Qwen2 with a 1k vocabulary (tiny_qwen_1k_dir): these check mechanics, not what is learned.
+"""
 
 import json
 import os
@@ -55,10 +58,10 @@ def run_to_end(config, on_event=None):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_qwen_dir, cache_dir):
+def reference(tmp_path_factory, tiny_qwen_1k_dir, cache_dir):
     tmp = tmp_path_factory.mktemp("reference")
     sample_data(tmp, 40)
-    config = config_for(tmp, tiny_qwen_dir, cache_dir)
+    config = config_for(tmp, tiny_qwen_1k_dir, cache_dir)
     run_to_end(config)
     return tmp / "out"
 
@@ -84,37 +87,38 @@ def interrupt_after_save(name: str):
 
 @pytest.mark.parametrize("where, step", [("micro-batch 2", 6), ("after checkpoint-4", 4), ("micro-batch 1", 9)],
                          ids=["during-accumulation", "right-after-checkpoint", "second-epoch"])
-def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, tiny_qwen_dir, cache_dir, reference, where, step):
+def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, tiny_qwen_1k_dir, cache_dir, reference, where, step):
     sample_data(tmp_path, 40)
-    config = config_for(tmp_path, tiny_qwen_dir, cache_dir)
+    config = config_for(tmp_path, tiny_qwen_1k_dir, cache_dir)
     observer = (interrupt_after_save(where.split()[-1]) if where.startswith("after")
                 else interrupt_during_step(step, int(where.split()[-1])))
     with pytest.raises(TrainingStopped) as stopped:
         run_to_end(config, observer)
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     assert stopped.value.checkpoint == tmp_path / "out" / f"checkpoint-{step}"
-    resumed = config_for(tmp_path, tiny_qwen_dir, cache_dir, resume_from_checkpoint="auto")
+    resumed = config_for(tmp_path, tiny_qwen_1k_dir, cache_dir, resume_from_checkpoint="auto")
     run = setup(resumed, **QUIET)
     assert run.state.step == step
     fit(run, **QUIET)
     assert_same_outputs(tmp_path / "out", reference)
 
 
-def test_token_budget_batches_resume_exactly(tmp_path, tiny_qwen_dir, cache_dir):
+def test_token_budget_batches_resume_exactly(tmp_path, tiny_qwen_1k_dir, cache_dir):
     budget = dict(batch_tokens=256, max_length=256)
     (tmp_path / "reference").mkdir()
     sample_data(tmp_path / "reference", 40)
-    steps = run_to_end(config_for(tmp_path / "reference", tiny_qwen_dir, cache_dir, **budget))["steps"]
+    steps = run_to_end(config_for(tmp_path / "reference", tiny_qwen_1k_dir, cache_dir, **budget))["steps"]
     sample_data(tmp_path, 40)
     with pytest.raises(TrainingStopped):
-        run_to_end(config_for(tmp_path, tiny_qwen_dir, cache_dir, **budget), interrupt_during_step(steps - 1, 2))
-    resumed = config_for(tmp_path, tiny_qwen_dir, cache_dir, resume_from_checkpoint="auto", **budget)
+        run_to_end(config_for(tmp_path, tiny_qwen_1k_dir, cache_dir, **budget), interrupt_during_step(steps - 1, 2))
+    resumed = config_for(tmp_path, tiny_qwen_1k_dir, cache_dir, resume_from_checkpoint="auto", **budget)
     fit(setup(resumed, **QUIET), **QUIET)
     assert_same_outputs(tmp_path / "out", tmp_path / "reference" / "out")
 
 
 def test_a_disk_too_small_for_the_kept_checkpoints_is_warned_about_at_the_start(tmp_path, tiny_qwen_dir, cache_dir,
                                                                                monkeypatch):
+    """On the real vocabulary: a checkpoint's tensors must dwarf its file headers for the 2% estimate."""
     config = make_config(tmp_path, tiny_qwen_dir, cache_dir, max_steps=2, save_steps=2)
     run = setup(config, **QUIET)
     fit(run, **QUIET)
@@ -140,7 +144,7 @@ def test_a_disk_too_small_for_the_kept_checkpoints_is_warned_about_at_the_start(
     assert not [line for line in lines if line.startswith("Warning")]
 
 
-def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwen_dir, cache_dir):
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwen_1k_dir, cache_dir):
     sample_data(tmp_path, 40)
     out = tmp_path / "out"
     script = textwrap.dedent("""
@@ -155,7 +159,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwe
         import train
         sys.exit(train.main(sys.argv[1:]))
     """)
-    args = ["--sample_prompts", "0", "--data_path", str(tmp_path / "data.jsonl"), "--model_name", str(tiny_qwen_dir),
+    args = ["--sample_prompts", "0", "--data_path", str(tmp_path / "data.jsonl"), "--model_name", str(tiny_qwen_1k_dir),
             "--cache_dir", str(cache_dir), "--output_dir", str(out), "--save_steps", "2", "--batch_size", "2",
             "--epochs", "1"]
     result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT)
@@ -170,9 +174,9 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwe
     assert (out / "checkpoint-4").is_dir()
 
 
-def test_save_total_limit_keeps_newest_and_protected(tmp_path, tiny_qwen_dir, cache_dir):
+def test_save_total_limit_keeps_newest_and_protected(tmp_path, tiny_qwen_1k_dir, cache_dir):
     sample_data(tmp_path, 40)
-    config = config_for(tmp_path, tiny_qwen_dir, cache_dir, save_steps=1, save_total_limit=2, epochs=1)
+    config = config_for(tmp_path, tiny_qwen_1k_dir, cache_dir, save_steps=1, save_total_limit=2, epochs=1)
     summary = run_to_end(config)
     out = tmp_path / "out"
     kept = {p.name for p in out.glob("checkpoint-*")}
@@ -201,9 +205,9 @@ def nan_at(model, steps_to_poison):
     return model.get_input_embeddings().register_forward_hook(hook)
 
 
-def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_qwen_dir, cache_dir):
+def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_qwen_1k_dir, cache_dir):
     sample_data(tmp_path, 40)
-    run = setup(config_for(tmp_path, tiny_qwen_dir, cache_dir, grad_accum_steps=1, epochs=1), **QUIET)
+    run = setup(config_for(tmp_path, tiny_qwen_1k_dir, cache_dir, grad_accum_steps=1, epochs=1), **QUIET)
     nan_at(run.prepared.model, {3})
     summary = fit(run, **QUIET)
     assert summary["bad_steps_skipped"] == 1 and summary["stopped"] == "completed"
@@ -212,18 +216,18 @@ def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_qwen_dir, cache_dir):
     assert all(torch.isfinite(p).all() for p in run.prepared.model.parameters())
 
 
-def test_repeated_nans_stop_the_run_with_the_step_and_lr(tmp_path, tiny_qwen_dir, cache_dir):
+def test_repeated_nans_stop_the_run_with_the_step_and_lr(tmp_path, tiny_qwen_1k_dir, cache_dir):
     sample_data(tmp_path, 40)
-    run = setup(config_for(tmp_path, tiny_qwen_dir, cache_dir, grad_accum_steps=1, max_bad_steps=3), **QUIET)
+    run = setup(config_for(tmp_path, tiny_qwen_1k_dir, cache_dir, grad_accum_steps=1, max_bad_steps=3), **QUIET)
     nan_at(run.prepared.model, {"all"})
     with pytest.raises(TrainingStopped, match=r"3 non-finite losses or gradients in a row, the last at step 3 "
                                               r"\(learning rate [0-9.e-]+\)"):
         fit(run, **QUIET)
 
 
-def test_early_stopping_ends_at_the_expected_evaluation(tmp_path, tiny_qwen_dir, cache_dir):
+def test_early_stopping_ends_at_the_expected_evaluation(tmp_path, tiny_qwen_1k_dir, cache_dir):
     sample_data(tmp_path, 40)
-    config = config_for(tmp_path, tiny_qwen_dir, cache_dir, eval_steps=1, early_stopping_patience=2,
+    config = config_for(tmp_path, tiny_qwen_1k_dir, cache_dir, eval_steps=1, early_stopping_patience=2,
                         early_stopping_threshold=100.0, epochs=3)
     summary = run_to_end(config)
     assert summary["stopped"] == "early_stopping" and summary["steps"] == 3
@@ -231,24 +235,24 @@ def test_early_stopping_ends_at_the_expected_evaluation(tmp_path, tiny_qwen_dir,
     assert summary["best_step"] == 1
 
 
-def test_resume_with_a_different_data_file_is_refused(tmp_path, tiny_qwen_dir, cache_dir):
+def test_resume_with_a_different_data_file_is_refused(tmp_path, tiny_qwen_1k_dir, cache_dir):
     sample_data(tmp_path, 40)
-    run_to_end(config_for(tmp_path, tiny_qwen_dir, cache_dir, epochs=1, max_steps=4))
+    run_to_end(config_for(tmp_path, tiny_qwen_1k_dir, cache_dir, epochs=1, max_steps=4))
     sample_data(tmp_path, 41)
-    resumed = config_for(tmp_path, tiny_qwen_dir, cache_dir, epochs=1, max_steps=4, resume_from_checkpoint="auto")
+    resumed = config_for(tmp_path, tiny_qwen_1k_dir, cache_dir, epochs=1, max_steps=4, resume_from_checkpoint="auto")
     with pytest.raises(CheckpointError, match=r"different inputs: data file .*--force_resume"):
         setup(resumed, **QUIET)
     resumed.force_resume = True
     assert setup(resumed, **QUIET).state.step == 4
 
 
-def test_a_write_error_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, tiny_qwen_dir, cache_dir,
+def test_a_write_error_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, tiny_qwen_1k_dir, cache_dir,
                                                                        monkeypatch):
     import errno
 
     from core.train import checkpoint as ckpt
     sample_data(tmp_path, 40)
-    run = setup(config_for(tmp_path, tiny_qwen_dir, cache_dir, save_steps=2, eval_steps=0), **QUIET)
+    run = setup(config_for(tmp_path, tiny_qwen_1k_dir, cache_dir, save_steps=2, eval_steps=0), **QUIET)
     original = ckpt.torch.save
 
     def full_disk(obj, path, *args, **kwargs):
@@ -265,12 +269,12 @@ def test_a_write_error_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path,
     assert latest_checkpoint(out).path == out / "checkpoint-2"
 
 
-def test_sigterm_on_the_command_line_prints_the_resume_command(tmp_path, tiny_qwen_dir, cache_dir):
+def test_sigterm_on_the_command_line_prints_the_resume_command(tmp_path, tiny_qwen_1k_dir, cache_dir):
     import shlex
     import time
     sample_data(tmp_path, 40)
     out = tmp_path / "out"
-    args = ["--sample_prompts", "0", "--data_path", str(tmp_path / "data.jsonl"), "--model_name", str(tiny_qwen_dir),
+    args = ["--sample_prompts", "0", "--data_path", str(tmp_path / "data.jsonl"), "--model_name", str(tiny_qwen_1k_dir),
             "--cache_dir", str(cache_dir), "--output_dir", str(out), "--batch_size", "2", "--epochs", "2",
             "--log_steps", "1"]
     process = subprocess.Popen([sys.executable, "train.py", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -295,9 +299,10 @@ class ConfigWithFlavour(TrainConfig):
     flavour: str = option("plain", "a throwaway option that changes the run", changes_run=True)
 
 
-def test_a_new_option_marked_as_changing_the_run_is_checked_on_resume(tmp_path, tiny_qwen_dir, cache_dir):
+def test_a_new_option_marked_as_changing_the_run_is_checked_on_resume(tmp_path, tiny_qwen_1k_dir, cache_dir):
     sample_data(tmp_path, 40)
-    base = config_for(tmp_path, tiny_qwen_dir, cache_dir, epochs=1, max_steps=2, save_steps=2, eval_steps=0).to_dict()
+    base = config_for(tmp_path, tiny_qwen_1k_dir, cache_dir, epochs=1, max_steps=2, save_steps=2,
+                      eval_steps=0).to_dict()
     run_to_end(ConfigWithFlavour(**base, flavour="plain"))
     resumed = {**base, "resume_from_checkpoint": "auto"}
     with pytest.raises(CheckpointError, match=r"different inputs: --flavour 'plain' -> 'spicy'"):
