@@ -16,8 +16,8 @@ from core.config import AdapterOptions, HardwareOptions
 from core.data.batching import LENGTHS, collate, pack
 from core.errors import ConfigError
 from core.model.patches import packed_attention
-from core.model.prepare import PATCHES, Prepared, SummedLoss, Target
 from core.model.patches.selective_head import summed_loss, summed_loss_full_logits
+from core.model.prepare import PATCHES, Prepared, SummedLoss, Target
 
 # aten ops that need a device value on the host: each one waits for the GPU
 SYNCING_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_consecutive",
