@@ -4,11 +4,17 @@ attention backend that runs here gives what running the sequences one by one giv
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
@@ -246,3 +252,102 @@ def test_packed_batches_carry_their_lengths_and_loss_positions_from_the_host():
     rows = (shifted != -100).nonzero()
     assert inputs["loss_rows"].tolist() == (rows[:, 0] * labels.shape[1] + rows[:, 1]).tolist()
     assert inputs["loss_targets"].tolist() == shifted[shifted != -100].tolist()
+
+
+# The background checkpoint writer ----------------------------------------------------------------
+
+def write_files(target, state, pause: float = 0.0, started=None, gate=None):
+    """An atomic checkpoint of `state`: one file per entry, `done.json` last (as trainer_state.json marks one)."""
+    from core.utils import atomic_directory
+    with atomic_directory(target) as tmp:
+        for name, value in state.items():
+            if started is not None:
+                started.set()
+            if gate is not None:
+                assert gate.wait(30)
+            torch.save(value, tmp / f"{name}.pt")
+            time.sleep(pause)
+        (tmp / "done.json").write_text(json.dumps(sorted(state)))
+
+
+def test_training_steps_while_a_checkpoint_is_written_and_the_write_keeps_the_state_it_was_given(tmp_path):
+    from core.train.checkpoint_writer import BackgroundWriter
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    started, gate, order = threading.Event(), threading.Event(), []
+    with BackgroundWriter() as writer:
+        writer.submit(lambda s: (write_files(tmp_path / "checkpoint-1", s, started=started, gate=gate),
+                                 order.append(1)), {"weights": model.state_dict()})
+        assert started.wait(30) and writer.busy
+        model(torch.randn(3, 8)).square().sum().backward()  # a whole step while the write is held up
+        optimizer.step()
+        assert writer.busy and not (tmp_path / "checkpoint-1").exists()
+        second = threading.Thread(target=writer.submit, args=(
+            lambda s: (write_files(tmp_path / "checkpoint-2", s), order.append(2)), {"weights": model.state_dict()}))
+        second.start()
+        time.sleep(0.3)
+        assert order == []  # at most one write in flight: the second waits for the first
+        gate.set()
+        second.join(30)
+    assert order == [1, 2]
+    saved = torch.load(tmp_path / "checkpoint-1" / "weights.pt", weights_only=True)
+    assert all(torch.equal(saved[k], before[k]) for k in before)  # the state as submitted, not as trained since
+    assert not torch.equal(saved["weight"], model.weight.detach())
+    assert torch.equal(torch.load(tmp_path / "checkpoint-2" / "weights.pt", weights_only=True)["weight"],
+                       model.weight.detach())
+
+
+def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path):
+    from core.errors import CheckpointError
+    from core.train.checkpoint_writer import BackgroundWriter
+
+    def fail(state):
+        raise CheckpointError("could not write checkpoint-1: No space left on device; earlier checkpoints are intact")
+    writer = BackgroundWriter()
+    writer.submit(fail, {"x": torch.ones(2)})
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        writer.wait()
+
+
+SIGTERM_CHILD = """
+import json, signal, sys, threading, time
+import torch
+sys.path[:0] = [{root!r}, {tests!r}]
+from test_gpu_ready import write_files
+from core.train.checkpoint_writer import BackgroundWriter
+from core.train.stop_signal import StopSignal
+out, handled = __import__("pathlib").Path(sys.argv[1]), sys.argv[2] == "handled"
+state = {{f"part{{i}}": torch.full((1000,), float(i)) for i in range(6)}}
+with StopSignal() if handled else __import__("contextlib").nullcontext() as stop, BackgroundWriter() as writer:
+    writer.submit(lambda s: write_files(out / "checkpoint-1", s), state)
+    writer.wait()
+    started = threading.Event()
+    writer.submit(lambda s: write_files(out / "checkpoint-2", s, pause=0.5, started=started), state)
+    started.wait()
+    print("writing", flush=True)
+    while stop is None or stop.received is None:
+        time.sleep(0.05)
+print("stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("handled", [False, True])
+def test_sigterm_during_a_background_write_leaves_whole_checkpoints_only(tmp_path, handled):
+    """Killed mid-write (no handler) the new checkpoint is absent; with the training loop's handler the stop waits
+    for it and it is complete. The previous one is intact either way, and nothing partial is ever visible."""
+    script = tmp_path / "child.py"
+    script.write_text(SIGTERM_CHILD.format(root=str(ROOT), tests=str(ROOT / "tests")))
+    child = subprocess.Popen([sys.executable, str(script), str(tmp_path), "handled" if handled else "plain"],
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert child.stdout.readline().strip() == "writing"
+    child.send_signal(signal.SIGTERM)
+    child.wait(60)
+    assert json.loads((tmp_path / "checkpoint-1" / "done.json").read_text()) == [f"part{i}" for i in range(6)]
+    if handled:
+        assert child.returncode == 0 and child.stdout.read().splitlines()[-1] == "stopped"
+        assert json.loads((tmp_path / "checkpoint-2" / "done.json").read_text()) == [f"part{i}" for i in range(6)]
+    else:
+        assert child.returncode == -signal.SIGTERM and not (tmp_path / "checkpoint-2").exists()
+        assert [p.name for p in tmp_path.glob(".checkpoint-2.tmp-*")]  # the unfinished write, hidden
