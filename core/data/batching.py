@@ -5,10 +5,13 @@ resumed run rebuilds it and starts at the next unseen batch without iterating ov
 Two layouts:
   packed  a micro-batch's sequences laid end to end in one row, no padding; position ids restart at
           0 for every sequence and the boundaries travel as `cu_seq_lens_q/k` and `max_length_q/k`,
-          the keywords transformers' variable-length attention reads (see core/model/patches/packed_attention.py)
+          the keywords transformers' variable-length attention reads, and the lengths themselves as host
+          integers (`LENGTHS`; see core/model/patches/packed_attention.py)
   padded  right-padded rows, cut from shuffled groups of similar length, for models that cannot
           take packed rows
-Labels are IGNORE wherever no loss is taken.
+Labels are IGNORE wherever no loss is taken. Both layouts also carry, made here on the host, the flat
+indices of the positions whose next token is trained and those tokens (`LOSS_ROWS`, `LOSS_TARGETS`), so
+that the selective head never has to find them on the device (a `nonzero` there waits for the GPU).
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ import torch
 
 from core.data.tokenized import TokenizedData
 from core.labels import IGNORE
+
+LENGTHS = "sequence_lengths"    # packed rows: each sequence's length, a tuple of host integers
+LOSS_ROWS = "loss_rows"         # flat indices into the [rows * width] positions that predict a trained token
+LOSS_TARGETS = "loss_targets"   # the token each of them predicts
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ def collate(data: TokenizedData, batch: np.ndarray, pad_id: int) -> tuple[dict, 
         ids_t = torch.from_numpy(np.array(ids, dtype=np.int64))
         input_ids[row, :len(ids)] = ids_t
         labels[row, :len(ids)] = torch.where(torch.from_numpy(np.array(trained)), ids_t, IGNORE)
-    return {"input_ids": input_ids}, labels
+    return {"input_ids": input_ids, **loss_positions(labels.numpy())}, labels
 
 
 def pack(data: TokenizedData, batch: np.ndarray) -> tuple[dict, torch.Tensor]:
@@ -125,5 +132,15 @@ def pack(data: TokenizedData, batch: np.ndarray) -> tuple[dict, torch.Tensor]:
     cu = torch.from_numpy(bounds.astype(np.int32))
     inputs = {"input_ids": torch.from_numpy(np.concatenate(ids_parts))[None],
               "position_ids": torch.from_numpy(positions)[None],
-              "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lengths), "max_length_k": max(lengths)}
-    return inputs, torch.from_numpy(np.concatenate(label_parts))[None]
+              "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(lengths), "max_length_k": max(lengths),
+              LENGTHS: tuple(lengths)}
+    labels = np.concatenate(label_parts)[None]
+    return {**inputs, **loss_positions(labels)}, torch.from_numpy(labels)
+
+
+def loss_positions(labels: np.ndarray) -> dict:
+    """`LOSS_ROWS` and `LOSS_TARGETS` of a [rows, width] label array, in row-major order."""
+    shifted = labels[:, 1:]
+    row, position = np.nonzero(shifted != IGNORE)
+    return {LOSS_ROWS: torch.from_numpy(row * labels.shape[1] + position),
+            LOSS_TARGETS: torch.from_numpy(np.ascontiguousarray(shifted[row, position]))}

@@ -23,7 +23,7 @@ from core.model import adapters
 from core.model.patches import packed_attention
 from core.model.patches.last_layer import trim_last_layer
 from core.model.patches.lean_layers import make_lean
-from core.model.patches.selective_head import selective_head_refusal, summed_loss, summed_loss_full_logits
+from core.model.patches.selective_head import head_op, selective_head_refusal, summed_loss, summed_loss_full_logits
 from core.utils import autocast
 
 NOT_ASKED = "not asked for"
@@ -36,13 +36,17 @@ class SummedLoss(torch.nn.Module):
     head's weight directly instead of calling the head.
     """
 
-    def __init__(self, model: torch.nn.Module, selective: bool, head_chunk_rows: int):
+    def __init__(self, model: torch.nn.Module, selective: bool, head_chunk_rows: int,
+                 attention: packed_attention.Backend | None = None):
         super().__init__()
         self.model = model
         self.selective = selective
         self.head_chunk_rows = head_chunk_rows
+        self.attention = attention  # packed rows: the backend whose per-step argument the batch gets
 
     def forward(self, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+        if self.attention is not None:
+            inputs = packed_attention.step_inputs(self.attention, inputs)
         if self.selective:
             return summed_loss(self.model, inputs, labels, self.head_chunk_rows)
         return summed_loss_full_logits(self.model, inputs, labels)
@@ -133,13 +137,12 @@ def packing_why_not(t: Target) -> str | None:
 
 
 def packing_apply(t: Target) -> str:
+    name, why = packed_attention.choose(t.hardware.attn_implementation, t.prepared.device, t.hardware.compile)
+    chosen = packed_attention.backend(name)
     t.prepared.packed = True
-    model = t.model
-    if "flash" in (model.config._attn_implementation or ""):
-        return f"packed rows on {model.config._attn_implementation} (native varlen)"
-    packed_attention.register()
-    model.set_attn_implementation(packed_attention.ATTENTION)
-    return "packed attention: per-sequence SDPA"
+    t.prepared.loss_module.attention = chosen
+    t.model.set_attn_implementation(packed_attention.register(chosen))
+    return f"packed attention: {name}, {chosen.kernel} ({why})"
 
 
 def checkpointing_why_not(t: Target) -> str | None:
@@ -162,6 +165,7 @@ def selective_why_not(t: Target) -> str | None:
 
 def selective_apply(t: Target) -> str:
     t.prepared.loss_module.selective = True
+    head_op()  # registered before any compiled step traces the head
     return f"selective head: logits at trained positions only, {t.hardware.head_chunk_rows} rows at a time"
 
 

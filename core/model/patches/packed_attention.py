@@ -1,32 +1,84 @@
-"""Attention for packed rows (core/data/batching.py: `pack`): causal SDPA on each sequence alone.
+"""Attention for packed rows (core/data/batching.py: `pack`): one backend per `--attn_implementation`.
 
-A packed row's sequence boundaries reach the attention function as `cu_seq_lens_q`. FlashAttention
-models read them natively; SDPA and eager models get `packed_sdpa_attention`, which runs causal SDPA
-per sequence, so no attention crosses a boundary and no score is spent on a masked-out pair. Calls
-without boundaries (generation) go to the stock SDPA function unchanged.
+A packed row's sequence boundaries are made once per batch on the host (`cu_seq_lens_q`, `max_length_q`,
+the per-sequence lengths). `step_inputs` turns them, once per step and on the device without reading
+anything back, into the argument the chosen backend's kernel needs, and hands it to the model in the
+`attention_mask` slot as a 4D object: transformers passes a 4D mask through untouched, so it builds no
+`[T, T]` mask of its own and runs no packed-sequence detection (whose `.all()` would stall the GPU). Each
+layer then makes one call:
 
-`register()` adds the function to transformers' registries; `core.model.prepare` calls it when it
-switches a model to packed attention. Importing this module changes nothing.
+  varlen  FlashAttention-2's `flash_attn_varlen_func` when `flash_attn` imports, else torch's
+          `varlen_attn`: no mask, no wasted scores; CUDA only (attention_varlen.py)
+  flex    `flex_attention` with a block-diagonal causal BlockMask; its backward is CUDA only (attention_flex.py)
+  sdpa    SDPA with a block-diagonal causal boolean mask; forward and backward everywhere (attention_sdpa.py)
+  eager   causal SDPA on each sequence alone, split by the host's lengths: one call per sequence, no
+          masked-out score computed; specialises a compiled graph on the lengths (this file)
+
+Calls without a packed argument (generation) go to the stock SDPA function with the masks SDPA would
+get. `register(backend)` adds the backend's name to transformers' registries; `core.model.prepare` calls
+it. Importing this module changes nothing.
 """
 
 from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-ATTENTION = "packed_sdpa"
+from core.data.batching import LENGTHS, LOSS_ROWS, LOSS_TARGETS
+from core.errors import ConfigError
+
+# Measured by bench/attention_cpu.py (SmolLM2-135M forward + backward, 8 and 20 sequences per row):
+CPU_DEFAULT = "eager"
+MODEL_KEYS = ("input_ids", "position_ids", LOSS_ROWS, LOSS_TARGETS)
 
 
-def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
-                          scaling: float | None = None, cu_seq_lens_q: torch.Tensor | None = None, **kwargs):
+@dataclass(frozen=True)
+class Backend:
+    name: str                                   # its --attn_implementation value
+    attend: Callable                            # a transformers attention function
+    step_argument: Callable[[dict], object]     # packed inputs -> the 4D object passed as `attention_mask`
+    host_keys: tuple[str, ...] = ()             # batch keys the attention function reads from its kwargs
+    kernel: str = ""                            # what runs, for the `Model:` line
+
+    @property
+    def registered_name(self) -> str:
+        return registered_name(self.name)
+
+
+def registered_name(backend_name: str) -> str:
+    """The name transformers knows a backend by (`model.config._attn_implementation`)."""
+    return f"packed_{backend_name}"
+
+
+ATTENTION = registered_name(CPU_DEFAULT)  # the attention of packed rows on the CPU by default
+
+
+def boundaries(inputs: dict) -> torch.Tensor:
+    """The packed row's `cu_seq_lens_q` shaped [1, 1, 1, sequences + 1]: a 4D tensor transformers leaves alone."""
+    return inputs["cu_seq_lens_q"].view(1, 1, 1, -1)
+
+
+def sequence_ids(inputs: dict) -> torch.Tensor:
+    """Which sequence each position of the row belongs to, computed on the device without a host read."""
+    cu = inputs["cu_seq_lens_q"]
+    positions = torch.arange(inputs["input_ids"].shape[1], device=cu.device, dtype=cu.dtype)
+    return torch.searchsorted(cu[1:], positions, right=True)
+
+
+def per_sequence_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                           scaling: float | None = None, **kwargs):
     """Causal SDPA per packed sequence: `query` [1, heads, tokens, head_dim] -> [1, tokens, heads, head_dim]."""
-    if cu_seq_lens_q is None:
+    lengths = kwargs.pop(LENGTHS, None)
+    if lengths is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     # split (not slices): its backward is one concatenation, not a zero-filled copy per sequence
-    lengths = cu_seq_lens_q.diff().tolist()
     gqa = query.shape[1] != key.shape[1]
     parts = [torch.nn.functional.scaled_dot_product_attention(
         q, k, v, is_causal=True, scale=scaling, dropout_p=dropout, enable_gqa=gqa).transpose(1, 2)
@@ -34,10 +86,58 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
     return torch.cat(parts, dim=1), None
 
 
-def register() -> None:
-    """Make `ATTENTION` a name transformers accepts; generation under it gets the masks SDPA would get."""
-    AttentionInterface.register(ATTENTION, packed_sdpa_attention)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+EAGER = Backend("eager", per_sequence_attention, boundaries, (LENGTHS,), "causal SDPA per sequence")
+
+
+def backend(name: str) -> Backend:
+    if name == "eager":
+        return EAGER
+    if name == "sdpa":
+        from core.model.patches.attention_sdpa import SDPA
+        return SDPA
+    if name == "flex":
+        from core.model.patches.attention_flex import FLEX
+        return FLEX
+    from core.model.patches.attention_varlen import varlen_backend
+    return varlen_backend()
+
+
+def varlen_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None or hasattr(torch.nn.attention, "varlen")
+
+
+def choose(requested: str, device: torch.device, compile: bool) -> tuple[str, str]:
+    """(backend name, why): an explicit choice is checked against the device; `auto` picks the fastest here."""
+    cuda = device.type == "cuda"
+    if requested == "varlen" and not cuda:
+        raise ConfigError(f"--attn_implementation varlen needs a CUDA GPU (its kernels have no {device.type} version); "
+                          "use auto, sdpa or eager")
+    if requested == "flex" and not cuda:
+        raise ConfigError(f"--attn_implementation flex trains on CUDA only (flex attention's backward has no "
+                          f"{device.type} kernel); use auto, sdpa or eager")
+    if requested != "auto":
+        return requested, f"--attn_implementation {requested}"
+    if cuda:
+        return ("varlen", "auto on CUDA: a variable-length kernel") if varlen_available() else (
+            "flex", "auto on CUDA: this torch has no varlen kernel and flash_attn is not installed")
+    if compile:
+        return "sdpa", "auto with --compile: one call per layer compiles to one graph for any lengths"
+    return CPU_DEFAULT, f"auto on {device.type}: the fastest there when not compiled (bench/attention_cpu.py)"
+
+
+def step_inputs(chosen: Backend, inputs: dict) -> dict:
+    """The model inputs of one step: a packed batch's boundaries turned into `chosen`'s attention argument."""
+    if "cu_seq_lens_q" not in inputs:
+        return inputs
+    kept = {k: inputs[k] for k in MODEL_KEYS + chosen.host_keys if k in inputs}
+    return {**kept, "attention_mask": chosen.step_argument(inputs)}
+
+
+def register(chosen: Backend) -> str:
+    """Make `chosen` a name transformers accepts; generation under it gets the masks SDPA would get."""
+    AttentionInterface.register(chosen.registered_name, chosen.attend)
+    AttentionMaskInterface.register(chosen.registered_name, sdpa_mask)
+    return chosen.registered_name
 
 
 def cannot_pack(model, max_length: int) -> str | None:
