@@ -20,7 +20,7 @@ import json
 import re
 import shutil
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -58,6 +58,7 @@ class TrainState:
     window_tokens: int = 0        # trained tokens since the last log line
     window_seen: int = 0          # real (non-padding) tokens since the last log line
     tokens_seen: int = 0
+    window_sums: list = field(default_factory=list)  # the objective's metric sums since the last log line
 
 
 @dataclass
