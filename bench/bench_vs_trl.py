@@ -230,7 +230,8 @@ def project_worker(args) -> dict:
     for batch in train_batches(run, epoch=0):
         synchronize(args.device)
         started = clock()
-        loss, _, trained, _ = train_step(run, [batch])
+        result = train_step(run, [batch])
+        loss, trained = result.loss, result.count
         synchronize(args.device)
         lengths = run.data.sequences.lengths[batch].tolist()
         positions = sum(lengths) if run.prepared.packed else len(lengths) * max(lengths)
@@ -273,7 +274,7 @@ def trl_worker(args) -> dict:
 def parity_worker(args) -> dict:
     """The loss of one batch (the first examples) through this project's training path and through TRL's, in fp32.
 
-    The project side is what `fit` runs: `setup` (the prepared model) and `make_batch`;
+    The project side is what `fit` runs: `setup` (the prepared model) and its objective's `batch`;
     the TRL side is a stock transformers model with TRL's dataset preparation, collator and `compute_loss`.
     """
     import numpy as np
@@ -284,7 +285,6 @@ def parity_worker(args) -> dict:
     from core.config import TrainConfig
     from core.labels import IGNORE, trained_tokens
     from core.train.run_setup import setup
-    from core.train.step import make_batch
 
     work = Path(args.work_dir)
     data = work / "parity.jsonl"
@@ -294,7 +294,8 @@ def parity_worker(args) -> dict:
                          cache_dir=str(work / "parity-cache"), device=args.device, precision="fp32", seed=SEED)
     config.validate()
     run = setup(config)
-    inputs, labels = make_batch(run, np.arange(PARITY_EXAMPLES))
+    batch = run.objective.batch(run, np.arange(PARITY_EXAMPLES))
+    inputs, labels = batch.inputs, batch.labels
     with torch.no_grad():
         project_sum = run.prepared.loss_sum(inputs, labels)
     project_trained = trained_tokens(labels)

@@ -155,12 +155,22 @@ class AdapterOptions:
     load_in_4bit: bool = option(False, "QLoRA: load the base model in 4-bit NF4 through bitsandbytes (CUDA only; with --lora)", changes_run=True)
     merge_lora: bool = option(True, "also write best_model/ as the merged model (a plain Hugging Face directory); off: the adapter only")
 
-GROUPS = tuple(group for group in (DataOptions, FormatOptions, ModelOptions, LoadOptions, ScheduleOptions, CheckpointOptions, SampleOptions, HardwareOptions, AdapterOptions,))
+
+@dataclass
+class ObjectiveOptions:
+    """What training optimises: supervised replies (sft), or preferences between replies (dpo, kto)."""
+
+    objective: str = option("sft", "sft: learn the replies in the data; dpo: prefer each pair's chosen reply to its rejected one (Rafailov et al. 2023); kto: make replies labelled good likelier and bad ones less likely (Ethayarajh et al. 2024)", ("sft", "dpo", "kto"), changes_run=True)
+    beta: float = option(0.1, "dpo and kto: how far the tuned model may move from the reference model (higher: closer to it)", changes_run=True)
+    desirable_weight: float = option(1.0, "kto: weight of the loss on replies labelled good", changes_run=True, at_least=0)
+    undesirable_weight: float = option(1.0, "kto: weight of the loss on replies labelled bad", changes_run=True, at_least=0)
+
+GROUPS = tuple(group for group in (DataOptions, FormatOptions, ModelOptions, LoadOptions, ScheduleOptions, CheckpointOptions, SampleOptions, HardwareOptions, AdapterOptions, ObjectiveOptions,))
 
 
 
 @dataclass
-class TrainConfig(AdapterOptions, HardwareOptions, SampleOptions, CheckpointOptions, ScheduleOptions, LoadOptions, ModelOptions, FormatOptions, DataOptions):
+class TrainConfig(ObjectiveOptions, AdapterOptions, HardwareOptions, SampleOptions, CheckpointOptions, ScheduleOptions, LoadOptions, ModelOptions, FormatOptions, DataOptions):
     """Every option of a training run: the groups combined, so the command line stays flat.
 
     (Dataclass fields follow the reverse order of the bases, so the groups appear in GROUPS' order.)
@@ -198,6 +208,10 @@ class TrainConfig(AdapterOptions, HardwareOptions, SampleOptions, CheckpointOpti
             raise ConfigError("--load_in_4bit trains adapters on a frozen 4-bit model: add --lora")
         if self.lora and self.distributed == "fsdp":
             raise ConfigError("--lora is not supported with --distributed fsdp (the adapters are small: use ddp)")
+        if self.beta <= 0:
+            raise ConfigError(f"--beta must be positive, got {self.beta}")
+        if self.objective == "kto" and not (self.desirable_weight or self.undesirable_weight):
+            raise ConfigError("--desirable_weight and --undesirable_weight are both 0: KTO would learn nothing")
         if self.early_stopping_patience and not self.eval_split:
             raise ConfigError("--early_stopping_patience needs a validation split (--eval_split > 0)")
         self._validate_paths()

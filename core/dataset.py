@@ -86,17 +86,17 @@ def parse_record(where: str, record: object, options: DataOptions) -> tuple[Conv
         raise DataError(f"{where}: record has none of 'input'/'output', 'messages' or 'conversations'")
     kind = formats[0]
     if not options.allow_extra_keys:
-        _refuse_unknown_keys(where, record, RECORD_KEYS[kind])
+        refuse_unknown_keys(where, record, RECORD_KEYS[kind])
     if kind == "output":
         messages = _pair_messages(where, record)
     else:
-        messages = _chat_messages(where, record[kind], kind, options.allow_extra_keys)
+        messages = chat_messages(where, record[kind], kind, options.allow_extra_keys)
     conversation = Conversation(messages, where)
-    _check_structure(conversation, options)
+    check_structure(conversation, options)
     return conversation, {"output": "input/output", "messages": "messages", "conversations": "sharegpt"}[kind]
 
 
-def _refuse_unknown_keys(where: str, mapping: dict, known: tuple[str, ...]) -> None:
+def refuse_unknown_keys(where: str, mapping: dict, known: tuple[str, ...]) -> None:
     for key in mapping:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
@@ -123,17 +123,20 @@ def _pair_messages(where: str, record: dict) -> list[Message]:
     return messages
 
 
-def _chat_messages(where: str, turns: object, kind: str, allow_extra_keys: bool) -> list[Message]:
+def chat_messages(where: str, turns: object, kind: str, allow_extra_keys: bool,
+                   name: str | None = None) -> list[Message]:
+    """`name`: the record's field holding the list, where it is not `kind` (a preference record's 'prompt')."""
+    name = name or kind
     if not isinstance(turns, list):
-        raise DataError(f"{where}: {kind!r} must be a list of messages, got {type(turns).__name__}")
+        raise DataError(f"{where}: {name!r} must be a list of messages, got {type(turns).__name__}")
     role_key, text_key = ("role", "content") if kind == "messages" else ("from", "value")
     messages = []
     for index, turn in enumerate(turns):
-        at = f"{where}: {kind}[{index}]"
+        at = f"{where}: {name}[{index}]"
         if not isinstance(turn, dict):
             raise DataError(f"{at} must be an object, got {type(turn).__name__}")
         if not allow_extra_keys:
-            _refuse_unknown_keys(at, turn, TURN_KEYS[kind])
+            refuse_unknown_keys(at, turn, TURN_KEYS[kind])
         if role_key not in turn:
             raise DataError(f"{at} has no {role_key!r}")
         raw_role = turn[role_key]
@@ -156,7 +159,7 @@ def _chat_messages(where: str, turns: object, kind: str, allow_extra_keys: bool)
     return messages
 
 
-def _check_structure(conversation: Conversation, options: DataOptions) -> None:
+def check_structure(conversation: Conversation, options: DataOptions) -> None:
     """Roles in a usable order, a non-empty reply to train on; apply the system and merge options."""
     where, messages = conversation.where, conversation.messages
     if not messages:

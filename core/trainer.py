@@ -24,7 +24,7 @@ from core.train import distributed, trackers
 from core.train.run_log import RunLog
 from core.train.run_setup import Run
 from core.train.samples import write_samples
-from core.train.step import train_batches, train_step, validate
+from core.train.step import StepResult, train_batches, train_step, validate
 from core.train.stop_signal import StopSignal
 from core.utils import get_rng_state
 
@@ -44,11 +44,11 @@ def fit(run: Run, log=tqdm.write) -> dict:
             batches = train_batches(run, state.epoch)
             while stop_reason is None and state.batch_in_epoch < len(batches) and state.step < run.optim.total_steps:
                 group = batches[state.batch_in_epoch: state.batch_in_epoch + config.grad_accum_steps]
-                loss, grad_norm, n_trained, n_real = train_step(run, group)
+                result = train_step(run, group)
                 state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + len(group)
-                state.tokens_seen += n_real
-                run_log.step_done(loss, run.optim.scheduler.get_last_lr()[0], n_real)
-                stop_reason = after_step(run, run_log, loss, grad_norm, n_trained, n_real)
+                state.tokens_seen += result.real_tokens
+                run_log.step_done(result.loss, run.optim.scheduler.get_last_lr()[0], result.real_tokens)
+                stop_reason = after_step(run, run_log, result)
                 if distributed.any_across(run.dist, stop.received is not None, run.prepared.device):
                     raise interrupted(run, stop.received or signal.SIGTERM)  # another rank got the signal
             if stop_reason is None and state.batch_in_epoch < len(batches):
@@ -67,20 +67,23 @@ def finished_between_epochs(run: Run) -> bool:
     return run.state.step >= run.optim.total_steps and run.state.batch_in_epoch == 0
 
 
-def after_step(run: Run, run_log: RunLog, loss: float, grad_norm: float, n_trained: int, n_real: int) -> str | None:
+def after_step(run: Run, run_log: RunLog, result: StepResult) -> str | None:
     """Bookkeeping after an optimizer step: bad-number guard, logging, evaluation, checkpoints."""
     config, state = run.config, run.state
-    guard_bad_step(run, run_log, loss)
-    if not math.isnan(loss):
-        state.window_loss += loss * n_trained
-        state.window_tokens += n_trained
-    state.window_seen += n_real
+    guard_bad_step(run, run_log, result.loss)
+    if not math.isnan(result.loss):
+        state.window_loss += result.loss * result.count
+        state.window_tokens += result.count
+        state.window_sums = [a + b for a, b in zip(state.window_sums, result.sums)] if state.window_sums \
+            else list(result.sums)
+    state.window_seen += result.real_tokens
     run.on_event("step", run)
     if due(config.log_steps, state.step) or state.step == run.optim.total_steps:
         window_loss = state.window_loss / state.window_tokens if state.window_tokens else float("nan")
         run_log.train_line(state.step, run.optim.total_steps, state.epoch + 1, window_loss,
-                           run.optim.scheduler.get_last_lr()[0], grad_norm, state.window_seen)
-        state.window_loss, state.window_tokens, state.window_seen = 0.0, 0, 0
+                           run.optim.scheduler.get_last_lr()[0], result.grad_norm, state.window_seen,
+                           run.objective.train_metrics(state.window_sums, state.window_tokens))
+        state.window_loss, state.window_tokens, state.window_seen, state.window_sums = 0.0, 0, 0, []
     stop_reason = evaluate(run, run_log, state.epoch + 1) if due(config.eval_steps, state.step) else None
     if due(config.save_steps, state.step):
         save(run, f"checkpoint-{state.step}")
@@ -147,18 +150,20 @@ def evaluate(run: Run, run_log: RunLog, epoch: int) -> str | None:
     if not math.isfinite(result["eval_loss"]):
         raise TrainingStopped(f"the validation loss at step {state.step} is not finite: the weights have diverged "
                               f"(learning rate {run.optim.scheduler.get_last_lr()[0]:.3g}); lower --lr")
-    improved = state.best_loss is None or result["eval_loss"] < state.best_loss - config.early_stopping_threshold
-    run_log.log(f"validation at step {state.step}: loss {result['eval_loss']:.4f}, perplexity "
-                f"{result['eval_ppl']:.2f}" + (" (best so far)" if improved else ""))
+    best = run.objective.best  # state.best_loss holds the best value of this metric
+    improved = best.improved(result[best.metric], state.best_loss, config.early_stopping_threshold)
+    run_log.log(f"validation at step {state.step}: {run.objective.describe_eval(result)}"
+                + (" (best so far)" if improved else ""))
     if improved:
-        state.best_loss, state.best_step = result["eval_loss"], state.step
+        state.best_loss, state.best_step = result[best.metric], state.step
         state.evals_without_improvement = 0
         save_best(run, result)
         return None
     state.evals_without_improvement += 1
     if config.early_stopping_patience and state.evals_without_improvement >= config.early_stopping_patience:
+        what = best.metric.removeprefix("eval_").replace("_", " ")
         run_log.log(f"Early stopping: {state.evals_without_improvement} evaluations without improvement; "
-                    f"best_model/ is from step {state.best_step} (loss {state.best_loss:.4f})")
+                    f"best_model/ is from step {state.best_step} ({what} {state.best_loss:.4f})")
         return "early_stopping"
     return None
 

@@ -49,8 +49,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_qwen_dir
                        output_dir=str(tmp_path / f"out-{checkpointing}"))
         assert run.prepared.model.is_activation_checkpointing == checkpointing
         results.append((accumulate_gradients(run, [run.data.train_idx[:4]]), gradients(run.prepared.model)))
-    (plain_loss, plain), (checkpointed_loss, checkpointed) = results
-    assert plain_loss == checkpointed_loss
+    (plain_step, plain), (checkpointed_step, checkpointed) = results
+    assert plain_step.loss == checkpointed_step.loss
     for name, grad in plain.items():
         assert (checkpointed[name] - grad).norm() / grad.norm().clamp_min(1e-12) < 1e-5, name
 
@@ -63,8 +63,9 @@ def test_compiled_body_gives_the_same_loss_and_gradients(tmp_path, tiny_qwen_dir
         assert ("torch.compile of the decoder body" in run.prepared.patches) == compiled
         assert (run.prepared.model.get_decoder()._compiled_call_impl is not None) == compiled
         results.append((accumulate_gradients(run, [run.data.train_idx[:4]]), gradients(run.prepared.model)))
-    ((plain_loss, *plain_tokens), plain), ((compiled_loss, *compiled_tokens), compiled_grads) = results
-    assert abs(plain_loss - compiled_loss) / plain_loss < 1e-5 and plain_tokens == compiled_tokens
+    (plain_step, plain), (compiled_step, compiled_grads) = results
+    assert abs(plain_step.loss - compiled_step.loss) / plain_step.loss < 1e-5
+    assert (plain_step.count, plain_step.real_tokens) == (compiled_step.count, compiled_step.real_tokens)
     for name, grad in plain.items():
         assert (compiled_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12) < 1e-4, name
 
@@ -178,8 +179,9 @@ def test_a_model_that_cannot_pack_trains_on_padded_batches_and_says_why(tmp_path
     run = make_run(tmp_path, model_dir, cache_dir, log=messages.append)
     assert not run.prepared.packed and run.prepared.model.config._attn_implementation == "sdpa"
     assert any("packing is off" in m and "sliding attention window (16)" in m for m in messages)
-    loss, trained, real = accumulate_gradients(run, [run.data.train_idx[:4]])
-    assert math.isfinite(loss) and trained > 0 and real == run.data.sequences.lengths[run.data.train_idx[:4]].sum()
+    step = accumulate_gradients(run, [run.data.train_idx[:4]])
+    assert math.isfinite(step.loss) and step.count > 0
+    assert step.real_tokens == run.data.sequences.lengths[run.data.train_idx[:4]].sum()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -20,6 +20,7 @@ import torch
 from core.config import AdapterOptions, HardwareOptions
 from core.errors import ConfigError
 from core.model import adapters
+from core.model.log_probs import trained_token_log_probs
 from core.model.patches import packed_attention
 from core.model.patches.last_layer import trim_last_layer
 from core.model.patches.lean_layers import make_lean
@@ -44,9 +45,11 @@ class SummedLoss(torch.nn.Module):
         self.head_chunk_rows = head_chunk_rows
         self.attention = attention  # packed rows: the backend whose per-step argument the batch gets
 
-    def forward(self, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: dict, labels: torch.Tensor, per_token: bool = False) -> torch.Tensor:
         if self.attention is not None:
             inputs = packed_attention.step_inputs(self.attention, inputs)
+        if per_token:  # log-probabilities of the trained tokens (preference objectives)
+            return trained_token_log_probs(self.model, inputs, labels, self.selective, self.head_chunk_rows)
         if self.selective:
             return summed_loss(self.model, inputs, labels, self.head_chunk_rows)
         return summed_loss_full_logits(self.model, inputs, labels)
@@ -71,6 +74,11 @@ class Prepared:
         """Sum of token cross-entropies over trained tokens, under the run's autocast."""
         with autocast(self.device, self.amp_dtype):
             return self.loss_module(inputs, labels)
+
+    def token_log_probs(self, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+        """log p of each trained token (row-major order), under the run's autocast."""
+        with autocast(self.device, self.amp_dtype):
+            return self.loss_module(inputs, labels, per_token=True)
 
 
 @dataclass

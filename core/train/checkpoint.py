@@ -18,7 +18,7 @@ import json
 import re
 import shutil
 import struct
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -50,6 +50,7 @@ class TrainState:
     window_tokens: int = 0        # trained tokens since the last log line
     window_seen: int = 0          # real (non-padding) tokens since the last log line
     tokens_seen: int = 0
+    window_sums: list = field(default_factory=list)  # the objective's metric sums since the last log line
 
 
 @dataclass

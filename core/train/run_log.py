@@ -51,13 +51,14 @@ class RunLog:
         self._last_step = now
 
     def train_line(self, step: int, total: int, epoch: int, loss: float, lr: float, grad_norm: float,
-                   seen_tokens: int) -> None:
-        """A log line and a metrics entry for the window since the last one."""
+                   seen_tokens: int, metrics: dict | None = None) -> None:
+        """A log line and a metrics entry for the window since the last one; `metrics`: the objective's own."""
         now = time.perf_counter()
         elapsed, self._window_start = now - self._window_start, now
         entry = {"type": "train", "step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                 "tokens_per_sec": seen_tokens / elapsed if elapsed > 0 else None}
+                 "tokens_per_sec": seen_tokens / elapsed if elapsed > 0 else None, **(metrics or {})}
         self.record(entry)
         speed = f" | {entry['tokens_per_sec']:.0f} tok/s" if entry["tokens_per_sec"] else ""
-        self.log(f"step {step}/{total} | epoch {epoch} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f}"
-                 f"{speed}")
+        own = "".join(f" | {name.replace('_', ' ')} {value:.3f}" for name, value in (metrics or {}).items())
+        self.log(f"step {step}/{total} | epoch {epoch} | loss {loss:.4f}{own} | lr {lr:.2e} | grad norm "
+                 f"{grad_norm:.3f}{speed}")

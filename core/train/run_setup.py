@@ -23,8 +23,7 @@ from core.config import TrainConfig
 from core.data.batching import BatchSize, epoch_batches
 from core.data.files import data_files, data_inputs, data_sha256
 from core.data.statistics import data_statistics, format_statistics
-from core.data.tokenized import TokenizedData, split_sequences, tokenize_file
-from core.dataset import data_options
+from core.data.tokenized import TokenizedData, split_records
 from core.errors import ConfigError
 from core.model.load import default_cache_dir, load_model_and_tokenizer
 from core.model.prepare import Prepared, decoder_layers, prepare_model, set_stop_tokens
@@ -35,6 +34,7 @@ from core.train.checkpoint import Restored, TrainState
 from core.train.disk_space import disk_shortfall
 from core.train.distributed import Dist
 from core.train.fingerprint import check_resumable, run_fingerprint
+from core.train.objectives import Objective, objective_for
 from core.train.output_dir import (
     check_output_dir,
     claim_output_dir,
@@ -43,7 +43,7 @@ from core.train.output_dir import (
     start_afresh,
     truncate_logs,
 )
-from core.train.samples import SamplePrompts, sample_plan, validation_prompts
+from core.train.samples import SamplePrompts, sample_plan
 from core.utils import (
     pick_device,
     pick_precision,
@@ -57,7 +57,8 @@ from core.utils import (
 @dataclass
 class Splits:
     sequences: TokenizedData
-    train_idx: np.ndarray
+    lengths: np.ndarray        # tokens per unit (a sequence, or a pair: see core/train/objectives/)
+    train_idx: np.ndarray      # units
     eval_idx: np.ndarray
     statistics: dict           # what `inspect` prints; also written to data_summary.json
     prompts: SamplePrompts     # validation prompts whose replies samples.jsonl follows (core/train/samples.py)
@@ -80,6 +81,7 @@ class Run:
     optim: Optimization
     fingerprint: dict
     batching: BatchSize
+    objective: Objective
     dist: Dist = field(default_factory=Dist)
     state: TrainState = field(default_factory=TrainState)
     resumed_from: Path | None = None
@@ -102,6 +104,8 @@ def setup(config: TrainConfig, log=print) -> Run:
     device, log = distributed.local_device(dist, device), log if dist.is_main else (lambda *_: None)
     data_hash = data_sha256(data_files(config.data_path))
     fingerprint = run_fingerprint(data_hash, config, dist.world_size)
+    objective = objective_for(config)
+    objective.check_data(config)
     out = Path(config.output_dir)
     restored = setup_output_dir(config, out, fingerprint, dist, log)
     set_seed(config.seed)
@@ -111,9 +115,9 @@ def setup(config: TrainConfig, log=print) -> Run:
     if config.lora:
         check_target_modules(model, config.lora_target_modules)
     with distributed.main_first(dist):  # rank 0 tokenises into the cache; the others then read it
-        splits = setup_data(config, tokenizer, data_hash, log)
+        splits = setup_data(config, objective, tokenizer, data_hash, log)
     if dist.is_main and not (dist.active and dist.strategy == "fsdp"):  # sharded weights cannot generate alone
-        splits.prompts = validation_prompts(config, splits.sequences)
+        splits.prompts = objective.validation_prompts(config, splits.sequences)
         log(sample_plan(config, splits.prompts))
     if device.type == "cpu" and not retain_freed_memory():
         log("Note: the C library (not glibc?) refused to keep freed memory for reuse, so every step faults its "
@@ -137,9 +141,10 @@ def setup(config: TrainConfig, log=print) -> Run:
     per_process = f"up to {config.batch_tokens} tokens" if config.batch_tokens else f"{config.batch_size} sequences"
     log(f"Batches: {per_process} per process x {dist.world_size} process(es) x {config.grad_accum_steps} "
         f"accumulated per optimizer step; {optim.total_steps} steps")
-    run = Run(config, prepared, tokenizer, splits, optim, fingerprint, batching, dist)
+    run = Run(config, prepared, tokenizer, splits, optim, fingerprint, batching, objective, dist)
     if restored is not None:
         restore(run, restored, log)
+    objective.prepare(run, log)
     if dist.is_main:
         mark_output_dir(out, fingerprint, config, splits.statistics)
         warn_if_disk_short(run, steps, log)
@@ -182,10 +187,10 @@ def check_target_modules(model, value: str) -> None:
                           f"linear layers are {', '.join(linear)} (or pass all-linear)")
 
 
-def setup_data(config: TrainConfig, tokenizer, data_hash: str, log) -> Splits:
-    data = tokenize_file(config.data_path, tokenizer, data_options(config), config.max_length,
-                         default_cache_dir(config.cache_dir), data_hash=data_hash)
-    train_idx, eval_idx = split_sequences(data, config.eval_split, config.seed)
+def setup_data(config: TrainConfig, objective: Objective, tokenizer, data_hash: str, log) -> Splits:
+    data = objective.load_data(config, tokenizer, data_hash)
+    is_eval = split_records(len(data.hashes), config.eval_split, config.seed)[objective.unit_records(data)]
+    train_idx, eval_idx = np.flatnonzero(~is_eval), np.flatnonzero(is_eval)
     if len(train_idx) == 0:
         raise ConfigError(f"{config.data_path}: no training sequences left after the validation split "
                           f"(--eval_split {config.eval_split}); lower it or add records")
@@ -194,14 +199,14 @@ def setup_data(config: TrainConfig, tokenizer, data_hash: str, log) -> Splits:
                           "no validation record, which --early_stopping_patience needs; raise --eval_split")
     statistics = data_statistics(data, config.eval_split, config.seed, tokenizer)
     log(format_statistics(statistics, config))
-    return Splits(data, train_idx, eval_idx, statistics, SamplePrompts())
+    return Splits(data, objective.unit_lengths(data), train_idx, eval_idx, statistics, SamplePrompts())
 
 
 def epoch_steps(config: TrainConfig, splits: Splits, batching: BatchSize) -> list[int]:
     """Optimizer steps in each epoch. Filled to a token budget, an epoch's batch count depends on its order,
     so each epoch's batches are counted (cheap: lengths only)."""
     def steps_in(epoch: int) -> int:
-        batches = epoch_batches(splits.train_idx, splits.sequences.lengths, batching, config.seed, epoch)
+        batches = epoch_batches(splits.train_idx, splits.lengths, batching, config.seed, epoch)
         return math.ceil(len(batches) / config.grad_accum_steps)
     return list(map(steps_in, range(config.epochs))) if batching.tokens else [steps_in(0)] * config.epochs
 

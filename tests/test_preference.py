@@ -1,0 +1,195 @@
+"""Preference tuning on the tiny Qwen2 in fp32: DPO's loss and gradients equal TRL's DPOTrainer on the same model
+and pairs (packed and padded, full fine-tune and LoRA), KTO's equal its formula, and the data formats.
+
+TRL (trl==1.16.0, the `dev` extra) is the reference: its trainer is built on a stock transformers model
+(SDPA, TRL's own fused head) and fed our own token ids through its collator, so the comparison covers
+the masking, the per-sequence sums, the reference and the loss, not the tokenisation.
+"""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, make_run, write_jsonl
+from transformers import AutoModelForCausalLM
+
+TOLERANCE = 1e-5
+
+
+def pair_records(n: int = 8) -> list[dict]:
+    """Pairs built from the sample data: the prospect's reply is chosen, a rep's line (role inversion) rejected."""
+    lines = (ROOT / "data" / "training.jsonl").read_text().splitlines()[:n]
+    records = [json.loads(line) for line in lines]
+    return [{"messages": [{"role": "user", "content": r["input"]}], "chosen": r["output"],
+             "rejected": records[(i + 1) % n]["input"]} for i, r in enumerate(records)]
+
+
+def perturb(model, seed: int, names=None) -> None:
+    """Move the weights (or only those named) off their initial values, the same way on any copy of the model."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if names is None or any(n in name for n in names):
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+
+
+def grads(model) -> dict:
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_close_gradients(ours: dict, theirs: dict) -> None:
+    assert ours and set(ours) == set(theirs)
+    for name, grad in theirs.items():
+        assert (ours[name] - grad).norm() <= TOLERANCE * grad.norm() + 1e-9, name
+
+
+def stock_model(model_dir):
+    """The plain transformers model (SDPA attention, the model's own head) that TRL trains."""
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+
+
+def trl_examples(data, sequences: list[tuple[int, int]]) -> list[dict]:
+    """Our tokenised pairs as TRL's pre-tokenised examples: the untrained prefix is the prompt."""
+    examples = []
+    for chosen, rejected in sequences:
+        (c_ids, c_mask), (r_ids, r_mask) = data.sequence(chosen), data.sequence(rejected)
+        c_start, r_start = int(np.argmax(c_mask)), int(np.argmax(r_mask))
+        assert c_start == r_start and list(c_ids[:c_start]) == list(r_ids[:r_start])  # one prompt, shared
+        assert c_mask[c_start:].all() and r_mask[r_start:].all()  # the reply alone is trained, to its end
+        examples.append({"prompt_ids": [int(t) for t in c_ids[:c_start]],
+                         "chosen_ids": [int(t) for t in c_ids[c_start:]],
+                         "rejected_ids": [int(t) for t in r_ids[r_start:]]})
+    return examples
+
+
+def trl_dpo_trainer(tmp_path, model, ref_model, tokenizer, beta: float, peft_config=None):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+    placeholder = Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi"}],
+                                      "chosen": [{"role": "assistant", "content": "Hello."}],
+                                      "rejected": [{"role": "assistant", "content": "Go away."}]}])
+    # bf16=False: TRL's configs default to bf16 autocast, which its trainer applies to the reference model's forward
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=beta, report_to="none", use_cpu=True, max_length=None,
+                     per_device_train_batch_size=4, precompute_ref_log_probs=False, bf16=False)
+    return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=placeholder,
+                      processing_class=tokenizer, peft_config=peft_config)
+
+
+@pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_dpo_loss_and_gradients_equal_trl(tmp_path, tiny_qwen_dir, cache_dir, packing, lora):
+    data_path = write_jsonl(tmp_path / "pairs.jsonl", pair_records())
+    adapter = dict(lora=True, lora_r=4, lora_alpha=8.0, lora_dropout=0.0) if lora else {}
+    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, data_path=str(data_path), objective="dpo", beta=0.1,
+                   eval_split=0.0, packing=packing, precision="fp32", **adapter)
+    assert run.prepared.packed == packing
+    model = run.prepared.model
+    perturb(model, seed=1, names=["lora_B"] if lora else None)  # the policy leaves the reference
+    units = np.arange(4)
+    batch = run.objective.batch(run, units)
+    loss, sums = run.objective.loss(run, batch)
+    (loss / len(units)).backward()
+    ours = grads(model)
+
+    stock = stock_model(tiny_qwen_dir)
+    if lora:  # TRL attaches a new adapter (its reference: adapters off), then takes ours
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+        config = copy.deepcopy(model.peft_config["default"])
+        trainer = trl_dpo_trainer(tmp_path, stock, None, run.tokenizer, 0.1, config)
+        policy = trainer.model
+        assert "ref" not in policy.peft_config
+        set_peft_model_state_dict(policy, get_peft_model_state_dict(model))
+    else:
+        policy = copy.deepcopy(stock)
+        perturb(policy, seed=1)
+        trainer = trl_dpo_trainer(tmp_path, policy, stock, run.tokenizer, beta=0.1)
+    pairs = [(int(run.data.sequences.pairs[u]), int(run.data.sequences.pairs[u]) + 1) for u in units]
+    inputs = trainer.data_collator(trl_examples(run.data.sequences, pairs))
+    trainer.model.train()  # as ours (no dropout in this model; LoRA dropout 0)
+    theirs_loss = trainer.compute_loss(trainer.model, inputs)
+    theirs_loss.backward()
+    assert abs(loss.item() / len(units) - theirs_loss.item()) <= TOLERANCE * abs(theirs_loss.item())
+    assert abs(loss.item() / len(units) - np.log(2)) > 1e-3  # the policy did leave the reference
+    metrics = trainer._metrics["train"]
+    assert sums[0].item() / len(units) == pytest.approx(metrics["rewards/accuracies"][-1], abs=1e-6)
+    assert sums[1].item() / len(units) == pytest.approx(metrics["rewards/margins"][-1], abs=1e-5)
+    assert sums[2].item() / len(units) == pytest.approx(metrics["logps/chosen"][-1], rel=1e-5)
+    assert_close_gradients(ours, grads(policy))
+
+
+def lift_replies(run, lr: float) -> None:
+    """One step of gradient ascent on the replies' log-probabilities: the policy now prefers them to the reference."""
+    batch = run.objective.batch(run, np.arange(len(run.data.sequences)))
+    run.prepared.token_log_probs(batch.inputs, batch.labels).sum().backward()
+    with torch.no_grad():
+        for param in run.prepared.model.parameters():
+            if param.grad is not None:
+                param.add_(lr * param.grad / param.grad.norm())
+                param.grad = None
+
+
+def kto_records() -> list[dict]:
+    """Labelled replies (good: the prospect's own, bad: a rep's line) and a pair, which KTO reads as one of each."""
+    pairs = pair_records(6)
+    labelled = [{"messages": p["messages"], "completion": p["chosen" if i % 2 else "rejected"], "label": bool(i % 2)}
+                for i, p in enumerate(pairs[:4])]
+    return labelled + pairs[4:]
+
+
+def trl_kto_trainer(tmp_path, model, ref_model, tokenizer, peft_config=None):
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+    placeholder = Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi"}],
+                                      "completion": [{"role": "assistant", "content": "Hello."}], "label": True}])
+    args = KTOConfig(output_dir=str(tmp_path / "trl-kto"), beta=0.1, desirable_weight=1.0, undesirable_weight=1.5,
+                     report_to="none", use_cpu=True, max_length=None, per_device_train_batch_size=8,
+                     precompute_ref_log_probs=False, bf16=False)
+    return KTOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=placeholder,
+                      processing_class=tokenizer, peft_config=peft_config)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_kto_loss_and_gradients_equal_trl(tmp_path, tiny_qwen_dir, cache_dir, lora):
+    """One micro-batch on one process, where TRL's per-batch KL estimate and ours (per optimizer step) coincide;
+    TRL's collator is given our mismatched partners as its KL completions."""
+    data_path = write_jsonl(tmp_path / "labels.jsonl", kto_records())
+    adapter = dict(lora=True, lora_r=4, lora_alpha=8.0, lora_dropout=0.0) if lora else {}
+    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, data_path=str(data_path), objective="kto", beta=0.1,
+                   desirable_weight=1.0, undesirable_weight=1.5, eval_split=0.0, precision="fp32", **adapter)
+    data, model = run.data.sequences, run.prepared.model
+    assert len(data) == 8 and data.desirable.tolist() == [False, True, False, True, True, False, True, False]
+    perturb(model, seed=1, names=["lora_B"] if lora else None)
+    lift_replies(run, lr=0.05 if lora else 0.005)  # so that KL(policy || reference) > 0 and is not clamped
+    units = np.arange(len(data))
+    batch = run.objective.batch(run, units)
+    run.objective.before_step(run, [batch])
+    loss, sums = run.objective.loss(run, batch)
+    (loss / len(units)).backward()
+    assert run.objective.kl > 0  # the policy moved, so the clamp at 0 is not what makes the two agree
+
+    stock = stock_model(tiny_qwen_dir)
+    if lora:
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+        trainer = trl_kto_trainer(tmp_path, stock, None, run.tokenizer, copy.deepcopy(model.peft_config["default"]))
+        policy = trainer.model
+        set_peft_model_state_dict(policy, get_peft_model_state_dict(model))
+    else:
+        policy = copy.deepcopy(stock)
+        policy.load_state_dict(model.state_dict())
+        trainer = trl_kto_trainer(tmp_path, policy, stock, run.tokenizer)
+    examples = []
+    for i in units:
+        ids, mask = data.sequence(int(i))
+        start = int(np.argmax(mask))
+        partner_ids, partner_mask = data.sequence(int((i + len(data) // 2) % len(data)))
+        examples.append({"prompt_ids": [int(t) for t in ids[:start]], "completion_ids": [int(t) for t in ids[start:]],
+                         "label": bool(data.desirable[i]),
+                         "KL_completion_ids": [int(t) for t in partner_ids[int(np.argmax(partner_mask)):]]})
+    trainer.model.train()
+    theirs = trainer.compute_loss(trainer.model, trainer.data_collator(examples))
+    theirs.backward()
+    assert abs(loss.item() / len(units) - theirs.item()) <= TOLERANCE * abs(theirs.item())
+    assert run.objective.kl == pytest.approx(trainer._metrics["train"]["kl"][-1], rel=1e-4)
+    assert_close_gradients(grads(model), grads(policy))
