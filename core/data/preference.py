@@ -47,7 +47,7 @@ KEYS = {PAIR: ("messages", "prompt", "chosen", "rejected", "meta"),
 CHUNK_RECORDS = 256
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PreferenceData(TokenizedData):
     desirable: np.ndarray  # bool per sequence: a chosen or good reply
     pairs: np.ndarray      # int64 per pair: its chosen sequence (the rejected one follows it)
