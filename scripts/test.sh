@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh dev
 ruff check .
-# Two workers (pytest-xdist) for the two cores of a CI runner; the 15 slowest tests are printed at the end.
-python -m pytest -q tests -n 2 --durations=15 "$@"
+# Two workers (pytest-xdist) for the two cores of a CI runner, an idle one taking tests from the other's queue;
+# the 15 slowest tests are printed at the end.
+python -m pytest -q tests -n 2 --dist worksteal --durations=15 "$@"
