@@ -120,6 +120,7 @@ def test_two_processes_with_a_token_budget_equal_one_accumulating_two_budgets(tm
     assert len([e for e in entries(out) if e["type"] == "train"]) >= 2
 
 
+@pytest.mark.slow
 def test_a_two_process_checkpoint_loads_and_resumes_to_the_same_weights(tmp_path, data, tiny_qwen_1k_dir, cache_dir):
     from transformers import AutoModelForCausalLM
     out = tmp_path / "run"

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, built_once, write_jsonl
+from conftest import ROOT, built_once, cli, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.model.generation import Sampling, generate_reply
@@ -40,10 +40,9 @@ def conversations():
 
 def evaluate(model, data, cache_dir, output) -> float:
     """`train.py evaluate` on the records: a reply and a positive loss for each; returns the mean loss."""
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "evaluate", "--model", str(model),
-                             "--data_path", str(data), "--cache_dir", str(cache_dir), "--output", str(output),
-                             "--max_new_tokens", "24"], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, printed = cli("evaluate", "--model", model, "--data_path", data, "--cache_dir", cache_dir,
+                        "--output", output, "--max_new_tokens", "24")
+    assert code == 0, printed[-2000:]
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(lines) == len(RECORDS) and all("reply" in line and line["loss"] > 0 for line in lines)
     return json.loads(output.with_suffix(".summary.json").read_text())["mean_loss"]
@@ -58,6 +57,8 @@ def base_mean_loss(tmp_path_factory, smollm2_dir, cache_dir) -> float:
     return json.loads((evaluated / "base.summary.json").read_text())["mean_loss"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # about a minute each on a quiet machine: training, generation and evaluation
 @pytest.mark.parametrize("adapters", [[], ["--lora", "--lora_r", "32", "--lora_alpha", "64", "--lora_dropout", "0"]],
                          ids=["full", "lora"])
 def test_smollm2_learns_replies_and_stops(tmp_path, smollm2_dir, cache_dir, base_mean_loss, adapters):
