@@ -45,6 +45,7 @@ def data_statistics(data: TokenizedData, eval_split: float, seed: int) -> dict:
         "eval_records": int(is_eval.sum()),
         "merged_records": summary["load"]["merged_records"],
         "system_added": summary["load"]["system_added"],
+        **({"preferences": summary["preferences"]} if "preferences" in summary else {}),
     }
 
 
@@ -70,8 +71,19 @@ def format_statistics(stats: dict, config: TrainConfig) -> str:
         f"{stats['eval_records']} validation",
         f"Options applied: merged consecutive roles in {stats['merged_records']} records, "
         f"default system prompt added to {stats['system_added']}",
-    ] + ([f"WARNING: {stats['replies_cut']} replies alone exceed --max_length and were cut; their end-of-turn "
+    ] + preference_lines(stats, config) + ([f"WARNING: {stats['replies_cut']} replies alone exceed --max_length and were cut; their end-of-turn "
           "token is not trained. Raise --max_length to keep them whole"] if stats["replies_cut"] else []))
+
+
+def preference_lines(stats: dict, config: TrainConfig) -> list[str]:
+    """Preference data: what each objective can use of it."""
+    p = stats.get("preferences")
+    if p is None:
+        return []
+    unused = (f"; {p['sft_records']} SFT records are not used by --objective {config.objective}"
+              if p["sft_records"] else "")
+    return [f"Judgements: {p['pairs']} pairs (dpo, kto), {p['labelled']} labelled replies (kto); "
+            f"{p['good_replies']} good and {p['bad_replies']} bad replies in all{unused}"]
 
 
 def render_sequence(tokenizer, ids, trained, color: bool) -> str:

@@ -118,7 +118,8 @@ def setup(config: TrainConfig, log=print) -> Run:
     steps = epoch_steps(config, splits, batching)
     total_steps = min(sum(steps), config.max_steps) if config.max_steps else sum(steps)
     optim = setup_optimization(model, config, total_steps, device, amp_dtype, dist)
-    per_process = f"up to {config.batch_tokens} tokens" if config.batch_tokens else f"{config.batch_size} sequences"
+    per_process = f"up to {config.batch_tokens} tokens" if config.batch_tokens else \
+        f"{config.batch_size} {objective.unit}"
     log(f"Batches: {per_process} per process x {dist.world_size} process(es) x {config.grad_accum_steps} "
         f"accumulated per optimizer step; {optim.total_steps} steps")
     run = Run(config, prepared, tokenizer, splits, optim, fingerprint, batching, objective, dist)
