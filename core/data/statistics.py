@@ -71,7 +71,8 @@ def format_statistics(stats: dict, config: TrainConfig) -> str:
         f"{stats['eval_records']} validation",
         f"Options applied: merged consecutive roles in {stats['merged_records']} records, "
         f"default system prompt added to {stats['system_added']}",
-    ] + preference_lines(stats, config) + ([f"WARNING: {stats['replies_cut']} replies alone exceed --max_length and were cut; their end-of-turn "
+    ] + preference_lines(stats, config) + (
+        [f"WARNING: {stats['replies_cut']} replies alone exceed --max_length and were cut; their end-of-turn "
           "token is not trained. Raise --max_length to keep them whole"] if stats["replies_cut"] else []))
 
 

@@ -79,7 +79,8 @@ class KTO(PreferenceObjective):
             indices = batch.extra["indices"]
             sequences = model_input(run, self.mismatched(run), indices)
             policy = summed_log_probs(run, sequences)
-            difference = float((policy - self.reference_log_probs(run, sequences, "kl", indices).to(policy.dtype)).sum())
+            reference = self.reference_log_probs(run, sequences, "kl", indices).to(policy.dtype)
+            difference = float((policy - reference).sum())
             if counts:
                 total, count = total + difference, count + len(indices)
         total, count = distributed.sum_across(run.dist, [total, count], run.prepared.device)
