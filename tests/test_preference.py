@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, make_run, write_jsonl
+from conftest import ROOT, cli, make_config, make_run, write_jsonl
 from transformers import AutoModelForCausalLM
 
 TOLERANCE = 1e-5
@@ -164,7 +164,7 @@ def test_kto_loss_and_gradients_equal_trl(tmp_path, tiny_qwen_dir, cache_dir, lo
     lift_replies(run, lr=0.05 if lora else 0.005)  # so that KL(policy || reference) > 0 and is not clamped
     units = np.arange(len(data))
     batch = run.objective.batch(run, units)
-    run.objective.before_step(run, [batch])
+    run.objective.before_step(run, [batch], [True])
     loss, sums = run.objective.loss(run, batch)
     (loss / len(units)).backward()
     assert run.objective.kl > 0  # the policy moved, so the clamp at 0 is not what makes the two agree
@@ -193,3 +193,61 @@ def test_kto_loss_and_gradients_equal_trl(tmp_path, tiny_qwen_dir, cache_dir, lo
     assert abs(loss.item() / len(units) - theirs.item()) <= TOLERANCE * abs(theirs.item())
     assert run.objective.kl == pytest.approx(trainer._metrics["train"]["kl"][-1], rel=1e-4)
     assert_close_gradients(grads(model), grads(policy))
+
+
+RESUMABLE = dict(objective="dpo", epochs=2, batch_size=2, grad_accum_steps=2, lr=2e-3, log_steps=1, eval_steps=3,
+                 save_steps=4, eval_split=0.2, warmup_ratio=0.2)
+
+
+def test_dpo_resumes_after_sigterm_bit_identically(tmp_path, tiny_qwen_dir, cache_dir):
+    """A full fine-tune: the resumed model is no longer the reference, so the run must read the cached one."""
+    import os
+    import signal
+
+    from test_resume import assert_same_outputs, run_to_end
+
+    from core.errors import TrainingStopped
+    from core.run_files import REFERENCE_FILE
+    from core.train.run_setup import setup
+    from core.trainer import fit
+
+    records = pair_records(20)
+    for name in ("reference", "resumed"):
+        (tmp_path / name).mkdir()
+        write_jsonl(tmp_path / name / "data.jsonl", records)
+    reference = make_config(tmp_path / "reference", tiny_qwen_dir, cache_dir, **RESUMABLE)
+    run_to_end(reference)
+    metrics = [json.loads(line) for line in (tmp_path / "reference" / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert {"reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected"} <= set(metrics[0])
+    assert any(m["type"] == "eval" and "eval_reward_accuracy" in m for m in metrics)
+
+    def stop_in_step_6(name, run, index=None, **details):
+        if name == "micro_batch" and run.state.step + 1 == 6 and index == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+    interrupted = make_config(tmp_path / "resumed", tiny_qwen_dir, cache_dir, **RESUMABLE)
+    with pytest.raises(TrainingStopped):
+        run_to_end(interrupted, stop_in_step_6)
+    assert (tmp_path / "resumed" / "out" / REFERENCE_FILE).is_file()
+    run = setup(make_config(tmp_path / "resumed", tiny_qwen_dir, cache_dir, **RESUMABLE,
+                            resume_from_checkpoint="auto"), log=lambda *_: None)
+    assert run.state.step == 6  # the interrupted step completes, then checkpoint-6 is written
+    fit(run, log=lambda *_: None)
+    assert_same_outputs(tmp_path / "resumed" / "out", tmp_path / "reference" / "out")
+
+
+def test_dpo_two_processes_equal_one_with_twice_the_batch(tmp_path, tiny_qwen_dir, cache_dir):
+    from test_distributed import assert_same_run, launch, options
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(13))
+    extra = ["--objective", "dpo", "--grad_accum_steps", "2", "--eval_split", "0.3"]
+    one = tmp_path / "one"
+    code, output = cli(*options(data, tiny_qwen_dir, cache_dir, one, 4, *extra))
+    assert code == 0, output[-3000:]
+    result = launch("torchrun", options(data, tiny_qwen_dir, cache_dir, tmp_path / "two", 2, *extra))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert_same_run(tmp_path / "two", one)
+    two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    ones = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(two, ones):
+        for key in ("reward_accuracy", "reward_margin", "eval_reward_accuracy", "eval_reward_margin"):
+            if key in b:
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (key, a, b)

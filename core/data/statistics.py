@@ -70,6 +70,7 @@ def data_statistics(data: TokenizedData, eval_split: float, seed: int, tokenizer
         "merged_records": summary["load"]["merged_records"],
         "system_added": summary["load"]["system_added"],
         **template_default(summary, tokenizer),
+        **({"preferences": summary["preferences"]} if "preferences" in summary else {}),
     }
 
 
@@ -104,12 +105,29 @@ def format_statistics(stats: dict, config: TrainConfig) -> str:
         f"default system prompt added to {stats['system_added']}; special-token text in messages: "
         + (f"trained as plain text in {stats['special_text_messages']} messages (--special_tokens text)"
            if config.special_tokens == "text" else "refused (--special_tokens refuse)"),
-    ] + ([f"The chat template adds its own system prompt to the {stats['template_system_added']} records without "
-          f"one: {stats['template_system_prompt']!r}; the model learns to answer under it. Give the records a persona "
-          "(a 'system' message or --system_prompt) to train the bot you will practise with"]
-         if stats.get("template_system_added") else [])
-      + ([f"WARNING: {stats['replies_cut']} replies alone exceed --max_length and were cut; their end-of-turn "
-          "token is not trained. Raise --max_length to keep them whole"] if stats["replies_cut"] else []))
+    ] + preference_lines(stats, config) + template_lines(stats) + (
+        [f"WARNING: {stats['replies_cut']} replies alone exceed --max_length and were cut; their end-of-turn "
+         "token is not trained. Raise --max_length to keep them whole"] if stats["replies_cut"] else []))
+
+
+def template_lines(stats: dict) -> list[str]:
+    """A system prompt the chat template inserts by itself into records without one: said, since it is trained."""
+    if not stats.get("template_system_added"):
+        return []
+    return [f"The chat template adds its own system prompt to the {stats['template_system_added']} records without "
+            f"one: {stats['template_system_prompt']!r}; the model learns to answer under it. Give the records a "
+            "persona (a 'system' message or --system_prompt) to train the bot you will practise with"]
+
+
+def preference_lines(stats: dict, config: TrainConfig) -> list[str]:
+    """Preference data: what each objective can use of it."""
+    p = stats.get("preferences")
+    if p is None:
+        return []
+    unused = (f"; {p['sft_records']} SFT records are not used by --objective {config.objective}"
+              if p["sft_records"] else "")
+    return [f"Judgements: {p['pairs']} pairs (dpo, kto), {p['labelled']} labelled replies (kto); "
+            f"{p['good_replies']} good and {p['bad_replies']} bad replies in all{unused}"]
 
 
 def render_sequence(tokenizer, ids, trained, color: bool) -> str:

@@ -59,6 +59,7 @@ class RunLog:
                  "tokens_per_sec": seen_tokens / elapsed if elapsed > 0 else None, **(metrics or {})}
         self.record(entry)
         speed = f" | {entry['tokens_per_sec']:.0f} tok/s" if entry["tokens_per_sec"] else ""
-        own = "".join(f" | {name.replace('_', ' ')} {value:.3f}" for name, value in (metrics or {}).items())
+        shown = list((metrics or {}).items())[:2]  # the objective's headline figures; the file has them all
+        own = "".join(f" | {name.replace('_', ' ')} {value:.3f}" for name, value in shown)
         self.log(f"step {step}/{total} | epoch {epoch} | loss {loss:.4f}{own} | lr {lr:.2e} | grad norm "
                  f"{grad_norm:.3f}{speed}")

@@ -138,7 +138,8 @@ def setup(config: TrainConfig, log=print) -> Run:
     if config.lora_default_lr():
         log(f"Learning rate: {config.lr:g}, the LoRA default (no --lr given): adapters start at zero and move the "
             "model only through their low-rank product, so a full fine-tune's 2e-5 barely moves them")
-    per_process = f"up to {config.batch_tokens} tokens" if config.batch_tokens else f"{config.batch_size} sequences"
+    per_process = f"up to {config.batch_tokens} tokens" if config.batch_tokens else \
+        f"{config.batch_size} {objective.unit}"
     log(f"Batches: {per_process} per process x {dist.world_size} process(es) x {config.grad_accum_steps} "
         f"accumulated per optimizer step; {optim.total_steps} steps")
     run = Run(config, prepared, tokenizer, splits, optim, fingerprint, batching, objective, dist)

@@ -53,7 +53,7 @@ def accumulate_gradients(run: Run, micro_batches: list[np.ndarray]) -> StepResul
     batches = [(objective.batch(run, part), counts) for part, counts in shares]
     n_count, n_real = distributed.sum_across(dist, [sum(b.count for b, counts in batches if counts),
                                                     sum(b.real_tokens for b, counts in batches if counts)], device)
-    objective.before_step(run, [b for b, counts in batches if counts])
+    objective.before_step(run, [b for b, _ in batches], [counts for _, counts in batches])
     total = torch.zeros((), device=device)
     sums = None
     for index, (batch, counts) in enumerate(batches):
@@ -102,7 +102,7 @@ def validate(run: Run) -> dict:
     for global_batch in eval_batches(run.data.eval_idx, run.data.lengths, run.batching):
         part, counts = rank_share(run, global_batch)
         batch = objective.batch(run, part)
-        objective.before_step(run, [batch] if counts else [])
+        objective.before_step(run, [batch], [counts])
         loss, metric_sums = objective.loss(run, batch)
         loss = loss.item()
         if counts:

@@ -48,6 +48,7 @@ class Objective:
     """The interface; core/train/objectives/sft.py, dpo.py and kto.py implement it."""
 
     name: str
+    unit: str  # what a unit is called in the log: sequences, pairs, replies
     best: Best
     metric_names: tuple[str, ...] = ()  # the metric sums `loss` returns beside the loss, in order
 
@@ -63,9 +64,10 @@ class Objective:
         """Model inputs for `units`, on the run's device: one packed row, or padded rows."""
         raise NotImplementedError
 
-    def before_step(self, run, batches: list[Batch]) -> None:
-        """Called with this rank's micro-batches of a step (or a validation batch) before their losses; every
-        rank calls it, so it may compute statistics over the whole step (KTO's KL estimate)."""
+    def before_step(self, run, batches: list[Batch], counted: list[bool]) -> None:
+        """Called with this rank's micro-batches of a step (or a validation batch) before their losses, with
+        whether each counts (a stand-in does not, but must still run any forward the others run); every rank
+        calls it, so it may compute statistics over the whole step (KTO's KL estimate)."""
 
     def loss(self, run, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(loss sum over the batch, a vector of metric sums or None); the caller divides by the step's count."""
@@ -86,7 +88,7 @@ class Objective:
     def check_data(self, config) -> None:
         """Refuse, before the model loads, data this objective cannot train on."""
 
-    def load_data(self, config, tokenizer, data_hash: str):
+    def load_data(self, config, tokenizer, data_hash: str, progress: bool = True):
         """The run's tokenised data (core/data/), from the cache when it holds this exact input."""
         raise NotImplementedError
 

@@ -72,15 +72,17 @@ class KTO(PreferenceObjective):
         return self.sequences_batch(run, units, len(units))
 
     @torch.no_grad()
-    def before_step(self, run, batches: list[Batch]) -> None:
+    def before_step(self, run, batches: list[Batch], counted: list[bool]) -> None:
         """The step's KL estimate, over this rank's micro-batches and then over all ranks."""
         total, count = 0.0, 0
-        for batch in batches:
+        for batch, counts in zip(batches, counted):
             indices = batch.extra["indices"]
             sequences = model_input(run, self.mismatched(run), indices)
             policy = summed_log_probs(run, sequences)
-            total += float((policy - self.reference_log_probs(run, sequences, "kl", indices).to(policy.dtype)).sum())
-            count += len(indices)
+            reference = self.reference_log_probs(run, sequences, "kl", indices).to(policy.dtype)
+            difference = float((policy - reference).sum())
+            if counts:
+                total, count = total + difference, count + len(indices)
         total, count = distributed.sum_across(run.dist, [total, count], run.prepared.device)
         self.kl = max(total / max(count, 1), 0.0)
 

@@ -69,7 +69,7 @@ class PreferenceObjective(Objective):
     def check_data(self, config) -> None:
         count_usable(config.data_path, self.name, data_options(config))
 
-    def load_data(self, config, tokenizer, data_hash: str):
+    def load_data(self, config, tokenizer, data_hash: str, progress: bool = True):
         return tokenize_preferences(config.data_path, tokenizer, data_options(config), config.max_length,
                                     default_cache_dir(config.cache_dir), data_hash=data_hash)
 
@@ -141,5 +141,3 @@ class PreferenceObjective(Objective):
         return {"eval_loss": loss_sum / max(count, 1),
                 **{f"eval_{name}": value / max(count, 1) for name, value in zip(self.metric_names, sums)},
                 f"eval_{self.unit}": int(count)}
-
-    unit = "pairs"

@@ -24,6 +24,7 @@ def to_device(inputs: dict, device) -> dict:
 
 class SFT(Objective):
     name = "sft"
+    unit = "sequences"
     best = Best("eval_loss", lower_is_better=True)
 
     def unit_lengths(self, data) -> np.ndarray:
@@ -49,9 +50,9 @@ class SFT(Objective):
     def describe_eval(self, result: dict) -> str:
         return f"loss {result['eval_loss']:.4f}, perplexity {result['eval_ppl']:.2f}"
 
-    def load_data(self, config, tokenizer, data_hash: str):
+    def load_data(self, config, tokenizer, data_hash: str, progress: bool = True):
         return tokenize_file(config.data_path, tokenizer, data_options(config), config.max_length,
-                             default_cache_dir(config.cache_dir), data_hash=data_hash)
+                             default_cache_dir(config.cache_dir), progress=progress, data_hash=data_hash)
 
     def validation_prompts(self, config, data) -> SamplePrompts:
         return validation_prompts(config, data)
