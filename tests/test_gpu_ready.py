@@ -245,6 +245,17 @@ def test_backends_are_chosen_by_device_and_refused_where_they_cannot_train():
         packed_attention.choose("flex", cpu, compile=False)
 
 
+def test_cuda_runs_fill_batches_to_a_token_budget_unless_told_otherwise():
+    from core.config import CUDA_BATCH_TOKENS, TrainConfig, default_batch_tokens
+    assert default_batch_tokens(-1, "cuda", 512) == CUDA_BATCH_TOKENS
+    assert default_batch_tokens(-1, "cuda", 2 * CUDA_BATCH_TOKENS) == 2 * CUDA_BATCH_TOKENS  # every sequence fits
+    assert default_batch_tokens(-1, "cpu", 512) == 0 and default_batch_tokens(-1, "mps", 512) == 0
+    assert default_batch_tokens(0, "cuda", 512) == 0 and default_batch_tokens(4096, "cuda", 512) == 4096
+    TrainConfig(data_path="x.jsonl").validate()  # -1, the default, is not "a budget below --max_length"
+    with pytest.raises(ConfigError, match="--batch_tokens"):
+        TrainConfig(data_path="x.jsonl", batch_tokens=100).validate()
+
+
 def test_packed_batches_carry_their_lengths_and_loss_positions_from_the_host():
     data, (inputs, labels) = packed(4, 1000, seed=2)
     assert inputs[LENGTHS] == tuple(len(i) for i in data.ids)
