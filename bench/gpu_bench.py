@@ -130,11 +130,20 @@ def trl_best_worker(args) -> dict:
     timer = vs.step_timer(args.device)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[timer])
+    tokens, collate = [], trainer.data_collator
+
+    def counting(examples):  # padding-free batches are one row: every position is a real token
+        batch = collate(examples)
+        tokens.append(int(batch["input_ids"].numel()))
+        return batch
+    trainer.data_collator = counting
     setup_s = time.perf_counter() - started
     trainer.train()
-    steps = [{"seconds": b[0] - a[0], "cpu_seconds": b[1] - a[1]} for a, b in zip(timer.clocks, timer.clocks[1:])]
+    seconds = [b[0] - a[0] for a, b in zip(timer.clocks, timer.clocks[1:])]
+    timed = slice(min(args.skip_steps, len(seconds) - 1), None)
     return {"setup_s": setup_s, "attention": attention, "liger": config.use_liger_kernel,
-            "sequences_per_step": per_step, "step_seconds": steps, **vs.memory_report(args.device)}
+            "sequences_per_step": per_step, "tokens/s": sum(tokens[:len(seconds)][timed]) / sum(seconds[timed]),
+            "s/step": seconds, "tokens_per_step": tokens, **vs.memory_report(args.device)}
 
 
 def checkpoint_worker(args) -> dict:
@@ -227,12 +236,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="every arm on the CPU with a 2-layer model")
     parser.add_argument("--examples", type=int, default=0, help="training records (default: 4000; smoke 48)")
     parser.add_argument("--arm_seconds", type=float, default=0, help="timed steps per arm (default 40; smoke 4)")
-    parser.add_argument("--arm_timeout", type=int, default=0, help="kill an arm after this (default 100; smoke 90)")
+    parser.add_argument("--arm_timeout", type=int, default=0, help="kill an arm after this (default 100; smoke 150)")
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--max_length", type=int, default=512)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--skip_steps", type=int, default=1)
+    parser.add_argument("--skip_steps", type=int, default=1, help="warm-up steps left out of the timing")
     for internal in ("--arm", "--data", "--model_dir", "--work_dir", "--device"):
         parser.add_argument(internal, help=argparse.SUPPRESS)
     parser.add_argument("--best_tokens", type=int, default=32768, help=argparse.SUPPRESS)
@@ -241,7 +250,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.examples = args.examples or (48 if args.smoke else 4000)
     args.arm_seconds = args.arm_seconds or (4 if args.smoke else 40)
-    args.arm_timeout = args.arm_timeout or (90 if args.smoke else 100)
+    args.arm_timeout = args.arm_timeout or (150 if args.smoke else 100)
     args.trl_steps = args.trl_steps or (2 if args.smoke else 30)
     return args
 
@@ -264,10 +273,11 @@ def main(argv=None) -> None:
         lengths = [len(json.dumps(r)) // 4 for r in vs.read_records(str(data))]  # rough tokens per record
         args.passed = ["--data", str(data), "--model_dir", str(model_dir), "--work_dir", str(tmp), "--device",
                        args.device, "--max_length", str(args.max_length), "--batch_size", str(args.batch_size),
-                       "--lr", str(args.lr), "--arm_seconds", str(args.arm_seconds), "--trl_steps", str(args.trl_steps),
+                       "--lr", str(args.lr), "--skip_steps", str(args.skip_steps), "--arm_seconds",
+                       str(args.arm_seconds), "--trl_steps", str(args.trl_steps),
                        "--mean_length", str(max(1, sum(lengths) // len(lengths))), "--examples", str(args.examples)]
         # (tokens/s, budget) of the fastest project arm; the smoke run's TRL gets a CPU-sized step
-        peak, best = None, (0.0, 2048 if args.smoke else BUDGETS["project_32k"])
+        peak, best = None, (0.0, 1024 if args.smoke else BUDGETS["project_32k"])
         for arm in args.arms.split(","):
             passed = args.passed + (["--best_tokens", str(best[1])] if arm == "trl_best" else [])
             result = child(argparse.Namespace(**{**vars(args), "passed": passed}), arm)
