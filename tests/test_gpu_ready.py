@@ -134,16 +134,24 @@ def test_a_step_of_the_cuda_path_reads_nothing_back_from_the_device(tiny_qwen_di
 
 
 @pytest.mark.parametrize("sequences", [8, 20])
-def test_one_attention_call_per_layer_forward_and_backward(tiny_qwen_dir, sequences):
+def test_one_attention_call_per_layer_forward_and_backward(tiny_qwen_dir, sequences, monkeypatch):
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
     layers = 2
     for backend, calls_per_layer in (("sdpa", 1), ("eager", sequences)):
         prepared = cuda_path(tiny_qwen_dir, backend)
+        name, masks_built = prepared.model.config._attn_implementation, []
+        mask_function = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[name]
+        monkeypatch.setitem(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, name,
+                            lambda *a, _built=masks_built, _mask=mask_function, **k: _built.append(1) or _mask(*a, **k))
         _, (inputs, labels) = packed(sequences, prepared.model.config.vocab_size)
         with Counter() as counter:
             prepared.loss_sum(inputs, labels).backward()
         assert counter.count("scaled_dot_product", exclude="backward") == layers * calls_per_layer, counter.ops
         assert counter.count("scaled_dot_product") - layers * calls_per_layer == layers * calls_per_layer
-        assert counter.count("tril", "triu") == 0  # no causal [T, T] mask built by transformers
+        assert masks_built == []  # transformers built no mask: the step's own argument went through untouched
+        with torch.no_grad():  # generation under the same name still gets its causal mask
+            prepared.model(input_ids=inputs["input_ids"][:, :7], attention_mask=torch.ones(1, 7, dtype=torch.long))
+        assert masks_built == [1]
 
 
 def reference(model_dir, data, n: int):
