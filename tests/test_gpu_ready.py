@@ -370,3 +370,16 @@ def test_sigterm_during_a_background_write_leaves_whole_checkpoints_only(tmp_pat
     else:
         assert child.returncode == -signal.SIGTERM and not (tmp_path / "checkpoint-2").exists()
         assert [p.name for p in tmp_path.glob(".checkpoint-2.tmp-*")]  # the unfinished write, hidden
+
+
+def test_an_attention_choice_for_padded_batches_is_said_to_be_unused(tmp_path, tiny_qwen_dir, cache_dir):
+    from conftest import make_run
+    messages = []
+    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, packing=False, attn_implementation="sdpa")
+    assert not run.prepared.packed and run.prepared.loss_module.attention is None
+    assert "Note: --attn_implementation sdpa is unused: it chooses the attention of packed rows, and these batches " \
+           "are padded" in messages
+    messages.clear()
+    make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, output_dir=str(tmp_path / "packed"))
+    model_line = next(m for m in messages if m.startswith("Model: "))
+    assert f"packed attention: {packed_attention.CPU_DEFAULT}, causal SDPA per sequence (auto on cpu" in model_line
