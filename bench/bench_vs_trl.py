@@ -215,8 +215,9 @@ def project_worker(args) -> dict:
     matmul_now = matmul_rate(args.device)[0]
     work = Path(args.work_dir)
     config = TrainConfig(data_path=args.data, model_name=args.model_dir, output_dir=str(work / "project-out"),
-                         epochs=1, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
-                         eval_split=0.0, save_steps=0, log_steps=10**9, cache_dir=str(work / "project-cache"),
+                         epochs=1, batch_size=args.batch_size, batch_tokens=0, max_length=args.max_length,
+                         lr=args.lr, eval_split=0.0, save_steps=0, log_steps=10**9,
+                         cache_dir=str(work / "project-cache"),
                          device=args.device, precision="bf16" if args.device == "cuda" else "fp32", seed=SEED,
                          lora=args.lora, lora_r=LORA["r"], lora_alpha=float(LORA["lora_alpha"]),
                          lora_dropout=LORA["lora_dropout"], lora_target_modules=LORA["target_modules"],

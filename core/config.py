@@ -49,6 +49,16 @@ def check_options(config: Any) -> None:
 
 
 
+CUDA_BATCH_TOKENS = 16384  # --batch_tokens on CUDA when none is given
+
+
+def default_batch_tokens(requested: int, device_type: str, max_length: int) -> int:
+    """--batch_tokens as a run uses it: -1 (not given) is CUDA_BATCH_TOKENS on CUDA (at least --max_length), else 0."""
+    if requested >= 0:
+        return requested
+    return max(CUDA_BATCH_TOKENS, max_length) if device_type == "cuda" else 0
+
+
 @dataclass
 class DataOptions:
     """The training data and its validation split."""
@@ -91,7 +101,7 @@ class ScheduleOptions:
 
     epochs: int = option(3, "passes over the training split", changes_run=True, at_least=1)
     batch_size: int = option(4, "sequences per micro-batch, per process", changes_run=True, at_least=1)
-    batch_tokens: int = option(0, "fill each micro-batch (per process) with whole sequences up to this many tokens, in place of --batch_size (padded rows count their padding); at least --max_length (0: off)", changes_run=True, at_least=0)
+    batch_tokens: int = option(-1, f"fill each micro-batch (per process) with whole sequences up to this many tokens, in place of --batch_size (padded rows count their padding); at least --max_length (0: off; -1: {CUDA_BATCH_TOKENS} on CUDA, where a step needs many tokens to keep the GPU busy, off elsewhere)", changes_run=True, at_least=-1)
     grad_accum_steps: int = option(1, "micro-batches per optimizer step; the loss is normalised by the trained tokens of all of them", changes_run=True, at_least=1)
     max_steps: int = option(0, "stop after this many optimizer steps (0: run all epochs)", changes_run=True, at_least=0)
     lr: float = option(2e-5, "peak learning rate (AdamW); with --lora and no --lr: 2e-4 (LORA_LR)", changes_run=True)
@@ -189,7 +199,7 @@ class TrainConfig(ObjectiveOptions, AdapterOptions, HardwareOptions, SampleOptio
         if not self.data_path:
             raise ConfigError("--data_path is required (a .jsonl or .json file of training records, or a directory of them)")
         check_options(self)
-        if self.batch_tokens and self.batch_tokens < self.max_length:
+        if 0 < self.batch_tokens < self.max_length:
             raise ConfigError(f"--batch_tokens ({self.batch_tokens}) must be at least --max_length ({self.max_length}), "
                               "so that every sequence fits a batch")
         if self.seed >= 2**63:

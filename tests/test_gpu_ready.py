@@ -134,16 +134,24 @@ def test_a_step_of_the_cuda_path_reads_nothing_back_from_the_device(tiny_qwen_di
 
 
 @pytest.mark.parametrize("sequences", [8, 20])
-def test_one_attention_call_per_layer_forward_and_backward(tiny_qwen_dir, sequences):
+def test_one_attention_call_per_layer_forward_and_backward(tiny_qwen_dir, sequences, monkeypatch):
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
     layers = 2
     for backend, calls_per_layer in (("sdpa", 1), ("eager", sequences)):
         prepared = cuda_path(tiny_qwen_dir, backend)
+        name, masks_built = prepared.model.config._attn_implementation, []
+        mask_function = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[name]
+        monkeypatch.setitem(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, name,
+                            lambda *a, _built=masks_built, _mask=mask_function, **k: _built.append(1) or _mask(*a, **k))
         _, (inputs, labels) = packed(sequences, prepared.model.config.vocab_size)
         with Counter() as counter:
             prepared.loss_sum(inputs, labels).backward()
         assert counter.count("scaled_dot_product", exclude="backward") == layers * calls_per_layer, counter.ops
         assert counter.count("scaled_dot_product") - layers * calls_per_layer == layers * calls_per_layer
-        assert counter.count("tril", "triu") == 0  # no causal [T, T] mask built by transformers
+        assert masks_built == []  # transformers built no mask: the step's own argument went through untouched
+        with torch.no_grad():  # generation under the same name still gets its causal mask
+            prepared.model(input_ids=inputs["input_ids"][:, :7], attention_mask=torch.ones(1, 7, dtype=torch.long))
+        assert masks_built == [1]
 
 
 def reference(model_dir, data, n: int):
@@ -243,6 +251,17 @@ def test_backends_are_chosen_by_device_and_refused_where_they_cannot_train():
         packed_attention.choose("varlen", cpu, compile=False)
     with pytest.raises(ConfigError, match="flex trains on CUDA only"):
         packed_attention.choose("flex", cpu, compile=False)
+
+
+def test_cuda_runs_fill_batches_to_a_token_budget_unless_told_otherwise():
+    from core.config import CUDA_BATCH_TOKENS, TrainConfig, default_batch_tokens
+    assert default_batch_tokens(-1, "cuda", 512) == CUDA_BATCH_TOKENS
+    assert default_batch_tokens(-1, "cuda", 2 * CUDA_BATCH_TOKENS) == 2 * CUDA_BATCH_TOKENS  # every sequence fits
+    assert default_batch_tokens(-1, "cpu", 512) == 0 and default_batch_tokens(-1, "mps", 512) == 0
+    assert default_batch_tokens(0, "cuda", 512) == 0 and default_batch_tokens(4096, "cuda", 512) == 4096
+    TrainConfig(data_path="x.jsonl").validate()  # -1, the default, is not "a budget below --max_length"
+    with pytest.raises(ConfigError, match="--batch_tokens"):
+        TrainConfig(data_path="x.jsonl", batch_tokens=100).validate()
 
 
 def test_packed_batches_carry_their_lengths_and_loss_positions_from_the_host():
@@ -351,3 +370,16 @@ def test_sigterm_during_a_background_write_leaves_whole_checkpoints_only(tmp_pat
     else:
         assert child.returncode == -signal.SIGTERM and not (tmp_path / "checkpoint-2").exists()
         assert [p.name for p in tmp_path.glob(".checkpoint-2.tmp-*")]  # the unfinished write, hidden
+
+
+def test_an_attention_choice_for_padded_batches_is_said_to_be_unused(tmp_path, tiny_qwen_dir, cache_dir):
+    from conftest import make_run
+    messages = []
+    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, packing=False, attn_implementation="sdpa")
+    assert not run.prepared.packed and run.prepared.loss_module.attention is None
+    assert "Note: --attn_implementation sdpa is unused: it chooses the attention of packed rows, and these batches " \
+           "are padded" in messages
+    messages.clear()
+    make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, output_dir=str(tmp_path / "packed"))
+    model_line = next(m for m in messages if m.startswith("Model: "))
+    assert f"packed attention: {packed_attention.CPU_DEFAULT}, causal SDPA per sequence (auto on cpu" in model_line

@@ -138,10 +138,14 @@ def lean_apply(t: Target) -> str:
 
 
 def packing_why_not(t: Target) -> str | None:
-    if not t.hardware.packing:
-        return f"{NOT_ASKED} (--no-packing)"
-    reason = packed_attention.cannot_pack(t.model, t.max_length)
-    return f"{reason}; training on right-padded batches of similar lengths" if reason else None
+    reason = f"{NOT_ASKED} (--no-packing)" if not t.hardware.packing else packed_attention.cannot_pack(
+        t.model, t.max_length)
+    if reason and t.hardware.attn_implementation != "auto":
+        t.notes.append(f"--attn_implementation {t.hardware.attn_implementation} is unused: it chooses the attention "
+                       "of packed rows, and these batches are padded")
+    if reason is None or not t.hardware.packing:
+        return reason
+    return f"{reason}; training on right-padded batches of similar lengths"
 
 
 def packing_apply(t: Target) -> str:

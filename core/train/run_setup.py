@@ -19,7 +19,7 @@ import torch
 from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
 
-from core.config import TrainConfig
+from core.config import TrainConfig, default_batch_tokens
 from core.data.batching import BatchSize, epoch_batches
 from core.data.files import data_files, data_inputs, data_sha256
 from core.data.statistics import data_statistics, format_statistics
@@ -100,6 +100,8 @@ def setup(config: TrainConfig, log=print) -> Run:
     trackers.check_available(config.report_to)
     device = pick_device(config.device)
     amp_dtype = pick_precision(device, config.precision)
+    given_tokens, config.batch_tokens = config.batch_tokens, default_batch_tokens(config.batch_tokens, device.type,
+                                                                                   config.max_length)
     dist = distributed.init_distributed(config.distributed, device)
     device, log = distributed.local_device(dist, device), log if dist.is_main else (lambda *_: None)
     data_hash = data_sha256(data_files(config.data_path))
@@ -140,6 +142,8 @@ def setup(config: TrainConfig, log=print) -> Run:
             "model only through their low-rank product, so a full fine-tune's 2e-5 barely moves them")
     per_process = f"up to {config.batch_tokens} tokens" if config.batch_tokens else \
         f"{config.batch_size} {objective.unit}"
+    if given_tokens < 0 < config.batch_tokens:
+        per_process += " (the CUDA default; --batch_tokens 0 for --batch_size)"
     log(f"Batches: {per_process} per process x {dist.world_size} process(es) x {config.grad_accum_steps} "
         f"accumulated per optimizer step; {optim.total_steps} steps")
     run = Run(config, prepared, tokenizer, splits, optim, fingerprint, batching, objective, dist)
