@@ -1,8 +1,10 @@
-"""The command line: `train` (the default) and `inspect`, and the rule that every user fault ends in one line.
+"""The command line: `train` (the default), `inspect`, `chat`, `web`, `evaluate`, `export`, and the rule that
+every user fault ends in one line.
 
-Every error a user can cause (options, data, model, checkpoints, disks, signals) is an exception
-whose message is meant for the user as it is: it is printed as one line on stderr and the exit code
-is non-zero. Anything else is a bug: one line says so and where the traceback was written.
+Every error a user can cause (options, data, model, checkpoints, disks, signals) is a `UserError`
+(core/errors.py) whose message is meant for the user as it is: it is printed as one line on stderr and
+the command exits with the error's code. Anything else is a bug: one line says so and where the
+traceback was written.
 """
 
 from __future__ import annotations

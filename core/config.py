@@ -1,4 +1,6 @@
-"""Every hyper-parameter in one dataclass, which is also the command line and the YAML schema.
+"""Every hyper-parameter, in option groups (one dataclass each) that `TrainConfig` combines into one flat
+command line and YAML schema; the other commands reuse the groups they need, and functions take the
+group they read.
 
 Precedence: dataclass defaults < `--config file.yaml` < flags on the command line. Each option says
 whether it changes the run (`changes_run`): those make up the run's fingerprint, which a resumed run
