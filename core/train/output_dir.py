@@ -70,7 +70,6 @@ def lock_output_dir(output_dir: Path) -> None:
     except OSError:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        _remove_if_unused(output_dir, created)
         raise CheckpointError(f"--output_dir {output_dir} is in use by another run (process {holder}); wait for it "
                               "to finish, stop it, or choose another --output_dir") from None
     os.ftruncate(fd, 0)
