@@ -34,7 +34,8 @@ def test_an_interrupted_evaluate_leaves_the_earlier_output_whole(tmp_path, tiny_
     import core.use.evaluate as evaluate
     data = sample_data(tmp_path, 4)
     output = tmp_path / "eval.jsonl"
-    output.write_text("earlier\n")
+    earlier = '{"where": "an earlier evaluation", "loss": 1.0}\n'
+    output.write_text(earlier)
     calls = []
 
     def interrupted(loss):
@@ -47,7 +48,7 @@ def test_an_interrupted_evaluate_leaves_the_earlier_output_whole(tmp_path, tiny_
         evaluate.evaluate(parse_args(["--model", str(tiny_qwen_dir), "--data_path", str(data), "--cache_dir",
                                       str(cache_dir), "--output", str(output), "--no-replies"],
                                      evaluate.EvaluateConfig))
-    assert output.read_text() == "earlier\n" and sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl",
+    assert output.read_text() == earlier and sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl",
                                                                                               "eval.jsonl"]
 
 

@@ -191,7 +191,9 @@ def test_kto_loss_and_gradients_equal_trl(tmp_path, tiny_qwen_dir, cache_dir, lo
     theirs = trainer.compute_loss(trainer.model, trainer.data_collator(examples))
     theirs.backward()
     assert abs(loss.item() / len(units) - theirs.item()) <= TOLERANCE * abs(theirs.item())
-    assert run.objective.kl == pytest.approx(trainer._metrics["train"]["kl"][-1], rel=1e-4)
+    # The KL estimate is a small mean of differences of large log-probabilities: summation order (threads) moves
+    # its last digits, so it is compared to 5e-5 absolute (its loss and gradients above to 1e-5 relative).
+    assert run.objective.kl == pytest.approx(trainer._metrics["train"]["kl"][-1], rel=1e-4, abs=5e-5)
     assert_close_gradients(grads(model), grads(policy))
 
 

@@ -154,8 +154,12 @@ def _train_state(values: dict) -> TrainState:
     for f in fields(TrainState):
         value = getattr(state, f.name)
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0 if f.type == "int" else (
-            value is None or number) if "None" in f.type else number
+        if f.type == "list":
+            ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 for v in value)
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0 if f.type == "int" else (
+                value is None or number) if "None" in f.type else number
         if not ok:
             raise TypeError(f"{f.name} is {value!r}")
     return state
