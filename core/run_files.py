@@ -19,4 +19,4 @@ REFERENCE_FILE = "reference.json"  # preference tuning: where the reference mode
 REPORT_FILE = "report.html"
 BEST_MODEL = "best_model"
 RUN_OUTPUTS = (RUN_FILE, CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, DATA_FILE, SUMMARY_FILE, REFERENCE_FILE, BEST_MODEL,
-               REPORT_FILE, "loss_curves.png", "training_curves.png", "tensorboard")
+               REPORT_FILE, "loss_curves.png", "training_curves.png", "preference_curves.png", "tensorboard")

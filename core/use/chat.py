@@ -81,6 +81,7 @@ class ChatOptions:
     no_repeat_ngram_size: int = option(Sampling.no_repeat_ngram_size, "never repeat a phrase of this many tokens within one reply (0: off)")
     max_new_tokens: int = option(Sampling.max_new_tokens, "longest reply in tokens")
     greedy: bool = option(False, "always the most likely reply (no sampling)")
+    feedback_file: str = option("", "where judgements of replies are appended as JSON lines for preference tuning (--objective dpo or kto); default: feedback.jsonl beside --model")
     device: str = option("auto", "cuda, mps or cpu", ("auto", "cuda", "mps", "cpu"))
     cache_dir: str = option("", "converted-model cache (default: ~/.cache/roleplay-tuner)")
     trust_remote_code: bool = option(False, "allow model repositories to run their own Python code")
