@@ -20,4 +20,4 @@ REPORT_FILE = "report.html"
 LOCK_FILE = ".lock"  # holds the PID of the run writing the directory (core/train/output_dir.py)
 BEST_MODEL = "best_model"
 RUN_OUTPUTS = (RUN_FILE, CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, DATA_FILE, SUMMARY_FILE, REFERENCE_FILE, BEST_MODEL,
-               REPORT_FILE, "loss_curves.png", "training_curves.png", "tensorboard")
+               REPORT_FILE, "loss_curves.png", "training_curves.png", "preference_curves.png", "tensorboard")

@@ -8,6 +8,7 @@ the masking, the per-sequence sums, the reference and the loss, not the tokenisa
 
 import copy
 import json
+import re
 
 import numpy as np
 import pytest
@@ -253,3 +254,58 @@ def test_dpo_two_processes_equal_one_with_twice_the_batch(tmp_path, tiny_qwen_di
         for key in ("reward_accuracy", "reward_margin", "eval_reward_accuracy", "eval_reward_margin"):
             if key in b:
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (key, a, b)
+
+
+def test_a_dpo_run_logs_its_metrics_and_its_report_shows_them(tmp_path, tiny_qwen_dir, cache_dir):
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(12))
+    out = tmp_path / "out"
+    code, output = cli("--objective", "dpo", "--data_path", data, "--model_name", tiny_qwen_dir, "--cache_dir",
+                       cache_dir, "--output_dir", out, "--batch_size", "2", "--epochs", "1", "--eval_steps", "2",
+                       "--save_steps", "0", "--log_steps", "1", "--sample_prompts", "2", "--sample_max_new_tokens",
+                       "4", "--eval_split", "0.25", "--lr", "1e-3")
+    assert code == 0, output[-3000:]
+    first_line = r"step 1/\d+ \| epoch 1 \| loss 0\.69\d\d \| reward accuracy 0\.000 \| reward margin 0\.000"
+    assert re.search(first_line, output)
+    assert "Batches: 2 pairs per process" in output and re.search(r"validation at step 2: loss \d\.\d+, reward", output)
+    entries = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in entries if e["type"] == "eval"]
+    assert evals and all(e["eval_pairs"] == 3 and 0 <= e["eval_reward_accuracy"] <= 1 for e in evals)
+    best = json.loads((out / "best_model" / "best.json").read_text())
+    assert best["eval_loss"] == min(e["eval_loss"] for e in evals)  # the objective's metric picks best_model/
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [0] + [e["step"] for e in evals]
+    chosen = {r["chosen"] for r in pair_records(12)}
+    assert all(x["reference"] in chosen for x in samples[0]["samples"])  # the held-out pairs' chosen replies
+    page = (out / "report.html").read_text()
+    assert "<img alt='preference_curves' src='data:image/png;base64," in page
+    assert page.count("<tr class='prompt'>") == 2
+
+
+def role_inversion_pairs(n: int) -> list[dict]:
+    """The prospect's reply chosen; rejected, a rep's line given as the prospect's answer (role inversion)."""
+    records = [json.loads(line) for line in (ROOT / "data" / "training.jsonl").read_text().splitlines()]
+    return [{"messages": [{"role": "user", "content": r["input"]}], "chosen": r["output"],
+             "rejected": records[(i + 7) % len(records)]["input"]} for i, r in enumerate(records[:n])]
+
+
+def test_dpo_with_lora_teaches_smollm2_to_stay_in_role_and_kto_moves_the_same_way(tmp_path, smollm2_dir, cache_dir):
+    pairs = role_inversion_pairs(60)
+    labelled = [{"messages": p["messages"], "completion": p[key], "label": key == "chosen"}
+                for p in pairs for key in ("chosen", "rejected")]
+    data = {"dpo": write_jsonl(tmp_path / "pairs.jsonl", pairs),
+            "kto": write_jsonl(tmp_path / "labels.jsonl", labelled)}
+    results = {}
+    for objective in ("dpo", "kto"):
+        out = tmp_path / objective
+        code, output = cli("--objective", objective, "--lora", "--data_path", data[objective], "--model_name",
+                           smollm2_dir, "--cache_dir", cache_dir, "--output_dir", out, "--max_steps", "3",
+                           "--batch_size", "8", "--lr", "1e-3", "--eval_split", "0.2", "--warmup_ratio", "0",
+                           "--log_steps", "1", "--save_steps", "0", "--sample_prompts", "0", "--max_length", "160",
+                           "--no-merge_lora", "--no-report")
+        assert code == 0, output[-3000:]
+        entries = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        results[objective] = [e for e in entries if e["type"] == "eval"][-1]
+    dpo, kto = results["dpo"], results["kto"]
+    assert dpo["eval_pairs"] == 12 and dpo["eval_reward_accuracy"] > 0.8  # held-out pairs, relative to the base
+    assert dpo["eval_logps_chosen"] > dpo["eval_logps_rejected"]  # and the tuned model prefers the in-role reply
+    assert kto["eval_reward_accuracy"] > 0.5 and kto["eval_reward_margin"] > 0  # chosen up, rejected down

@@ -81,6 +81,7 @@ class ChatOptions(LoadOptions):
     no_repeat_ngram_size: int = option(Sampling.no_repeat_ngram_size, "never repeat a phrase of this many tokens within one reply (0: off)", at_least=0)
     max_new_tokens: int = option(Sampling.max_new_tokens, "longest reply in tokens", at_least=1)
     greedy: bool = option(False, "always the most likely reply (no sampling)")
+    feedback_file: str = option("", "where judgements of replies are appended as JSON lines for preference tuning (--objective dpo or kto); default: feedback.jsonl beside --model")
 
     def validate(self) -> None:
         if not self.model:

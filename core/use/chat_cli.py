@@ -6,6 +6,8 @@ Type as the sales rep; the model answers as the prospect. Commands start with a 
   /persona TEXT      switch to another persona (and start over); /persona N picks scenario N
   /personas          list the scenarios of --scenarios
   /save FILE         append this conversation to FILE as a training record (JSONL, `messages` format)
+  /good, /bad        judge the prospect's last reply: realistic or not (appended to the feedback file)
+  /better TEXT       what a real prospect would have said instead (a preference pair, and an SFT record)
   /help, /quit
 """
 
@@ -20,6 +22,7 @@ from core.config import option
 from core.errors import ConfigError
 from core.model.generation import stream_reply
 from core.outputs import Input, check_output, local_inputs
+from core.use import feedback
 from core.use.chat import ChatOptions, Scenario, as_record, load_for_chat, load_scenarios
 from core.utils import stage
 
@@ -46,11 +49,13 @@ def is_transcript(path: Path) -> bool:
 class Session:
     """One practice call: the persona and the turns so far."""
 
-    def __init__(self, scenarios: list[Scenario], system: str, inputs: list[Input] = ()):
+    def __init__(self, scenarios: list[Scenario], system: str, inputs: list[Input] = (), model: str = "",
+                 feedback_path: Path | None = None):
         self.scenarios = scenarios
         self.system = system
         self.inputs = list(inputs)  # what /save may not write over or into
         self.turns: list[dict] = []
+        self.model, self.feedback_path = model, feedback_path
 
     def messages(self) -> list[dict]:
         return as_record(self.system, self.turns)["messages"]
@@ -73,6 +78,8 @@ class Session:
             return self._switch(argument)
         if name == "save":
             return self._save(argument)
+        if name in ("good", "bad", "better"):
+            return self._judge(name, argument)
         return __doc__.split("\n\n", 1)[1].strip()
 
     def _switch(self, argument: str) -> str:
@@ -84,6 +91,26 @@ class Session:
             return "Usage: /persona TEXT, or /persona N for scenario N (/personas lists them)."
         self.system, self.turns = argument, []
         return "New persona. The conversation starts over."
+
+    def _judge(self, name: str, argument: str) -> str:
+        """Append a judgement of the last reply to the feedback file."""
+        if self.feedback_path is None:
+            return "No feedback file."
+        if name == "better" and not argument:
+            return "Usage: /better TEXT (what a real prospect would have said)"
+        try:
+            if name == "better":
+                feedback.rewrite(self.feedback_path, self.messages(), argument, self.model, "chat")
+                if self.turns:
+                    self.turns[-1] = {"role": "assistant", "content": argument}  # the call goes on from the rewrite
+            else:
+                feedback.judge(self.feedback_path, self.messages(), name == "good", self.model, "chat")
+        except ValueError as err:
+            return f"Nothing recorded: {err}."
+        except OSError as err:
+            return f"Could not write to {self.feedback_path}: {err.strerror or err}"
+        what = {"good": "a good reply", "bad": "a bad reply", "better": "a better reply (pair and SFT record)"}[name]
+        return f"Recorded {what} in {self.feedback_path}."
 
     def _save(self, argument: str) -> str:
         if not argument:
@@ -108,8 +135,10 @@ def chat(config: ChatConfig) -> int:
     system = config.system_prompt or (scenarios[0].system if scenarios else "")
     model, tokenizer = load_for_chat(config.model, config)
     inputs = local_inputs("--model", config.model) + local_inputs("--scenarios", config.scenarios)
-    session, sampling = Session(scenarios, system, inputs), config.sampling()
-    print(f"Practice call with {config.model}. You are the rep; /help lists the commands, /quit ends.")
+    feedback_path = Path(config.feedback_file) if config.feedback_file else feedback.default_feedback_file(config.model)
+    session, sampling = Session(scenarios, system, inputs, config.model, feedback_path), config.sampling()
+    print(f"Practice call with {config.model}. You are the rep; /help lists the commands, /quit ends; "
+          f"/good, /bad and /better judge a reply (into {feedback_path}).")
     if system:
         print(f"Persona: {system}")
     with stage("chatting", "nothing was saved (/save FILE appends a conversation)"):

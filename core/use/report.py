@@ -1,8 +1,9 @@
 """The run at a glance: a self-contained `report.html` in the output directory, built from what the run wrote.
 
 It reads metrics.jsonl, samples.jsonl, summary.json, data_summary.json and train_config.json, draws the
-loss curves (also saved as loss_curves.png) and the learning rate and tokens per second
-(training_curves.png) with matplotlib, and embeds them as data URIs: the page needs no network and no
+loss curves (also saved as loss_curves.png), the learning rate and tokens per second
+(training_curves.png) and, for preference tuning, the reward accuracy and margin
+(preference_curves.png) with matplotlib, and embeds them as data URIs: the page needs no network and no
 other file. The roleplay metrics (core/data/roleplay_metrics.py) of the base and fine-tuned samples
 stand side by side, with how each is computed; the table compares, per validation prompt, the
 reference reply, the base model's reply (step 0) and the fine-tuned model's (the best evaluation's step, else the last).
@@ -34,12 +35,14 @@ def write_report(output_dir: Path) -> Path:
     samples = read_jsonl(output_dir / SAMPLES_FILE)
     loss_png = plot_losses(metrics, output_dir / "loss_curves.png")
     training_png = plot_training(metrics, output_dir / "training_curves.png")
+    preference_png = plot_preferences(metrics, output_dir / "preference_curves.png")
     final = [(f"final {name}", next((m[key] for m in reversed(metrics) if m["type"] == kind), None))
              for name, kind, key in (("training loss", "train", "loss"), ("validation loss", "eval", "eval_loss"))]
     sections = [
         "<h2>Outcome</h2>" + table([(k.replace("_", " "), v) for k, v in summary.items()] + final),
         "<h2>Loss</h2>" + image(loss_png),
         "<h2>Learning rate and speed</h2>" + image(training_png),
+        *(["<h2>Preferences: reward accuracy and margin</h2>" + image(preference_png)] if preference_png else []),
         "<h2>Data</h2>" + table(data_rows(read_json(output_dir / DATA_FILE))),
         "<h2>Roleplay metrics: base against fine-tuned</h2>" + metrics_table(samples, summary),
         "<h2>Replies to validation prompts: base against fine-tuned</h2>"
@@ -163,6 +166,25 @@ def plot_training(metrics: list[dict], path: Path) -> Path | None:
     axes[0][1].set_title("tokens per second")
     for ax in axes[0]:
         ax.set_xlabel("optimizer step")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_preferences(metrics: list[dict], path: Path) -> Path | None:
+    """DPO and KTO runs: how often the chosen reply earns the higher reward, and by how much (train and validation)."""
+    if not any("reward_accuracy" in m or "eval_reward_accuracy" in m for m in metrics):
+        return None
+    plt, figure, axes = _figure(2)
+    for ax, name in zip(axes[0], ("reward_accuracy", "reward_margin")):
+        for prefix, kind, style in (("", "train", {}), ("eval_", "eval", {"marker": "o"})):
+            points = [(m["step"], m[prefix + name]) for m in metrics if m["type"] == kind and prefix + name in m]
+            if points:
+                ax.plot(*zip(*points), label="validation" if prefix else "training", **style)
+        ax.set_title(name.replace("_", " "))
+        ax.set_xlabel("optimizer step")
+        ax.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -2,8 +2,11 @@
 
 Pick a checkpoint (the directories beside `--model` that hold a model are offered too) and a scenario,
 talk as the rep, regenerate the prospect's last reply, compare two models side by side on the same
-rep message (base against fine-tuned), and download the conversation as a training record. It binds
-to 127.0.0.1; `--host 0.0.0.0` shares it on the team's network.
+rep message (base against fine-tuned), and download the conversation as a training record. Judge the
+prospect's last reply as you go (core/use/feedback.py): thumbs up or down, "Rewrite" with what a real
+prospect would say (which then stands in the conversation), or, with two models, which one is more
+realistic; each judgement is appended at once to --feedback_file. It binds to 127.0.0.1;
+`--host 0.0.0.0` shares it on the team's network.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from core.config import option
 from core.errors import ConfigError
 from core.model.generation import stream_reply
+from core.use import feedback
 from core.use.chat import ChatOptions, as_record, load_for_chat, load_scenarios
 
 CUSTOM = "(your own persona)"
@@ -60,6 +64,8 @@ class Practice:
 
     def __init__(self, config: WebConfig):
         self.sampling, self.loaded, self.config = config.sampling(), {}, config
+        self.feedback_path = Path(config.feedback_file) if config.feedback_file else \
+            feedback.default_feedback_file(config.model)
 
     def model(self, name: str):
         if name not in self.loaded:
@@ -93,6 +99,39 @@ class Practice:
             yield history_a_now, history_b
         for history_b_now in self.respond(history_b, system, name_b) if history_b and name_b != NONE else ():
             yield history_a_now, history_b_now
+
+    def thumbs(self, history, system, name, good: bool) -> str:
+        """Thumbs up or down on the last reply: a labelled reply in the feedback file."""
+        return self._record(lambda: feedback.judge(self.feedback_path, as_record(system, turns(history))["messages"],
+                                                   good, name, "web"), "a good reply" if good else "a bad reply")
+
+    def rewrite(self, history, system, name, better: str):
+        """The trainer's rewrite of the last reply: a pair and an SFT record; the rewrite stands in the chat."""
+        status = self._record(lambda: feedback.rewrite(self.feedback_path, as_record(system, turns(history))[
+            "messages"], better, name, "web"), "a rewrite (a pair and an SFT record)")
+        if status.startswith("Recorded"):
+            return without_last_reply(history) + [{"role": "assistant", "content": better.strip()}], status, ""
+        return history, status, better
+
+    def prefer(self, history_a, history_b, system, name_a, name_b, picked_a: bool) -> str:
+        """Of the two models' replies to the same message, the more realistic: a pair in the feedback file."""
+        a, b = as_record(system, turns(history_a))["messages"], as_record(system, turns(history_b))["messages"]
+        if name_b == NONE or len(a) < 2 or len(b) < 2 or a[-2] != b[-2]:
+            return "Nothing recorded: compare two models' replies to the same message first."
+        (picked, picked_model), (other, other_model) = ((a, name_a), (b, name_b)) if picked_a else \
+            ((b, name_b), (a, name_a))
+        return self._record(lambda: feedback.prefer(self.feedback_path, picked[:-1], picked[-1]["content"],
+                                                    other[-1]["content"], picked_model, other_model, "web"),
+                            f"model {'A' if picked_a else 'B'} as the more realistic")
+
+    def _record(self, write, what: str) -> str:
+        try:
+            write()
+        except ValueError as err:
+            return f"Nothing recorded: {err}."
+        except OSError as err:
+            return f"Could not write to {self.feedback_path}: {err.strerror or err}"
+        return f"Recorded {what} in {self.feedback_path}."
 
     @staticmethod
     def transcript(history, system) -> str:
@@ -133,9 +172,24 @@ def build_app(config: WebConfig):
             regenerate_button = gr.Button("Regenerate reply", elem_id="regenerate")
             new_button = gr.Button("New prospect", elem_id="new")
             download = gr.DownloadButton("Download transcript", elem_id="download")
+        with gr.Row():
+            good_button = gr.Button("👍 Realistic", elem_id="thumbs-up")
+            bad_button = gr.Button("👎 Not realistic", elem_id="thumbs-down")
+            better = gr.Textbox(label="What would a real prospect say?", elem_id="rewrite-text", scale=3)
+            rewrite_button = gr.Button("Rewrite", elem_id="rewrite")
+        with gr.Row(visible=bool(config.compare_model)) as compare_row:
+            prefer_a = gr.Button("Model A is more realistic", elem_id="prefer-a")
+            prefer_b = gr.Button("Model B is more realistic", elem_id="prefer-b")
+        status = gr.Markdown(f"Judgements go to {practice.feedback_path}", elem_id="feedback-status")
         scenario.change(lambda name, text: (by_name.get(name, text), [], []), [scenario, system],
                         [system, chat_a, chat_b])
-        name_b.change(lambda name: gr.update(visible=name != NONE), name_b, chat_b)
+        name_b.change(lambda name: (gr.update(visible=name != NONE),) * 2, name_b, [chat_b, compare_row])
+        good_button.click(lambda *a: practice.thumbs(*a, True), [chat_a, system, name_a], status)
+        bad_button.click(lambda *a: practice.thumbs(*a, False), [chat_a, system, name_a], status)
+        rewrite_button.click(practice.rewrite, [chat_a, system, name_a, better], [chat_a, status, better])
+        for button, picked_a in ((prefer_a, True), (prefer_b, False)):
+            button.click(lambda *a, picked_a=picked_a: practice.prefer(*a, picked_a),
+                         [chat_a, chat_b, system, name_a, name_b], status)
         for trigger in (send_button.click, message.submit):
             trigger(practice.send, [message, chat_a, chat_b, system, name_a, name_b],
                     [chat_a, chat_b, message]).then(practice.transcript, [chat_a, system], download)
