@@ -1,6 +1,11 @@
 """The training loop: `fit` trains a `Run` (built by core/train/run_setup.py) step by step (core/train/step.py),
 and decides, in small named functions, when to log, validate, save and stop.
 
+A step's figures (loss, grad norm, whether its update was skipped) stay on the device until the loop
+needs them: at a logging step (--log_steps), before validating or saving, and at the end. Then all the
+steps since the last read come over in one transfer, and their bookkeeping (skipped-step records, the
+bad-steps-in-a-row stop, the logged window) runs for each in order, as if it had run after each step.
+
 `Run.on_event(name, run, **details)` is called at "micro_batch" (before its forward), "step" (after
 an optimizer step) and "saved" (after a checkpoint directory is written), so that tests and tools can
 observe or interrupt a run at an exact point.
@@ -13,6 +18,7 @@ import math
 import signal
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm import tqdm
 
@@ -24,7 +30,7 @@ from core.train import distributed, trackers
 from core.train.run_log import RunLog
 from core.train.run_setup import Run
 from core.train.samples import write_samples
-from core.train.step import StepResult, train_batches, train_step, validate
+from core.train.step import StepResult, read_results, train_batches, train_step, validate
 from core.train.stop_signal import StopSignal
 from core.utils import get_rng_state
 
@@ -47,10 +53,12 @@ def fit(run: Run, log=tqdm.write) -> dict:
                 result = train_step(run, group)
                 state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + len(group)
                 state.tokens_seen += result.real_tokens
-                run_log.step_done(result.loss, run.optim.scheduler.get_last_lr()[0], result.real_tokens)
+                run_log.step_done(run.optim.scheduler.get_last_lr()[0], result.real_tokens)
                 stop_reason = after_step(run, run_log, result)
                 if distributed.any_across(run.dist, stop.received is not None, run.prepared.device):
+                    read_steps(run, run_log)
                     raise interrupted(run, stop.received or signal.SIGTERM)  # another rank got the signal
+            read_steps(run, run_log)
             if stop_reason is None and state.batch_in_epoch < len(batches):
                 stop_reason = "max_steps"
             elif stop_reason is None:
@@ -67,34 +75,58 @@ def finished_between_epochs(run: Run) -> bool:
     return run.state.step >= run.optim.total_steps and run.state.batch_in_epoch == 0
 
 
+class Done(NamedTuple):
+    """A step whose figures are still on the device, with what the host knew when it ended."""
+    step: int
+    epoch: int
+    lr: float
+    result: StepResult
+
+
 def after_step(run: Run, run_log: RunLog, result: StepResult) -> str | None:
-    """Bookkeeping after an optimizer step: bad-number guard, logging, evaluation, checkpoints."""
+    """After an optimizer step: read the figures when due, then evaluate and save when due."""
     config, state = run.config, run.state
-    guard_bad_step(run, run_log, result.loss)
-    if not math.isnan(result.loss):
-        state.window_loss += result.loss * result.count
-        state.window_tokens += result.count
-        state.window_sums = [a + b for a, b in zip(state.window_sums, result.sums)] if state.window_sums \
-            else list(result.sums)
-    state.window_seen += result.real_tokens
+    run.unread.append(Done(state.step, state.epoch, run.optim.scheduler.get_last_lr()[0], result))
     run.on_event("step", run)
-    if due(config.log_steps, state.step) or state.step == run.optim.total_steps:
-        window_loss = state.window_loss / state.window_tokens if state.window_tokens else float("nan")
-        run_log.train_line(state.step, run.optim.total_steps, state.epoch + 1, window_loss,
-                           run.optim.scheduler.get_last_lr()[0], result.grad_norm, state.window_seen,
-                           run.objective.train_metrics(state.window_sums, state.window_tokens))
-        state.window_loss, state.window_tokens, state.window_seen, state.window_sums = 0.0, 0, 0, []
+    if any(due(every, state.step) for every in (config.log_steps, config.eval_steps, config.save_steps)) \
+            or state.step == run.optim.total_steps:
+        read_steps(run, run_log)
     stop_reason = evaluate(run, run_log, state.epoch + 1) if due(config.eval_steps, state.step) else None
     if due(config.save_steps, state.step):
         save(run, f"checkpoint-{state.step}")
     return stop_reason
 
 
+def read_steps(run: Run, run_log: RunLog) -> None:
+    """Read the unread steps' figures (one transfer) and do each one's bookkeeping, in order: bad-number guard,
+    the logged window and, at a logging step, its line."""
+    done, run.unread = run.unread, []
+    read_results([d.result for d in done])
+    for step, epoch, lr, result in done:
+        count_step(run, run_log, step, epoch, lr, result)
+
+
+def count_step(run: Run, run_log: RunLog, step: int, epoch: int, lr: float, result: StepResult) -> None:
+    config, state = run.config, run.state
+    guard_bad_step(run, run_log, step, lr, result.loss)
+    if not math.isnan(result.loss):
+        state.window_loss += result.loss * result.count
+        state.window_tokens += result.count
+        state.window_sums = [a + b for a, b in zip(state.window_sums, result.sums)] if state.window_sums \
+            else list(result.sums)
+    state.window_seen += result.real_tokens
+    if due(config.log_steps, step) or step == run.optim.total_steps:
+        window_loss = state.window_loss / state.window_tokens if state.window_tokens else float("nan")
+        run_log.train_line(step, run.optim.total_steps, epoch + 1, window_loss, lr, result.grad_norm,
+                           state.window_seen, run.objective.train_metrics(state.window_sums, state.window_tokens))
+        state.window_loss, state.window_tokens, state.window_seen, state.window_sums = 0.0, 0, 0, []
+
+
 def due(every: int, step: int) -> bool:
     return bool(every) and step % every == 0
 
 
-def guard_bad_step(run: Run, run_log: RunLog, loss: float) -> None:
+def guard_bad_step(run: Run, run_log: RunLog, step: int, lr: float, loss: float) -> None:
     """Count a skipped (non-finite) step; stop when they repeat or when the weights themselves went bad."""
     state = run.state
     if not math.isnan(loss):
@@ -102,15 +134,14 @@ def guard_bad_step(run: Run, run_log: RunLog, loss: float) -> None:
         return
     state.bad_steps_in_row += 1
     state.bad_steps_total += 1
-    lr = run.optim.scheduler.get_last_lr()[0]
-    run_log.record({"type": "skipped", "step": state.step, "reason": "non-finite loss or gradient norm", "lr": lr})
-    run_log.log(f"step {state.step}: non-finite loss or gradient norm, update skipped "
+    run_log.record({"type": "skipped", "step": step, "reason": "non-finite loss or gradient norm", "lr": lr})
+    run_log.log(f"step {step}: non-finite loss or gradient norm, update skipped "
                 f"({state.bad_steps_in_row} in a row, {state.bad_steps_total} in total)")
     diverged = not weights_finite(run)
     if diverged or state.bad_steps_in_row >= run.config.max_bad_steps:
         cause = "the weights are no longer finite" if diverged else (
             f"{state.bad_steps_in_row} non-finite losses or gradients in a row")
-        raise TrainingStopped(f"{cause}, the last at step {state.step} (learning rate {lr:.3g}); the learning rate "
+        raise TrainingStopped(f"{cause}, the last at step {step} (learning rate {lr:.3g}); the learning rate "
                               "is a likely cause: lower --lr or raise --warmup_ratio")
 
 

@@ -85,6 +85,7 @@ class Run:
     dist: Dist = field(default_factory=Dist)
     state: TrainState = field(default_factory=TrainState)
     resumed_from: Path | None = None
+    unread: list = field(default_factory=list)  # steps whose figures are still on the device (core/trainer.py)
     on_event: Callable[..., None] = lambda name, run, **details: None
 
     @property
