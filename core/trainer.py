@@ -6,9 +6,13 @@ needs them: at a logging step (--log_steps), before validating or saving, and at
 steps since the last read come over in one transfer, and their bookkeeping (skipped-step records, the
 bad-steps-in-a-row stop, the logged window) runs for each in order, as if it had run after each step.
 
+checkpoint-N/ is written by a background thread (core/train/checkpoint_writer.py) while training goes
+on, at most one write in flight; epoch_N/, the last checkpoint and the one a stop writes are waited for,
+and so is any write in flight when the run ends, fails or is stopped.
+
 `Run.on_event(name, run, **details)` is called at "micro_batch" (before its forward), "step" (after
-an optimizer step) and "saved" (after a checkpoint directory is written), so that tests and tools can
-observe or interrupt a run at an exact point.
+an optimizer step) and "saved" (at the first step boundary after a checkpoint directory is complete),
+so that tests and tools can observe or interrupt a run at an exact point.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from core.model import adapters
 from core.run_files import ADAPTER_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from core.train import checkpoint as ckpt
 from core.train import distributed, trackers
+from core.train.checkpoint_writer import BackgroundWriter
 from core.train.run_log import RunLog
 from core.train.run_setup import Run
 from core.train.samples import write_samples
@@ -44,8 +49,9 @@ def fit(run: Run, log=tqdm.write) -> dict:
     if state.step == 0 and run.data.prompts:  # the base model's replies, before any training
         write_samples(run.prepared.model, run.tokenizer, run.data.prompts, 0, run.output_dir,
                       config.sample_max_new_tokens)
-    with StopSignal() as stop, RunLog(run.output_dir / METRICS_FILE, run.optim.total_steps, state.step,
-                                      log, enabled=run.dist.is_main, trackers=tracked) as run_log:
+    with StopSignal() as stop, BackgroundWriter() as run.writer, \
+            RunLog(run.output_dir / METRICS_FILE, run.optim.total_steps, state.step, log, enabled=run.dist.is_main,
+                   trackers=tracked) as run_log:
         while stop_reason is None and state.epoch < config.epochs and not finished_between_epochs(run):
             batches = train_batches(run, state.epoch)
             while stop_reason is None and state.batch_in_epoch < len(batches) and state.step < run.optim.total_steps:
@@ -55,6 +61,7 @@ def fit(run: Run, log=tqdm.write) -> dict:
                 state.tokens_seen += result.real_tokens
                 run_log.step_done(run.optim.scheduler.get_last_lr()[0], result.real_tokens)
                 stop_reason = after_step(run, run_log, result)
+                saved(run, wait=False)
                 if distributed.any_across(run.dist, stop.received is not None, run.prepared.device):
                     read_steps(run, run_log)
                     raise interrupted(run, stop.received or signal.SIGTERM)  # another rank got the signal
@@ -65,6 +72,8 @@ def fit(run: Run, log=tqdm.write) -> dict:
                 stop_reason = end_epoch(run, run_log)
         if stop_reason == "max_steps":
             finish_mid_epoch(run, run_log)
+        saved(run)
+    run.writer = None
     if not run.data.eval_idx.size:
         save_best(run, {"eval_loss": None})
     return write_summary(run, stop_reason or "completed", time.perf_counter() - started)
@@ -154,7 +163,7 @@ def end_epoch(run: Run, run_log: RunLog) -> str | None:
     state = run.state
     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     stop_reason = None if due(run.config.eval_steps, state.step) else evaluate(run, run_log, state.epoch)
-    save(run, f"epoch_{state.epoch}")
+    save(run, f"epoch_{state.epoch}", wait=True)
     return stop_reason
 
 
@@ -165,7 +174,7 @@ def finish_mid_epoch(run: Run, run_log: RunLog) -> None:
     if not due(config.eval_steps, step):
         evaluate(run, run_log, run.state.epoch + 1)
     if config.save_steps and not due(config.save_steps, step):
-        save(run, f"checkpoint-{step}")
+        save(run, f"checkpoint-{step}", wait=True)
 
 
 def evaluate(run: Run, run_log: RunLog, epoch: int) -> str | None:
@@ -213,24 +222,55 @@ def save_best(run: Run, result: dict) -> None:
     distributed.barrier(run.dist)
 
 
-def save(run: Run, name: str) -> Path:
-    """Write checkpoint-N/ or epoch_N/ (rank 0; every rank helps gather), then rotate old checkpoints."""
+def save(run: Run, name: str, wait: bool = False) -> Path:
+    """Write checkpoint-N/ or epoch_N/ (rank 0, in the background unless `wait`; every rank helps gather), then
+    rotate old checkpoints. The state is copied as it is now: training may go on while it is written."""
     refuse_non_finite(run, name)
+    saved(run)  # the previous write first: at most one in flight
     path, optim, prepared = run.output_dir / name, run.optim, run.prepared
     weights = distributed.full_model_state(prepared.loss_module, run.dist)
     tensors = {"optimizer": distributed.optimizer_state(prepared.loss_module, optim.optimizer, run.dist),
                "scheduler": optim.scheduler.state_dict(), "scaler": optim.scaler.state_dict(), "rng": get_rng_state()}
     if run.dist.is_main:
-        ckpt.save_checkpoint(path, prepared.model, run.tokenizer, run.config, run.state, run.fingerprint, tensors,
-                             weights)
-        if run.config.save_total_limit:
-            protected = {p for p in (run.resumed_from,) if p is not None}
-            if run.state.best_step is not None:
-                protected.add(run.output_dir / f"checkpoint-{run.state.best_step}")
-            ckpt.rotate_checkpoints(run.output_dir, run.config.save_total_limit, protected)
+        protected = {p for p in (run.resumed_from,) if p is not None}
+        if run.state.best_step is not None:
+            protected.add(run.output_dir / f"checkpoint-{run.state.best_step}")
+
+        def write(snapshot: dict) -> None:
+            ckpt.save_checkpoint(path, prepared.model, run.tokenizer, run.config, snapshot["state"], run.fingerprint,
+                                 snapshot["tensors"], snapshot["weights"])
+            if run.config.save_total_limit:
+                ckpt.rotate_checkpoints(run.output_dir, run.config.save_total_limit, protected)
+        snapshot = {"weights": weights if weights is not None else model_weights(prepared.model),
+                    "tensors": tensors, "state": run.state}
+        if run.writer is None:
+            write(snapshot)
+        else:
+            run.writer.submit(write, snapshot)
+    run.saving = path
     distributed.barrier(run.dist)
-    run.on_event("saved", run, path=path)
+    saved(run, wait=wait or run.writer is None)
     return path
+
+
+def model_weights(model) -> dict:
+    """What a checkpoint's weights file holds: a LoRA model's trainable (adapter) tensors, whose names PEFT's
+    save_pretrained picks from, or the whole state dict."""
+    state = model.state_dict(keep_vars=True)
+    if adapters.is_lora(model):
+        return {k: v for k, v in state.items() if v.requires_grad}
+    return state
+
+
+def saved(run: Run, wait: bool = True) -> None:
+    """Fire "saved" for the checkpoint being written once it is complete (waiting for it, or only if it is done);
+    a failed write raises here."""
+    if run.saving is None or (not wait and run.writer is not None and run.writer.busy):
+        return
+    if run.writer is not None:
+        run.writer.wait()
+    path, run.saving = run.saving, None
+    run.on_event("saved", run, path=path)
 
 
 def refuse_non_finite(run: Run, name: str) -> None:
@@ -246,7 +286,7 @@ def refuse_non_finite(run: Run, name: str) -> None:
 
 
 def interrupted(run: Run, signum: int) -> TrainingStopped:
-    path = save(run, f"checkpoint-{run.state.step}")
+    path = save(run, f"checkpoint-{run.state.step}", wait=True)
     write_summary(run, signal.Signals(signum).name, None)
     return TrainingStopped(f"stopped by {signal.Signals(signum).name} after step {run.state.step}; checkpoint saved "
                            f"to {path}", path, 128 + signum)

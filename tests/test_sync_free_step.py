@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 
 import pytest
+import test_gpu_ready
 import torch
 from conftest import make_run
-from test_gpu_ready import Counter, cuda_path, host_reads  # noqa: F401 (host_reads is a fixture)
+from test_gpu_ready import Counter, cuda_path
 
 from core.train.run_log import RunLog
 from core.train.run_setup import setup_optimization
 from core.train.step import train_batches, train_step
 from core.trainer import after_step
+
+host_reads = test_gpu_ready.host_reads  # the fixture
 
 
 @pytest.fixture
