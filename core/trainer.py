@@ -1,9 +1,18 @@
 """The training loop: `fit` trains a `Run` (built by core/train/run_setup.py) step by step (core/train/step.py),
 and decides, in small named functions, when to log, validate, save and stop.
 
+A step's figures (loss, grad norm, whether its update was skipped) stay on the device until the loop
+needs them: at a logging step (--log_steps), before validating or saving, and at the end. Then all the
+steps since the last read come over in one transfer, and their bookkeeping (skipped-step records, the
+bad-steps-in-a-row stop, the logged window) runs for each in order, as if it had run after each step.
+
+checkpoint-N/ is written by a background thread (core/train/checkpoint_writer.py) while training goes
+on, at most one write in flight; epoch_N/, the last checkpoint and the one a stop writes are waited for,
+and so is any write in flight when the run ends, fails or is stopped.
+
 `Run.on_event(name, run, **details)` is called at "micro_batch" (before its forward), "step" (after
-an optimizer step) and "saved" (after a checkpoint directory is written), so that tests and tools can
-observe or interrupt a run at an exact point.
+an optimizer step) and "saved" (at the first step boundary after a checkpoint directory is complete),
+so that tests and tools can observe or interrupt a run at an exact point.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import math
 import signal
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm import tqdm
 
@@ -21,10 +31,11 @@ from core.model import adapters
 from core.run_files import ADAPTER_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from core.train import checkpoint as ckpt
 from core.train import distributed, trackers
+from core.train.checkpoint_writer import BackgroundWriter
 from core.train.run_log import RunLog
 from core.train.run_setup import Run
 from core.train.samples import write_samples
-from core.train.step import StepResult, train_batches, train_step, validate
+from core.train.step import StepResult, read_results, train_batches, train_step, validate
 from core.train.stop_signal import StopSignal
 from core.utils import get_rng_state
 
@@ -38,8 +49,9 @@ def fit(run: Run, log=tqdm.write) -> dict:
     if state.step == 0 and run.data.prompts:  # the base model's replies, before any training
         write_samples(run.prepared.model, run.tokenizer, run.data.prompts, 0, run.output_dir,
                       config.sample_max_new_tokens)
-    with StopSignal() as stop, RunLog(run.output_dir / METRICS_FILE, run.optim.total_steps, state.step,
-                                      log, enabled=run.dist.is_main, trackers=tracked) as run_log:
+    with StopSignal() as stop, BackgroundWriter() as run.writer, \
+            RunLog(run.output_dir / METRICS_FILE, run.optim.total_steps, state.step, log, enabled=run.dist.is_main,
+                   trackers=tracked) as run_log:
         while stop_reason is None and state.epoch < config.epochs and not finished_between_epochs(run):
             batches = train_batches(run, state.epoch)
             while stop_reason is None and state.batch_in_epoch < len(batches) and state.step < run.optim.total_steps:
@@ -47,16 +59,21 @@ def fit(run: Run, log=tqdm.write) -> dict:
                 result = train_step(run, group)
                 state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + len(group)
                 state.tokens_seen += result.real_tokens
-                run_log.step_done(result.loss, run.optim.scheduler.get_last_lr()[0], result.real_tokens)
+                run_log.step_done(run.optim.scheduler.get_last_lr()[0], result.real_tokens)
                 stop_reason = after_step(run, run_log, result)
+                saved(run, wait=False)
                 if distributed.any_across(run.dist, stop.received is not None, run.prepared.device):
+                    read_steps(run, run_log)
                     raise interrupted(run, stop.received or signal.SIGTERM)  # another rank got the signal
+            read_steps(run, run_log)
             if stop_reason is None and state.batch_in_epoch < len(batches):
                 stop_reason = "max_steps"
             elif stop_reason is None:
                 stop_reason = end_epoch(run, run_log)
         if stop_reason == "max_steps":
             finish_mid_epoch(run, run_log)
+        saved(run)
+    run.writer = None
     if not run.data.eval_idx.size:
         save_best(run, {"eval_loss": None})
     return write_summary(run, stop_reason or "completed", time.perf_counter() - started)
@@ -67,34 +84,58 @@ def finished_between_epochs(run: Run) -> bool:
     return run.state.step >= run.optim.total_steps and run.state.batch_in_epoch == 0
 
 
+class Done(NamedTuple):
+    """A step whose figures are still on the device, with what the host knew when it ended."""
+    step: int
+    epoch: int
+    lr: float
+    result: StepResult
+
+
 def after_step(run: Run, run_log: RunLog, result: StepResult) -> str | None:
-    """Bookkeeping after an optimizer step: bad-number guard, logging, evaluation, checkpoints."""
+    """After an optimizer step: read the figures when due, then evaluate and save when due."""
     config, state = run.config, run.state
-    guard_bad_step(run, run_log, result.loss)
-    if not math.isnan(result.loss):
-        state.window_loss += result.loss * result.count
-        state.window_tokens += result.count
-        state.window_sums = [a + b for a, b in zip(state.window_sums, result.sums)] if state.window_sums \
-            else list(result.sums)
-    state.window_seen += result.real_tokens
+    run.unread.append(Done(state.step, state.epoch, run.optim.scheduler.get_last_lr()[0], result))
     run.on_event("step", run)
-    if due(config.log_steps, state.step) or state.step == run.optim.total_steps:
-        window_loss = state.window_loss / state.window_tokens if state.window_tokens else float("nan")
-        run_log.train_line(state.step, run.optim.total_steps, state.epoch + 1, window_loss,
-                           run.optim.scheduler.get_last_lr()[0], result.grad_norm, state.window_seen,
-                           run.objective.train_metrics(state.window_sums, state.window_tokens))
-        state.window_loss, state.window_tokens, state.window_seen, state.window_sums = 0.0, 0, 0, []
+    if any(due(every, state.step) for every in (config.log_steps, config.eval_steps, config.save_steps)) \
+            or state.step == run.optim.total_steps:
+        read_steps(run, run_log)
     stop_reason = evaluate(run, run_log, state.epoch + 1) if due(config.eval_steps, state.step) else None
     if due(config.save_steps, state.step):
         save(run, f"checkpoint-{state.step}")
     return stop_reason
 
 
+def read_steps(run: Run, run_log: RunLog) -> None:
+    """Read the unread steps' figures (one transfer) and do each one's bookkeeping, in order: bad-number guard,
+    the logged window and, at a logging step, its line."""
+    done, run.unread = run.unread, []
+    read_results([d.result for d in done])
+    for step, epoch, lr, result in done:
+        count_step(run, run_log, step, epoch, lr, result)
+
+
+def count_step(run: Run, run_log: RunLog, step: int, epoch: int, lr: float, result: StepResult) -> None:
+    config, state = run.config, run.state
+    guard_bad_step(run, run_log, step, lr, result.loss)
+    if not math.isnan(result.loss):
+        state.window_loss += result.loss * result.count
+        state.window_tokens += result.count
+        state.window_sums = [a + b for a, b in zip(state.window_sums, result.sums)] if state.window_sums \
+            else list(result.sums)
+    state.window_seen += result.real_tokens
+    if due(config.log_steps, step) or step == run.optim.total_steps:
+        window_loss = state.window_loss / state.window_tokens if state.window_tokens else float("nan")
+        run_log.train_line(step, run.optim.total_steps, epoch + 1, window_loss, lr, result.grad_norm,
+                           state.window_seen, run.objective.train_metrics(state.window_sums, state.window_tokens))
+        state.window_loss, state.window_tokens, state.window_seen, state.window_sums = 0.0, 0, 0, []
+
+
 def due(every: int, step: int) -> bool:
     return bool(every) and step % every == 0
 
 
-def guard_bad_step(run: Run, run_log: RunLog, loss: float) -> None:
+def guard_bad_step(run: Run, run_log: RunLog, step: int, lr: float, loss: float) -> None:
     """Count a skipped (non-finite) step; stop when they repeat or when the weights themselves went bad."""
     state = run.state
     if not math.isnan(loss):
@@ -102,15 +143,14 @@ def guard_bad_step(run: Run, run_log: RunLog, loss: float) -> None:
         return
     state.bad_steps_in_row += 1
     state.bad_steps_total += 1
-    lr = run.optim.scheduler.get_last_lr()[0]
-    run_log.record({"type": "skipped", "step": state.step, "reason": "non-finite loss or gradient norm", "lr": lr})
-    run_log.log(f"step {state.step}: non-finite loss or gradient norm, update skipped "
+    run_log.record({"type": "skipped", "step": step, "reason": "non-finite loss or gradient norm", "lr": lr})
+    run_log.log(f"step {step}: non-finite loss or gradient norm, update skipped "
                 f"({state.bad_steps_in_row} in a row, {state.bad_steps_total} in total)")
     diverged = not weights_finite(run)
     if diverged or state.bad_steps_in_row >= run.config.max_bad_steps:
         cause = "the weights are no longer finite" if diverged else (
             f"{state.bad_steps_in_row} non-finite losses or gradients in a row")
-        raise TrainingStopped(f"{cause}, the last at step {state.step} (learning rate {lr:.3g}); the learning rate "
+        raise TrainingStopped(f"{cause}, the last at step {step} (learning rate {lr:.3g}); the learning rate "
                               "is a likely cause: lower --lr or raise --warmup_ratio")
 
 
@@ -123,7 +163,7 @@ def end_epoch(run: Run, run_log: RunLog) -> str | None:
     state = run.state
     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     stop_reason = None if due(run.config.eval_steps, state.step) else evaluate(run, run_log, state.epoch)
-    save(run, f"epoch_{state.epoch}")
+    save(run, f"epoch_{state.epoch}", wait=True)
     return stop_reason
 
 
@@ -134,7 +174,7 @@ def finish_mid_epoch(run: Run, run_log: RunLog) -> None:
     if not due(config.eval_steps, step):
         evaluate(run, run_log, run.state.epoch + 1)
     if config.save_steps and not due(config.save_steps, step):
-        save(run, f"checkpoint-{step}")
+        save(run, f"checkpoint-{step}", wait=True)
 
 
 def evaluate(run: Run, run_log: RunLog, epoch: int) -> str | None:
@@ -182,24 +222,55 @@ def save_best(run: Run, result: dict) -> None:
     distributed.barrier(run.dist)
 
 
-def save(run: Run, name: str) -> Path:
-    """Write checkpoint-N/ or epoch_N/ (rank 0; every rank helps gather), then rotate old checkpoints."""
+def save(run: Run, name: str, wait: bool = False) -> Path:
+    """Write checkpoint-N/ or epoch_N/ (rank 0, in the background unless `wait`; every rank helps gather), then
+    rotate old checkpoints. The state is copied as it is now: training may go on while it is written."""
     refuse_non_finite(run, name)
+    saved(run)  # the previous write first: at most one in flight
     path, optim, prepared = run.output_dir / name, run.optim, run.prepared
     weights = distributed.full_model_state(prepared.loss_module, run.dist)
     tensors = {"optimizer": distributed.optimizer_state(prepared.loss_module, optim.optimizer, run.dist),
                "scheduler": optim.scheduler.state_dict(), "scaler": optim.scaler.state_dict(), "rng": get_rng_state()}
     if run.dist.is_main:
-        ckpt.save_checkpoint(path, prepared.model, run.tokenizer, run.config, run.state, run.fingerprint, tensors,
-                             weights)
-        if run.config.save_total_limit:
-            protected = {p for p in (run.resumed_from,) if p is not None}
-            if run.state.best_step is not None:
-                protected.add(run.output_dir / f"checkpoint-{run.state.best_step}")
-            ckpt.rotate_checkpoints(run.output_dir, run.config.save_total_limit, protected)
+        protected = {p for p in (run.resumed_from,) if p is not None}
+        if run.state.best_step is not None:
+            protected.add(run.output_dir / f"checkpoint-{run.state.best_step}")
+
+        def write(snapshot: dict) -> None:
+            ckpt.save_checkpoint(path, prepared.model, run.tokenizer, run.config, snapshot["state"], run.fingerprint,
+                                 snapshot["tensors"], snapshot["weights"])
+            if run.config.save_total_limit:
+                ckpt.rotate_checkpoints(run.output_dir, run.config.save_total_limit, protected)
+        snapshot = {"weights": weights if weights is not None else model_weights(prepared.model),
+                    "tensors": tensors, "state": run.state}
+        if run.writer is None:
+            write(snapshot)
+        else:
+            run.writer.submit(write, snapshot)
+    run.saving = path
     distributed.barrier(run.dist)
-    run.on_event("saved", run, path=path)
+    saved(run, wait=wait or run.writer is None)
     return path
+
+
+def model_weights(model) -> dict:
+    """What a checkpoint's weights file holds: a LoRA model's trainable (adapter) tensors, whose names PEFT's
+    save_pretrained picks from, or the whole state dict."""
+    state = model.state_dict(keep_vars=True)
+    if adapters.is_lora(model):
+        return {k: v for k, v in state.items() if v.requires_grad}
+    return state
+
+
+def saved(run: Run, wait: bool = True) -> None:
+    """Fire "saved" for the checkpoint being written once it is complete (waiting for it, or only if it is done);
+    a failed write raises here."""
+    if run.saving is None or (not wait and run.writer is not None and run.writer.busy):
+        return
+    if run.writer is not None:
+        run.writer.wait()
+    path, run.saving = run.saving, None
+    run.on_event("saved", run, path=path)
 
 
 def refuse_non_finite(run: Run, name: str) -> None:
@@ -215,7 +286,7 @@ def refuse_non_finite(run: Run, name: str) -> None:
 
 
 def interrupted(run: Run, signum: int) -> TrainingStopped:
-    path = save(run, f"checkpoint-{run.state.step}")
+    path = save(run, f"checkpoint-{run.state.step}", wait=True)
     write_summary(run, signal.Signals(signum).name, None)
     return TrainingStopped(f"stopped by {signal.Signals(signum).name} after step {run.state.step}; checkpoint saved "
                            f"to {path}", path, 128 + signum)

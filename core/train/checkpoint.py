@@ -153,16 +153,16 @@ def _train_state(values: dict) -> TrainState:
     state = TrainState(**values)
     for f in fields(TrainState):
         value = getattr(state, f.name)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if f.type == "list":
-            ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                 for v in value)
-        else:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0 if f.type == "int" else (
-                value is None or number) if "None" in f.type else number
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0 if f.type == "int" else (
+            value is None or _number(value)) if "None" in f.type else (
+            isinstance(value, list) and all(map(_number, value))) if f.type == "list" else _number(value)
         if not ok:
             raise TypeError(f"{f.name} is {value!r}")
     return state
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_safetensors(path: Path) -> None:

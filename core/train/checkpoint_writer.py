@@ -30,6 +30,7 @@ class BackgroundWriter:
         self._error: BaseException | None = None
         self._pinned: dict[tuple, torch.Tensor] = {}  # host buffers by position in the state, reused
         self._from_cuda = False  # the state being copied holds CUDA tensors
+        self._copied: dict[tuple, torch.Tensor] = {}  # this submit's copies by what they copy: tied weights stay tied
 
     @property
     def busy(self) -> bool:
@@ -38,8 +39,9 @@ class BackgroundWriter:
     def submit(self, write: Callable[[Any], None], state: Any) -> None:
         """Write `state` (as it is now) with `write` on a background thread, once the previous write is done."""
         self.wait()
-        self._from_cuda = False
+        self._from_cuda, self._copied = False, {}
         host = self._to_host(state, ())
+        self._copied = {}
         ready = None
         if self._from_cuda:
             ready = torch.cuda.Event()
@@ -75,7 +77,16 @@ class BackgroundWriter:
         return copy.deepcopy(value)
 
     def _host_copy(self, tensor: torch.Tensor, where: tuple) -> torch.Tensor:
+        """One copy per distinct tensor: a weight held under two names (tied embeddings) is saved as it would be
+        from the model itself, once."""
         tensor = tensor.detach()
+        same = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                tuple(tensor.stride()), tensor.dtype)
+        if same not in self._copied:
+            self._copied[same] = self._new_copy(tensor, where)
+        return self._copied[same]
+
+    def _new_copy(self, tensor: torch.Tensor, where: tuple) -> torch.Tensor:
         if tensor.device.type != "cuda":
             return tensor.clone()
         self._from_cuda = True

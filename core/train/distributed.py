@@ -91,13 +91,22 @@ def sum_across(dist: Dist, values: list[float], device: torch.device) -> list[fl
     return tensor.tolist()
 
 
+def sum_tensor(dist: Dist, tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise sums over all ranks of a device tensor, without reading it on the host (float64 across ranks)."""
+    if not dist.active:
+        return tensor
+    tensor = tensor.double()
+    torch_dist.all_reduce(tensor)
+    return tensor
+
+
 def any_across(dist: Dist, flag: bool, device: torch.device) -> bool:
     return bool(sum_across(dist, [float(flag)], device)[0]) if dist.active else flag
 
 
-def scalar(tensor: torch.Tensor) -> float:
-    """A reduced scalar as a float; a sharded (DTensor) result is gathered first."""
-    return float(tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor)
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A reduced result as a plain tensor; a sharded (DTensor) one is gathered first."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def all_finite(tensors, dist: Dist, device: torch.device) -> bool:

@@ -25,6 +25,7 @@ class RunLog:
         self._bar = tqdm(total=total_steps, initial=first_step, desc="Training", unit="step", dynamic_ncols=True,
                          disable=not enabled or None)
         self._window_start = self._last_step = time.perf_counter()
+        self._postfix: dict[str, str] = {}
 
     def __enter__(self) -> RunLog:
         return self
@@ -43,11 +44,13 @@ class RunLog:
         for tracker in self._trackers:
             tracker.log(entry)
 
-    def step_done(self, loss: float, lr: float, real_tokens: int) -> None:
+    def step_done(self, lr: float, real_tokens: int) -> None:
+        """The bar after each step; the loss it shows is the last logged one (reading it each step would wait
+        for the device)."""
         now = time.perf_counter()
         self._bar.update(1)
-        self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
-                              tok_s=f"{real_tokens / max(now - self._last_step, 1e-9):.0f}")
+        self._postfix.update(lr=f"{lr:.2e}", tok_s=f"{real_tokens / max(now - self._last_step, 1e-9):.0f}")
+        self._bar.set_postfix(self._postfix)
         self._last_step = now
 
     def train_line(self, step: int, total: int, epoch: int, loss: float, lr: float, grad_norm: float,
@@ -58,6 +61,7 @@ class RunLog:
         entry = {"type": "train", "step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                  "tokens_per_sec": seen_tokens / elapsed if elapsed > 0 else None, **(metrics or {})}
         self.record(entry)
+        self._postfix["loss"] = f"{loss:.4f}"
         speed = f" | {entry['tokens_per_sec']:.0f} tok/s" if entry["tokens_per_sec"] else ""
         shown = list((metrics or {}).items())[:2]  # the objective's headline figures; the file has them all
         own = "".join(f" | {name.replace('_', ' ')} {value:.3f}" for name, value in shown)

@@ -31,6 +31,7 @@ from core.outputs import check_cache_dir, local_inputs
 from core.train import checkpoint as ckpt
 from core.train import distributed, trackers
 from core.train.checkpoint import Restored, TrainState
+from core.train.checkpoint_writer import BackgroundWriter
 from core.train.disk_space import disk_shortfall
 from core.train.distributed import Dist
 from core.train.fingerprint import check_resumable, run_fingerprint
@@ -85,6 +86,9 @@ class Run:
     dist: Dist = field(default_factory=Dist)
     state: TrainState = field(default_factory=TrainState)
     resumed_from: Path | None = None
+    unread: list = field(default_factory=list)  # steps whose figures are still on the device (core/trainer.py)
+    writer: BackgroundWriter | None = None      # writes checkpoint-N/ while training goes on (set by `fit`)
+    saving: Path | None = None                  # the checkpoint being written, whose "saved" event is due
     on_event: Callable[..., None] = lambda name, run, **details: None
 
     @property

@@ -23,11 +23,55 @@ from core.train.run_setup import Run
 
 @dataclass
 class StepResult:
-    loss: float          # mean loss over the step's count, NaN if the update was skipped
-    grad_norm: float
+    """An optimizer step's figures, kept on the device until read (`read_results`): reading waits for the device.
+
+    `on_device` holds [loss sum, *metric sums] over all ranks; `checks` [grad norm, 1.0 if the update was
+    skipped], set by `train_step`. The host knows the counts already.
+    """
     count: int           # the step's divisor (trained tokens, pairs, ...), over all ranks
     real_tokens: int
-    sums: list[float] = field(default_factory=list)  # the objective's metric sums, over all ranks
+    on_device: torch.Tensor
+    checks: torch.Tensor | None = None
+    _host: list[float] | None = field(default=None, repr=False)
+
+    def values(self) -> torch.Tensor:
+        checks = self.checks if self.checks is not None else torch.tensor([math.nan, 0.0],
+                                                                           device=self.on_device.device)
+        dtype = torch.promote_types(self.on_device.dtype, checks.dtype)
+        return torch.cat([self.on_device.to(dtype), checks.to(dtype)])
+
+    def _read(self) -> list[float]:
+        if self._host is None:
+            read_results([self])
+        return self._host
+
+    @property
+    def loss(self) -> float:
+        """The mean loss over the step's count, NaN if the update was skipped."""
+        loss_sum, *_, skipped = self._read()
+        return math.nan if skipped else loss_sum / max(self.count, 1)
+
+    @property
+    def grad_norm(self) -> float:
+        return self._read()[-2]
+
+    @property
+    def sums(self) -> list[float]:
+        """The objective's metric sums, over all ranks."""
+        return self._read()[1:-2]
+
+
+def read_results(results: list[StepResult]) -> None:
+    """Bring the figures of several steps to the host in one transfer (the one wait for the device)."""
+    unread = [r for r in results if r._host is None]
+    if not unread:
+        return
+    values = [r.values() for r in unread]
+    dtype = values[0].dtype
+    for v in values[1:]:
+        dtype = torch.promote_types(dtype, v.dtype)
+    for result, host in zip(unread, torch.stack([v.to(dtype) for v in values]).tolist()):
+        result._host = host
 
 
 def train_batches(run: Run, epoch: int) -> list[np.ndarray]:
@@ -66,27 +110,46 @@ def accumulate_gradients(run: Run, micro_batches: list[np.ndarray]) -> StepResul
         total += loss.detach()
         if metric_sums is not None and counts:
             sums = metric_sums if sums is None else sums + metric_sums
-    local = [] if not objective.metric_names else (
-        sums.tolist() if sums is not None else [0.0] * len(objective.metric_names))
-    loss_sum, *metric_totals = distributed.sum_across(dist, [float(total), *local], device)
-    return StepResult(loss_sum / max(n_count, 1), math.nan, int(n_count), int(n_real), metric_totals)
+    if sums is None:
+        sums = torch.zeros(len(objective.metric_names), device=device)
+    dtype = torch.promote_types(total.dtype, sums.dtype)
+    summed = distributed.sum_tensor(dist, torch.cat([total.reshape(1).to(dtype), sums.detach().to(dtype)]))
+    return StepResult(int(n_count), int(n_real), summed)
+
+
+def skips_on_device(run: Run) -> bool:
+    """Fused AdamW skips its update (and its step count) where its `found_inf` tensor is 1, on the device; the
+    foreach optimizer (FSDP) and the fp16 gradient scaler, whose own `found_inf` that is, decide on the host."""
+    optimizer = run.optim.optimizer
+    return all(group.get("fused") for group in optimizer.param_groups) and not run.optim.scaler.is_enabled()
 
 
 def train_step(run: Run, micro_batches: list[np.ndarray]) -> StepResult:
-    """One optimizer step: the mean loss (NaN if the update was skipped), grad norm, counts and metric sums."""
+    """One optimizer step; an update whose loss or gradient norm is not finite is skipped (`StepResult.loss` NaN).
+
+    On the fused-AdamW path nothing here waits for the device: the figures stay there until read."""
     optim = run.optim
     result = accumulate_gradients(run, micro_batches)
     optim.scaler.unscale_(optim.optimizer)
     params = [p for p in run.prepared.model.parameters() if p.grad is not None]
-    result.grad_norm = distributed.scalar(
-        torch.nn.utils.clip_grad_norm_(params, run.config.max_grad_norm or float("inf")))
-    # With fp16 the scaler itself skips steps with overflowing gradients; only a bad loss is ours to count.
-    finite = math.isfinite(result.loss) and (math.isfinite(result.grad_norm) or optim.scaler.is_enabled())
-    if finite:
-        optim.scaler.step(optim.optimizer)
-        optim.scaler.update()
+    grad_norm = distributed.full_tensor(
+        torch.nn.utils.clip_grad_norm_(params, run.config.max_grad_norm or float("inf"))).detach()
+    loss_sum = result.on_device[0]
+    if skips_on_device(run):
+        bad = (~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))).to(torch.float32)
+        optim.optimizer.found_inf, optim.optimizer.grad_scale = bad, None
+        try:
+            optim.optimizer.step()
+        finally:
+            optim.optimizer.found_inf = None
     else:
-        result.loss = float("nan")
+        # With fp16 the scaler itself skips steps with overflowing gradients; only a bad loss is ours to count.
+        finite = math.isfinite(float(loss_sum)) and (math.isfinite(float(grad_norm)) or optim.scaler.is_enabled())
+        if finite:
+            optim.scaler.step(optim.optimizer)
+            optim.scaler.update()
+        bad = torch.tensor(0.0 if finite else 1.0, device=grad_norm.device)
+    result.checks = torch.stack([grad_norm.to(torch.float32), bad])  # exact: gradients are never float64
     optim.optimizer.zero_grad(set_to_none=True)
     optim.scheduler.step()
     return result

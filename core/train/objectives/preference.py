@@ -21,7 +21,7 @@ from core.dataset import data_options
 from core.model.load import default_cache_dir
 from core.train.objectives import Batch, Best, Objective
 from core.train.objectives.reference import cached_reference, reference_model
-from core.train.objectives.sft import to_device
+from core.train.objectives.sft import move, to_device
 from core.train.samples import SamplePrompts
 
 
@@ -45,7 +45,7 @@ def model_input(run, data, sequences: np.ndarray) -> Sequences:
                                                                                  run.tokenizer.pad_token_id)
     device = run.prepared.device
     segments = np.repeat(np.arange(len(sequences)), trained_counts(data, sequences))
-    return Sequences(to_device(inputs, device), labels.to(device), torch.from_numpy(segments).to(device),
+    return Sequences(to_device(inputs, device), move(labels, device), move(torch.from_numpy(segments), device),
                      len(sequences))
 
 
@@ -118,7 +118,7 @@ class PreferenceObjective(Objective):
     def reference_log_probs(self, run, sequences: Sequences, name: str, indices: np.ndarray) -> torch.Tensor:
         """The reference's log-probability of each sequence: cached (full fine-tune) or with adapters off (LoRA)."""
         if name in self.reference:
-            return torch.from_numpy(self.reference[name][indices]).to(run.prepared.device)
+            return move(torch.from_numpy(self.reference[name][indices]), run.prepared.device)
         with torch.no_grad(), reference_model(run.prepared.model):
             return summed_log_probs(run, sequences)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from core.data.batching import collate, pack
 from core.data.tokenized import tokenize_file
@@ -19,7 +20,15 @@ def host_trained_tokens(data, sequences: np.ndarray) -> int:
 
 
 def to_device(inputs: dict, device) -> dict:
-    return {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+    return {k: move(v, device) if hasattr(v, "to") else v for k, v in inputs.items()}
+
+
+def move(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`: on CUDA copied from pinned memory without blocking the host (to the CPU itself
+    nothing is copied at all)."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=device.type in ("cuda", "cpu"))
 
 
 class SFT(Objective):
@@ -37,7 +46,7 @@ class SFT(Objective):
         data = run.data.sequences
         inputs, labels = pack(data, units) if run.prepared.packed else collate(data, units, run.tokenizer.pad_token_id)
         device = run.prepared.device
-        return Batch(to_device(inputs, device), labels.to(device), host_trained_tokens(data, units),
+        return Batch(to_device(inputs, device), move(labels, device), host_trained_tokens(data, units),
                      int(data.lengths[units].sum()))
 
     def loss(self, run, batch: Batch):
