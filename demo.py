@@ -12,6 +12,7 @@ in runs/demo. Any training option can be appended, e.g. `python demo.py --max_st
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 
@@ -71,7 +72,8 @@ def demo(argv: list[str]) -> int:
         print(wrap("reference:    ", prompt["reference"]))
     persona_share(run, model, tokenizer)
     print(f"\nReport: {write_report(output_dir)}  (samples at every evaluation: {output_dir / 'samples.jsonl'})")
-    print(f"Practise with it: python train.py chat --model {best} --scenarios data/scenarios.yaml")
+    python = os.path.relpath(sys.executable)  # the virtual environment's python: works from a fresh shell
+    print(f"Practise with it: {python} train.py chat --model {best} --scenarios data/scenarios.yaml")
     return 0
 
 
