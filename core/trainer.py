@@ -7,8 +7,8 @@ steps since the last read come over in one transfer, and their bookkeeping (skip
 bad-steps-in-a-row stop, the logged window) runs for each in order, as if it had run after each step.
 
 checkpoint-N/ is written by a background thread (core/train/checkpoint_writer.py) while training goes
-on, at most one write in flight; epoch_N/, the last checkpoint and the one a stop writes are waited for,
-and so is any write in flight when the run ends, fails or is stopped.
+on, at most one write in flight; epoch_N/, the last checkpoint and the one a stop writes are written at
+once, after the write in flight, which the end of the run, an error or a stop also waits for.
 
 `Run.on_event(name, run, **details)` is called at "micro_batch" (before its forward), "step" (after
 an optimizer step) and "saved" (at the first step boundary after a checkpoint directory is complete),
@@ -223,8 +223,8 @@ def save_best(run: Run, result: dict) -> None:
 
 
 def save(run: Run, name: str, wait: bool = False) -> Path:
-    """Write checkpoint-N/ or epoch_N/ (rank 0, in the background unless `wait`; every rank helps gather), then
-    rotate old checkpoints. The state is copied as it is now: training may go on while it is written."""
+    """Write checkpoint-N/ or epoch_N/ (rank 0; every rank helps gather), then rotate old checkpoints. Unless
+    `wait`, in the background, from a copy of the state as it is now: training goes on while it is written."""
     refuse_non_finite(run, name)
     saved(run)  # the previous write first: at most one in flight
     path, optim, prepared = run.output_dir / name, run.optim, run.prepared
@@ -241,12 +241,11 @@ def save(run: Run, name: str, wait: bool = False) -> Path:
                                  snapshot["tensors"], snapshot["weights"])
             if run.config.save_total_limit:
                 ckpt.rotate_checkpoints(run.output_dir, run.config.save_total_limit, protected)
-        snapshot = {"weights": weights if weights is not None else model_weights(prepared.model),
-                    "tensors": tensors, "state": run.state}
-        if run.writer is None:
-            write(snapshot)
+        if run.writer is None or wait:  # written here: a second signal interrupts it as any save
+            write({"weights": weights, "tensors": tensors, "state": run.state})
         else:
-            run.writer.submit(write, snapshot)
+            run.writer.submit(write, {"weights": weights if weights is not None else model_weights(prepared.model),
+                                      "tensors": tensors, "state": run.state})
     run.saving = path
     distributed.barrier(run.dist)
     saved(run, wait=wait or run.writer is None)
