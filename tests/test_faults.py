@@ -506,18 +506,18 @@ def test_r2_2_seeds_out_of_range_are_refused(args, tmp_path, command, seed, patt
 # r2_3. 'auto' before the first checkpoint starts the run from the beginning
 
 def test_r2_3_auto_with_no_checkpoint_yet_starts_from_the_beginning(args, tmp_path, monkeypatch):
-    from core.train import checkpoint
-    original = checkpoint.torch.save
+    import core.trainer
+    original = core.trainer.train_step
 
-    def stopped_twice(obj, path, *a, **k):  # a double Ctrl-C during the first save
+    def stopped_twice(*a, **k):  # a double Ctrl-C in the first step, before any checkpoint exists
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
-        return original(obj, path, *a, **k)
+        return original(*a, **k)
 
-    monkeypatch.setattr(checkpoint.torch, "save", stopped_twice)
+    monkeypatch.setattr(core.trainer, "train_step", stopped_twice)
     assert_error(cli(*args, "--save_steps", "1", "--max_steps", "2"),
                  r"stopped at once by a second SIGINT while training; no checkpoint was written", 130)
-    monkeypatch.setattr(checkpoint.torch, "save", original)
+    monkeypatch.setattr(core.trainer, "train_step", original)
     out = tmp_path / "out"
     assert (out / "metrics.jsonl").is_file() and not list(out.glob("checkpoint-*"))
     code, output = cli(*args, "--save_steps", "1", "--max_steps", "2", "--resume_from_checkpoint", "auto")

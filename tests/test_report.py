@@ -34,7 +34,7 @@ def test_a_run_writes_samples_at_each_evaluation_and_a_self_contained_report(tmp
                and s["seconds"] > 0 for s in samples)
     assert "Roleplay metrics: base against fine-tuned</h2>" in page and "<th>role consistency</th>" in page
     assert "Role judge accuracy on" in page and "Generating the samples took" in page
-    assert "Samples: 3 validation prompts, greedy and sampled" in output and "Role judge (naive Bayes" in output
+    assert "Samples: 3 validation prompts, greedy and sampled" in output and "Role judge: naive Bayes" in output
     assert f"Report: {out / 'report.html'}" in output
 
 

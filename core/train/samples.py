@@ -55,12 +55,15 @@ def sample_plan(config, prompts: SamplePrompts) -> str:
     if not prompts:
         return "Samples: none (--sample_prompts 0 or no validation split)"
     judge = prompts.judge
-    accuracy = f"{judge.accuracy:.1%} on {judge.held_out_turns} held-out turns" if judge.accuracy is not None else \
-        "not measured (the training split lacks one side's turns)"
+    if judge is None:
+        verdict = "none (this objective's prompts come without one)"
+    elif judge.accuracy is None:
+        verdict = f"{ROLE_JUDGE_METHOD}, accuracy not measured (the training split lacks one side's turns)"
+    else:
+        verdict = f"{ROLE_JUDGE_METHOD}, accuracy {judge.accuracy:.1%} on {judge.held_out_turns} held-out turns"
     return (f"Samples: {len(prompts)} validation prompts, greedy and sampled (one batch each, KV cache), up to "
             f"{config.sample_max_new_tokens} tokens, at step 0 and at every evaluation; their seconds are in "
-            f"samples.jsonl and their share of the run in report.html. Role judge ({ROLE_JUDGE_METHOD}): "
-            f"accuracy {accuracy}")
+            f"samples.jsonl and their share of the run in report.html. Role judge: {verdict}")
 
 
 def write_samples(model, tokenizer, prompts: SamplePrompts, step: int, output_dir: Path, max_new_tokens: int) -> None:
