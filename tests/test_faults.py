@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 import torch
@@ -324,6 +325,9 @@ def test_9_ctrl_c_during_tokenisation_gives_one_line(args, tmp_path, monkeypatch
 
     def interrupted(self, conversations):
         os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(500):  # the handler runs in this (main) thread at the latest when a sleep is interrupted
+            time.sleep(0.01)
+        raise AssertionError("the SIGINT was not delivered")
     sample_data(tmp_path, 30)  # new bytes: tokenised afresh
     monkeypatch.setattr(ChatEncoder, "encode_many", interrupted)
     assert_error(cli(*args), r"interrupted by SIGINT while tokenising .*data.jsonl; the tokenised cache entry was "

@@ -288,6 +288,9 @@ def role_inversion_pairs(n: int) -> list[dict]:
              "rejected": records[(i + 7) % len(records)]["input"]} for i, r in enumerate(records[:n])]
 
 
+STEPS = {"dpo": "3", "kto": "2"}
+
+
 def test_dpo_with_lora_teaches_smollm2_to_stay_in_role_and_kto_moves_the_same_way(tmp_path, smollm2_dir, cache_dir):
     pairs = role_inversion_pairs(60)
     labelled = [{"messages": p["messages"], "completion": p[key], "label": key == "chosen"}
@@ -295,10 +298,10 @@ def test_dpo_with_lora_teaches_smollm2_to_stay_in_role_and_kto_moves_the_same_wa
     data = {"dpo": write_jsonl(tmp_path / "pairs.jsonl", pairs),
             "kto": write_jsonl(tmp_path / "labels.jsonl", labelled)}
     results = {}
-    for objective in ("dpo", "kto"):
+    for objective in ("dpo", "kto"):  # KTO's check is only the direction: two steps show it
         out = tmp_path / objective
         code, output = cli("--objective", objective, "--lora", "--data_path", data[objective], "--model_name",
-                           smollm2_dir, "--cache_dir", cache_dir, "--output_dir", out, "--max_steps", "3",
+                           smollm2_dir, "--cache_dir", cache_dir, "--output_dir", out, "--max_steps", STEPS[objective],
                            "--batch_size", "8", "--lr", "1e-3", "--eval_split", "0.2", "--warmup_ratio", "0",
                            "--log_steps", "1", "--save_steps", "0", "--sample_prompts", "0", "--max_length", "160",
                            "--no-merge_lora", "--no-report")

@@ -15,7 +15,7 @@ from core.data.roleplay_metrics import role_judge
 from core.model.generation import Sampling, generate_replies
 
 PAIRS = [json.loads(line) for line in (ROOT / "data" / "training.jsonl").read_text().splitlines()]
-TRAIN, HELD_OUT = PAIRS[:48], PAIRS[-8:]
+TRAIN, HELD_OUT = PAIRS[:32], PAIRS[-8:]
 
 
 def fine_tune(tmp_path, cache_dir, name: str, records: list[dict]):
