@@ -192,8 +192,6 @@ def test_mutated_yaml_documents_are_accepted_or_refused_in_one_line(tmp_path):
 def transcript_case(rng: random.Random, index: int, tmp_path):
     """A file of saved practice conversations (what `chat`'s /save appends: `messages` records), mutated.
 
-    The feedback format (judgement records from practice) does not exist in this branch: this generic JSONL of
-    records stands in for it, read by both of its readers (/save's ownership check and training).
     """
     records = [{"messages": [{"role": "system", "content": "You are Dana."}, {"role": "user", "content": "Hi."},
                              {"role": "assistant", "content": f"Who is this? {i}"}]} for i in range(rng.randint(1, 3))]
@@ -230,6 +228,45 @@ def test_mutated_transcript_files_are_accepted_or_refused_in_one_line(tmp_path, 
             return 0
         check(*quietly(train_on), (str(path),))
     assert refused_by_save > 10
+
+
+def feedback_case(rng: random.Random, index: int, tmp_path):
+    """A feedback file as the practice apps write it (core/use/feedback.py: thumbs, rewrite, better of two), mutated."""
+    from core.use import feedback
+    path = tmp_path / f"feedback{index}.jsonl"
+    chat = [{"role": "system", "content": "You are Dana."}, {"role": "user", "content": "Hi."},
+            {"role": "assistant", "content": f"Who is this? {index}"}]
+    feedback.judge(path, chat, rng.random() < 0.5, "best_model", "web")
+    feedback.rewrite(path, chat, "Dana here. What is it about?", "best_model", "chat")
+    feedback.prefer(path, chat[:2], "Make it quick.", "Sure, tell me everything!", "a", "b", "web")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    if rng.random() < 0.5:
+        victim = rng.randrange(len(records))
+        records[victim] = mutate_structure(rng, records[victim])
+        text = "".join(json.dumps(r) + "\n" for r in records).encode()
+    else:
+        text = mutate_bytes(rng, path.read_bytes())
+    path.write_bytes(text)
+    return path
+
+
+def test_mutated_feedback_files_are_accepted_or_refused_in_one_line(tmp_path, qwen_tokenizer):
+    """What --objective dpo and kto read first (the check before the model loads), then tokenise."""
+    from core.data.preference import count_usable, tokenize_preferences
+    rng = random.Random(SEED + 13)
+    refused = 0
+    for index in range(60):
+        path = feedback_case(rng, index, tmp_path)
+        objective = rng.choice(("dpo", "kto"))
+
+        def read(path=path, objective=objective):
+            count_usable(path, objective, DataOptions())
+            tokenize_preferences(path, qwen_tokenizer, DataOptions(), 128, tmp_path / "cache")
+            return 0
+        code, output = quietly(read)
+        check(code, output, (str(path),))
+        refused += code != 0
+    assert refused > 10
 
 
 @pytest.fixture(scope="module")
