@@ -134,6 +134,13 @@ def _figure(panels: int):
     return plt, *plt.subplots(1, panels, figsize=(6 * panels, 3.6), squeeze=False)
 
 
+def saved(plt, figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def plot_losses(metrics: list[dict], path: Path) -> Path | None:
     train = [(m["step"], m["loss"]) for m in metrics if m["type"] == "train"]
     evals = [(m["step"], m["eval_loss"]) for m in metrics if m["type"] == "eval"]
@@ -148,10 +155,7 @@ def plot_losses(metrics: list[dict], path: Path) -> Path | None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss per trained token")
     ax.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return saved(plt, figure, path)
 
 
 def plot_training(metrics: list[dict], path: Path) -> Path | None:
@@ -166,10 +170,7 @@ def plot_training(metrics: list[dict], path: Path) -> Path | None:
     axes[0][1].set_title("tokens per second")
     for ax in axes[0]:
         ax.set_xlabel("optimizer step")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return saved(plt, figure, path)
 
 
 def plot_preferences(metrics: list[dict], path: Path) -> Path | None:
@@ -185,10 +186,7 @@ def plot_preferences(metrics: list[dict], path: Path) -> Path | None:
         ax.set_title(name.replace("_", " "))
         ax.set_xlabel("optimizer step")
         ax.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return saved(plt, figure, path)
 
 
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
