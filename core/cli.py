@@ -158,6 +158,7 @@ def fail(message: str, code: int) -> int:
 
 def train(argv: list[str]) -> int:
     from core.errors import TrainingStopped
+    from core.train import distributed
     from core.train.output_dir import unlock_output_dir
     from core.train.run_setup import setup
     from core.trainer import fit
@@ -175,6 +176,9 @@ def train(argv: list[str]) -> int:
         if run.dist.is_main:
             print(f"\n{err}\nTo resume: python train.py {shlex.join(resume_command(argv, err.checkpoint))}",
                   file=sys.stderr)
+        # torchrun stops every other rank once one exits with an error: the others leave only after rank 0 has
+        # written the report and said how to resume.
+        distributed.barrier(run.dist)
         return err.exit_code
     finally:
         unlock_output_dir(out)

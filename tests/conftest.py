@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -24,6 +25,9 @@ def pytest_configure(config):
     if XDIST_WORKER:
         torch.set_num_threads(1)
         os.environ["OMP_NUM_THREADS"] = "1"
+    # Ctrl-C as a terminal delivers it: a suite started in the background of a script inherits SIGINT ignored
+    # (and Python then installs no KeyboardInterrupt handler), which the signal tests would not see.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
