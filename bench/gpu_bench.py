@@ -100,7 +100,8 @@ def project_steps(args, name: str, **overrides) -> dict:
     for batch in batches[:-1]:  # the last one is profiled
         vs.synchronize(args.device)
         clock = vs.clock()
-        loss, _, trained, _ = train_step(run, [batch])
+        result = train_step(run, [batch])
+        loss, trained = result.loss, result.count  # reading them waits for the device, as the clock needs
         vs.synchronize(args.device)
         lengths = run.data.sequences.lengths[batch].tolist()
         steps.append(vs.step_record(dims, clock, vs.clock(), lengths, trained, sum(lengths), loss))
