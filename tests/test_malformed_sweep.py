@@ -189,20 +189,23 @@ def test_mutated_yaml_documents_are_accepted_or_refused_in_one_line(tmp_path):
     assert refused > 20
 
 
+def mutated_lines(rng: random.Random, records: list, text: bytes) -> bytes:
+    """A JSONL file of `records` (whose bytes are `text`) with one record's structure or the bytes mutated."""
+    if rng.random() < 0.5:
+        victim = rng.randrange(len(records))
+        records[victim] = mutate_structure(rng, records[victim])
+        return "".join(json.dumps(r) + "\n" for r in records).encode()
+    return mutate_bytes(rng, text)
+
+
 def transcript_case(rng: random.Random, index: int, tmp_path):
     """A file of saved practice conversations (what `chat`'s /save appends: `messages` records), mutated.
 
     """
     records = [{"messages": [{"role": "system", "content": "You are Dana."}, {"role": "user", "content": "Hi."},
                              {"role": "assistant", "content": f"Who is this? {i}"}]} for i in range(rng.randint(1, 3))]
-    if rng.random() < 0.5:
-        victim = rng.randrange(len(records))
-        records[victim] = mutate_structure(rng, records[victim])
-        text = "".join(json.dumps(r) + "\n" for r in records).encode()
-    else:
-        text = mutate_bytes(rng, "".join(json.dumps(r) + "\n" for r in records).encode())
     path = tmp_path / f"saved{index}.jsonl"
-    path.write_bytes(text)
+    path.write_bytes(mutated_lines(rng, records, "".join(json.dumps(r) + "\n" for r in records).encode()))
     return path
 
 
@@ -240,13 +243,7 @@ def feedback_case(rng: random.Random, index: int, tmp_path):
     feedback.rewrite(path, chat, "Dana here. What is it about?", "best_model", "chat")
     feedback.prefer(path, chat[:2], "Make it quick.", "Sure, tell me everything!", "a", "b", "web")
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    if rng.random() < 0.5:
-        victim = rng.randrange(len(records))
-        records[victim] = mutate_structure(rng, records[victim])
-        text = "".join(json.dumps(r) + "\n" for r in records).encode()
-    else:
-        text = mutate_bytes(rng, path.read_bytes())
-    path.write_bytes(text)
+    path.write_bytes(mutated_lines(rng, records, path.read_bytes()))
     return path
 
 
