@@ -13,8 +13,8 @@ from core.train import checkpoint as ckpt
 from core.trainer import fit
 
 
-def test_a_step_completes_while_a_checkpoint_is_being_written(tmp_path, tiny_qwen_dir, cache_dir, monkeypatch):
-    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, batch_size=2, max_steps=5, save_steps=2, eval_steps=0,
+def test_a_step_completes_while_a_checkpoint_is_being_written(tmp_path, tiny_qwen_1k_dir, cache_dir, monkeypatch):
+    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, batch_size=2, max_steps=5, save_steps=2, eval_steps=0,
                    log_steps=1)
     gate, original, out = threading.Event(), ckpt.save_checkpoint, tmp_path / "out"
 

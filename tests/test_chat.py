@@ -20,8 +20,8 @@ from core.use.chat import load_scenarios, repeated_sentence
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_qwen_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_qwen_dir).eval(), AutoTokenizer.from_pretrained(tiny_qwen_dir)
+def tiny(tiny_qwen_1k_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_qwen_1k_dir).eval(), AutoTokenizer.from_pretrained(tiny_qwen_1k_dir)
 
 
 CHAT = [{"role": "system", "content": "You are Dana."}, {"role": "user", "content": "Hi Dana, got a minute?"}]
@@ -90,9 +90,9 @@ class Terminal:
         return self.read_until(until)
 
 
-def test_terminal_chat_turns_undo_new_persona_and_a_saved_record(tmp_path, tiny_qwen_dir):
+def test_terminal_chat_turns_undo_new_persona_and_a_saved_record(tmp_path, tiny_qwen_1k_dir):
     saved = tmp_path / "practice.jsonl"
-    terminal = Terminal([sys.executable, "train.py", "chat", "--model", str(tiny_qwen_dir), "--max_new_tokens",
+    terminal = Terminal([sys.executable, "train.py", "chat", "--model", str(tiny_qwen_1k_dir), "--max_new_tokens",
                          "6", "--system_prompt", "You are Dana, IT director.", "--seed", "1"])
     assert "Persona: You are Dana, IT director." in terminal.read_until("rep> ")
     first = terminal.send("Hi Dana, do you have a minute?")

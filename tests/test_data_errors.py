@@ -113,11 +113,11 @@ def test_special_token_in_content_is_refused(tmp_path, qwen_tokenizer):
         ChatEncoder(qwen_tokenizer, 512).encode(conversation)
 
 
-def test_cli_prints_one_line_and_no_traceback(tmp_path, tiny_qwen_dir):
+def test_cli_prints_one_line_and_no_traceback(tmp_path, tiny_qwen_1k_dir):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(GOOD) + "\n" + '{"input": "x", "output": 1}\n')
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data_path", str(path), "--model_name",
-                             str(tiny_qwen_dir), "--output_dir", str(tmp_path / "out"), "--cache_dir",
+                             str(tiny_qwen_1k_dir), "--output_dir", str(tmp_path / "out"), "--cache_dir",
                              str(tmp_path / "cache")], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {path} line 2: 'output' must be a string, got int"

@@ -12,17 +12,17 @@ from core.train.run_setup import setup
 from core.train.step import validate
 
 
-def test_evaluate_loss_is_the_validation_loss_of_the_same_records(tmp_path, tiny_qwen_dir, cache_dir):
+def test_evaluate_loss_is_the_validation_loss_of_the_same_records(tmp_path, tiny_qwen_1k_dir, cache_dir):
     data = sample_data(tmp_path, 16)
     records = [json.loads(line) for line in data.read_text().splitlines()]
-    run = setup(parse_args(["--data_path", str(data), "--model_name", str(tiny_qwen_dir), "--cache_dir", str(cache_dir),
+    run = setup(parse_args(["--data_path", str(data), "--model_name", str(tiny_qwen_1k_dir), "--cache_dir", str(cache_dir),
                             "--output_dir", str(tmp_path / "run"), "--eval_split", "0.5", "--sample_prompts", "0"]),
                 log=lambda *_: None)
     expected = validate(run)["eval_loss"]
     held_out = write_jsonl(tmp_path / "held_out.jsonl",
                            [r for r, held in zip(records, split_records(16, 0.5, 42)) if held])
     output = tmp_path / "eval.jsonl"
-    code, printed = cli("evaluate", "--model", tiny_qwen_dir, "--data_path", held_out, "--cache_dir", cache_dir,
+    code, printed = cli("evaluate", "--model", tiny_qwen_1k_dir, "--data_path", held_out, "--cache_dir", cache_dir,
                         "--output", output, "--no-replies", "--batch_size", "3")
     assert code == 0, printed[-2000:]
     summary = json.loads(output.with_suffix(".summary.json").read_text())
@@ -30,7 +30,7 @@ def test_evaluate_loss_is_the_validation_loss_of_the_same_records(tmp_path, tiny
     assert "loss: 100%" in printed and "sequences/s" in printed  # the progress line
 
 
-def test_an_interrupted_evaluate_leaves_the_earlier_output_whole(tmp_path, tiny_qwen_dir, cache_dir, monkeypatch):
+def test_an_interrupted_evaluate_leaves_the_earlier_output_whole(tmp_path, tiny_qwen_1k_dir, cache_dir, monkeypatch):
     import core.use.evaluate as evaluate
     data = sample_data(tmp_path, 4)
     output = tmp_path / "eval.jsonl"
@@ -45,14 +45,14 @@ def test_an_interrupted_evaluate_leaves_the_earlier_output_whole(tmp_path, tiny_
         return float(np.exp(loss))
     monkeypatch.setattr(evaluate, "perplexity", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        evaluate.evaluate(parse_args(["--model", str(tiny_qwen_dir), "--data_path", str(data), "--cache_dir",
+        evaluate.evaluate(parse_args(["--model", str(tiny_qwen_1k_dir), "--data_path", str(data), "--cache_dir",
                                       str(cache_dir), "--output", str(output), "--no-replies"],
                                      evaluate.EvaluateConfig))
     assert output.read_text() == earlier and sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl",
                                                                                               "eval.jsonl"]
 
 
-def test_self_play_answers_in_its_own_running_context_with_metrics_per_turn(tmp_path, tiny_qwen_dir, cache_dir,
+def test_self_play_answers_in_its_own_running_context_with_metrics_per_turn(tmp_path, tiny_qwen_1k_dir, cache_dir,
                                                                             monkeypatch):
     import core.use.evaluate as evaluate
     lines = (ROOT / "data" / "roleplay_conversations.jsonl").read_text().splitlines()[:3]
@@ -64,7 +64,7 @@ def test_self_play_answers_in_its_own_running_context_with_metrics_per_turn(tmp_
         return [f"Bot reply {len(chat)}. We are fine." for chat in chats]
     monkeypatch.setattr(evaluate, "generate_replies", fake_replies)
     output = tmp_path / "play.jsonl"
-    code, printed = cli("evaluate", "--model", tiny_qwen_dir, "--conversations", conversations, "--output", output,
+    code, printed = cli("evaluate", "--model", tiny_qwen_1k_dir, "--conversations", conversations, "--output", output,
                         "--cache_dir", cache_dir, "--batch_size", "2")
     assert code == 0, printed[-2000:]
     played = [json.loads(line) for line in output.read_text().splitlines()]

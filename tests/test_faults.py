@@ -30,10 +30,10 @@ from core.trainer import fit
 
 
 @pytest.fixture
-def args(tmp_path, tiny_qwen_dir, cache_dir):
+def args(tmp_path, tiny_qwen_1k_dir, cache_dir):
     """Command-line arguments of a short run of the tiny model (data written to tmp_path/data.jsonl)."""
     sample_data(tmp_path, 12)
-    return ["--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_dir, "--cache_dir", cache_dir,
+    return ["--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_1k_dir, "--cache_dir", cache_dir,
             "--output_dir", tmp_path / "out", "--batch_size", "2", "--log_steps", "1", "--save_steps", "0",
             "--eval_split", "0.25", "--lr", "1e-3", "--sample_prompts", "0"]
 
@@ -50,9 +50,9 @@ def snapshot(root) -> dict[str, str]:
 
 # 1. A stop in the final step --------------------------------------------------------------------
 
-def test_1_a_stop_during_the_last_step_is_finished_by_the_resumed_run(tmp_path, tiny_qwen_dir, cache_dir):
+def test_1_a_stop_during_the_last_step_is_finished_by_the_resumed_run(tmp_path, tiny_qwen_1k_dir, cache_dir):
     write_jsonl(tmp_path / "data.jsonl", [{"input": f"Hi {i}", "output": f"Go away {i}."} for i in range(4)])
-    config = make_config(tmp_path, tiny_qwen_dir, cache_dir, batch_size=1, eval_split=0.25, save_steps=0)
+    config = make_config(tmp_path, tiny_qwen_1k_dir, cache_dir, batch_size=1, eval_split=0.25, save_steps=0)
     run = setup(config, log=lambda *_: None)
     assert run.optim.total_steps == 3
 
@@ -65,7 +65,7 @@ def test_1_a_stop_during_the_last_step_is_finished_by_the_resumed_run(tmp_path, 
         fit(run, log=lambda *_: None)
     out = tmp_path / "out"
     assert stopped.value.checkpoint == out / "checkpoint-3" and not (out / "epoch_1").exists()
-    code, output = cli("--data_path", config.data_path, "--model_name", tiny_qwen_dir, "--cache_dir", cache_dir,
+    code, output = cli("--data_path", config.data_path, "--model_name", tiny_qwen_1k_dir, "--cache_dir", cache_dir,
                        "--output_dir", out, "--batch_size", "1", "--eval_split", "0.25", "--lr", "1e-3",
                        "--epochs", "1", "--save_steps", "0", "--resume_from_checkpoint", "auto",
                        "--sample_prompts", "0")
@@ -227,11 +227,11 @@ def test_6_an_unreadable_data_file_gives_one_line(args, tmp_path):
 # 7. Damaged checkpoints -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_qwen_dir, cache_dir):
+def finished_run(tmp_path_factory, tiny_qwen_1k_dir, cache_dir):
     """A run with checkpoint-2 and checkpoint-4, to be copied and damaged."""
     tmp = tmp_path_factory.mktemp("finished")
     sample_data(tmp, 12)
-    code, output = cli("--data_path", tmp / "data.jsonl", "--model_name", tiny_qwen_dir, "--cache_dir", cache_dir,
+    code, output = cli("--data_path", tmp / "data.jsonl", "--model_name", tiny_qwen_1k_dir, "--cache_dir", cache_dir,
                        "--output_dir", tmp / "out", "--batch_size", "2", "--save_steps", "2", "--max_steps", "4",
                        "--eval_split", "0.25", "--lr", "1e-3", "--sample_prompts", "0")
     assert code == 0, output[-2000:]
@@ -258,12 +258,12 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
 def test_7_a_damaged_checkpoint_is_refused_and_auto_takes_the_newest_intact_one(finished_run, tmp_path, cache_dir,
-                                                                                tiny_qwen_dir, damage):
+                                                                                tiny_qwen_1k_dir, damage):
     shutil.copytree(finished_run, tmp_path, dirs_exist_ok=True)
     out = tmp_path / "out"
     harm, pattern = DAMAGE[damage]
     harm(out / "checkpoint-4")
-    base = ["--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_dir, "--cache_dir", cache_dir,
+    base = ["--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_1k_dir, "--cache_dir", cache_dir,
             "--output_dir", out, "--batch_size", "2", "--save_steps", "2", "--max_steps", "4", "--eval_split", "0.25",
             "--lr", "1e-3", "--sample_prompts", "0"]
     assert_error(cli(*base, "--resume_from_checkpoint", out / "checkpoint-4"), pattern, 1)
@@ -351,11 +351,11 @@ def test_10_messages_name_the_real_cause(args, tmp_path):
 # r2_1. Nothing is destroyed that the command did not create: one check for every writing command
 
 @pytest.fixture
-def inputs(tmp_path, tiny_qwen_dir):
+def inputs(tmp_path, tiny_qwen_1k_dir):
     """A data directory, a model directory, a scenarios file and a directory of the user's own files."""
     (tmp_path / "data").mkdir()
     sample_data(tmp_path / "data", 8)
-    shutil.copytree(tiny_qwen_dir, tmp_path / "model")
+    shutil.copytree(tiny_qwen_1k_dir, tmp_path / "model")
     (tmp_path / "personas.txt").write_text("You are Dana, a busy office manager.")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("the user's own notes")
@@ -462,13 +462,13 @@ def test_r2_2_an_unwritable_output_dir_is_refused(args, tmp_path):
     assert_error(cli(*replace_arg(args, "--output_dir", tmp_path / "locked" / "out")), r"cannot be written", 2)
 
 
-def test_r2_2_web_on_a_port_in_use_says_so_before_loading(tiny_qwen_dir):
+def test_r2_2_web_on_a_port_in_use_says_so_before_loading(tiny_qwen_1k_dir):
     import socket
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, output = cli("web", "--model", tiny_qwen_dir, "--port", port)
+        code, output = cli("web", "--model", tiny_qwen_1k_dir, "--port", port)
     assert_error((code, output), rf"--port {port}: cannot listen on 127.0.0.1:{port} \(Address already in use\)", 2)
     assert "Practice app on" not in output
 
@@ -613,7 +613,7 @@ def test_r2_5_a_lost_peer_under_torchrun_is_reported_as_such(monkeypatch):
 
 # r2_6. Memory follows the options, not the file
 
-def test_r2_6_a_50_mb_record_tokenises_in_bounded_memory(tmp_path, tiny_qwen_dir):
+def test_r2_6_a_50_mb_record_tokenises_in_bounded_memory(tmp_path, tiny_qwen_1k_dir):
     data = tmp_path / "big.jsonl"
     data.write_text(json.dumps({"input": "Hi Dana.", "output": "no thanks " * 5_000_000}) + "\n")
     assert data.stat().st_size > 50e6
@@ -623,7 +623,7 @@ def test_r2_6_a_50_mb_record_tokenises_in_bounded_memory(tmp_path, tiny_qwen_dir
         from core.data.tokenized import tokenize_file
         from core.dataset import DataOptions
         from core.model.load import load_tokenizer
-        tokenizer = load_tokenizer({str(tiny_qwen_dir)!r})
+        tokenizer = load_tokenizer({str(tiny_qwen_1k_dir)!r})
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         data = tokenize_file({str(data)!r}, tokenizer, DataOptions(), 64, Path({str(tmp_path / "cache")!r}), False)
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
@@ -705,11 +705,11 @@ def test_unclear_an_over_long_system_prompt_is_blamed_on_the_option(args):
                  r"^error: --system_prompt leaves no room: .*shorten --system_prompt or raise --max_length", 2)
 
 
-def test_unclear_evaluate_checks_its_data_before_loading_the_model(tmp_path, monkeypatch, tiny_qwen_dir):
+def test_unclear_evaluate_checks_its_data_before_loading_the_model(tmp_path, monkeypatch, tiny_qwen_1k_dir):
     (tmp_path / "empty.jsonl").write_text("")
     from core.use import evaluate
     monkeypatch.setattr(evaluate, "load_for_chat", lambda *a, **k: pytest.fail("model loaded"))
-    assert_error(cli("evaluate", "--model", tiny_qwen_dir, "--data_path", tmp_path / "empty.jsonl", "--output",
+    assert_error(cli("evaluate", "--model", tiny_qwen_1k_dir, "--data_path", tmp_path / "empty.jsonl", "--output",
                      tmp_path / "e.jsonl"), r"empty.jsonl: file is empty", 2)
     assert not (tmp_path / "e.jsonl").exists()
 

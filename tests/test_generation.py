@@ -17,8 +17,8 @@ GREEDY = Sampling(max_new_tokens=10, greedy=True)
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_qwen_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_qwen_dir).eval(), AutoTokenizer.from_pretrained(tiny_qwen_dir)
+def tiny(tiny_qwen_1k_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_qwen_1k_dir).eval(), AutoTokenizer.from_pretrained(tiny_qwen_1k_dir)
 
 
 def test_a_batch_of_replies_equals_the_replies_one_at_a_time(tiny):
@@ -45,9 +45,9 @@ def test_each_new_token_is_one_forward_pass_on_the_cache(tiny):
     assert all(shape == (len(CHATS), 1) for shape in widths[1:]) and len(widths) > 1
 
 
-def test_a_model_prepared_for_training_generates_the_stock_models_tokens(tiny_qwen_dir, tiny):
+def test_a_model_prepared_for_training_generates_the_stock_models_tokens(tiny_qwen_1k_dir, tiny):
     stock, tokenizer = tiny
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen_1k_dir)
     prepared = prepare_model(model, HardwareOptions(), AdapterOptions(), 512, torch.device("cpu"), torch.float32,
                              log=lambda *_: None)
     assert prepared.packed and prepared.selective  # the patches generation must not be changed by

@@ -114,8 +114,8 @@ def cuda_path(model_dir, backend: str = "sdpa", compile: bool = False) -> Prepar
     return prepared
 
 
-def test_a_step_of_the_cuda_path_reads_nothing_back_from_the_device(tiny_qwen_dir, host_reads):
-    prepared = cuda_path(tiny_qwen_dir)
+def test_a_step_of_the_cuda_path_reads_nothing_back_from_the_device(tiny_qwen_1k_dir, host_reads):
+    prepared = cuda_path(tiny_qwen_1k_dir)
     _, (inputs, labels) = packed(8, prepared.model.config.vocab_size)
     counter = Counter()
     host_reads["on"] = True
@@ -134,11 +134,11 @@ def test_a_step_of_the_cuda_path_reads_nothing_back_from_the_device(tiny_qwen_di
 
 
 @pytest.mark.parametrize("sequences", [8, 20])
-def test_one_attention_call_per_layer_forward_and_backward(tiny_qwen_dir, sequences, monkeypatch):
+def test_one_attention_call_per_layer_forward_and_backward(tiny_qwen_1k_dir, sequences, monkeypatch):
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
     layers = 2
     for backend, calls_per_layer in (("sdpa", 1), ("eager", sequences)):
-        prepared = cuda_path(tiny_qwen_dir, backend)
+        prepared = cuda_path(tiny_qwen_1k_dir, backend)
         name, masks_built = prepared.model.config._attn_implementation, []
         mask_function = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[name]
         monkeypatch.setitem(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, name,
@@ -168,11 +168,11 @@ def reference(model_dir, data, n: int):
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "eager", "flex"])
-def test_every_cpu_backend_equals_the_sequences_one_by_one(tiny_qwen_dir, backend):
+def test_every_cpu_backend_equals_the_sequences_one_by_one(tiny_qwen_1k_dir, backend):
     n = 6
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen_1k_dir, dtype=torch.float32)
     data, (inputs, labels) = packed(n, model.config.vocab_size, seed=1)
-    want_logits, want_loss, want_grads = reference(tiny_qwen_dir, data, n)
+    want_logits, want_loss, want_grads = reference(tiny_qwen_1k_dir, data, n)
     chosen = packed_attention.backend(backend)
     model.set_attn_implementation(packed_attention.register(chosen))
     step = packed_attention.step_inputs(chosen, inputs)
@@ -188,8 +188,8 @@ def test_every_cpu_backend_equals_the_sequences_one_by_one(tiny_qwen_dir, backen
         assert (p.grad - want_grads[name]).norm() / want_grads[name].norm() < 1e-5, name
 
 
-def test_forward_and_loss_compile_to_one_graph_for_batches_of_any_size(tiny_qwen_dir):
-    prepared = cuda_path(tiny_qwen_dir, "sdpa")
+def test_forward_and_loss_compile_to_one_graph_for_batches_of_any_size(tiny_qwen_1k_dir):
+    prepared = cuda_path(tiny_qwen_1k_dir, "sdpa")
     vocab = prepared.model.config.vocab_size
     _, (inputs, labels) = packed(8, vocab)
     explained = torch._dynamo.explain(prepared.loss_module)(inputs, labels)
@@ -215,8 +215,8 @@ def test_forward_and_loss_compile_to_one_graph_for_batches_of_any_size(tiny_qwen
     torch._dynamo.reset()
 
 
-def test_the_head_runs_in_bf16_under_autocast_and_the_loss_stays_close(tiny_qwen_dir):
-    prepared = cuda_path(tiny_qwen_dir, "sdpa")
+def test_the_head_runs_in_bf16_under_autocast_and_the_loss_stays_close(tiny_qwen_1k_dir):
+    prepared = cuda_path(tiny_qwen_1k_dir, "sdpa")
     _, (inputs, labels) = packed(8, prepared.model.config.vocab_size)
     fp32 = prepared.loss_module(inputs, labels).item()
     with Counter() as counter:
@@ -372,14 +372,14 @@ def test_sigterm_during_a_background_write_leaves_whole_checkpoints_only(tmp_pat
         assert [p.name for p in tmp_path.glob(".checkpoint-2.tmp-*")]  # the unfinished write, hidden
 
 
-def test_an_attention_choice_for_padded_batches_is_said_to_be_unused(tmp_path, tiny_qwen_dir, cache_dir):
+def test_an_attention_choice_for_padded_batches_is_said_to_be_unused(tmp_path, tiny_qwen_1k_dir, cache_dir):
     from conftest import make_run
     messages = []
-    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, packing=False, attn_implementation="sdpa")
+    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, log=messages.append, packing=False, attn_implementation="sdpa")
     assert not run.prepared.packed and run.prepared.loss_module.attention is None
     assert "Note: --attn_implementation sdpa is unused: it chooses the attention of packed rows, and these batches " \
            "are padded" in messages
     messages.clear()
-    make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, output_dir=str(tmp_path / "packed"))
+    make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, log=messages.append, output_dir=str(tmp_path / "packed"))
     model_line = next(m for m in messages if m.startswith("Model: "))
     assert f"packed attention: {packed_attention.CPU_DEFAULT}, causal SDPA per sequence (auto on cpu" in model_line

@@ -267,12 +267,12 @@ def test_mutated_feedback_files_are_accepted_or_refused_in_one_line(tmp_path, qw
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_qwen_dir, cache_dir):
+def finished_run(tmp_path_factory, tiny_qwen_1k_dir, cache_dir):
     """A one-step run with checkpoint-1/, whose JSON files the sweep mutates."""
     from conftest import cli, sample_data
     tmp = tmp_path_factory.mktemp("sweep-run")
     sample_data(tmp, 8)
-    code, output = cli("--data_path", tmp / "data.jsonl", "--model_name", tiny_qwen_dir, "--cache_dir", cache_dir,
+    code, output = cli("--data_path", tmp / "data.jsonl", "--model_name", tiny_qwen_1k_dir, "--cache_dir", cache_dir,
                        "--output_dir", tmp / "out", "--batch_size", "4", "--max_steps", "1", "--save_steps", "1",
                        "--eval_split", "0.25", "--sample_prompts", "0", "--no-report")
     assert code == 0, output[-2000:]

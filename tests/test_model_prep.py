@@ -13,9 +13,9 @@ from core.model.patches.packed_attention import ATTENTION
 from core.model.prepare import PATCHES
 
 
-def test_prepare_model_applies_and_logs_each_cpu_patch(tmp_path, tiny_qwen_dir, cache_dir):
+def test_prepare_model_applies_and_logs_each_cpu_patch(tmp_path, tiny_qwen_1k_dir, cache_dir):
     messages = []
-    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, device="cpu")
+    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, log=messages.append, device="cpu")
     patches = run.prepared.patches
     assert [p.split(":")[0].split(" on ")[0] for p in patches] == [
         "lean RMSNorm/SwiGLU", "packed attention", "selective head", "last layer"]
@@ -28,9 +28,9 @@ def test_prepare_model_applies_and_logs_each_cpu_patch(tmp_path, tiny_qwen_dir, 
 
 
 
-def test_every_patch_of_the_table_is_applied_or_skipped_with_its_reason(tmp_path, tiny_qwen_dir, cache_dir):
+def test_every_patch_of_the_table_is_applied_or_skipped_with_its_reason(tmp_path, tiny_qwen_1k_dir, cache_dir):
     messages = []
-    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, device="cpu", lora=True, lora_r=4)
+    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, log=messages.append, device="cpu", lora=True, lora_r=4)
     prepared = run.prepared
     applied = {patch.name for patch in PATCHES} - set(prepared.skipped)
     assert applied == {"LoRA", "lean layers", "packing", "selective head", "trimmed last layer"}
@@ -41,18 +41,18 @@ def test_every_patch_of_the_table_is_applied_or_skipped_with_its_reason(tmp_path
     assert model_line == "Model: " + "; ".join(prepared.patches)
 
 
-def test_the_model_line_of_a_cpu_run_is_unchanged(tmp_path, tiny_qwen_dir, cache_dir):
+def test_the_model_line_of_a_cpu_run_is_unchanged(tmp_path, tiny_qwen_1k_dir, cache_dir):
     messages = []
-    make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, device="cpu")
+    make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, log=messages.append, device="cpu")
     # As before the patch table, except that the packed attention names its backend and why (issue 25).
     assert "Model: lean RMSNorm/SwiGLU on 7 modules (cpu); packed attention: eager, causal SDPA per sequence (auto " \
            "on cpu: the fastest there when not compiled (bench/attention_cpu.py)); selective head: logits at trained " \
            "positions only, 2048 rows at a time; last layer: MLP on trained rows only" in messages
     assert not [m for m in messages if m.startswith("Note: ")]
 
-def test_a_head_the_selective_loss_cannot_take_is_logged_and_compile_is_refused(tmp_path, tiny_qwen_dir, cache_dir):
+def test_a_head_the_selective_loss_cannot_take_is_logged_and_compile_is_refused(tmp_path, tiny_qwen_1k_dir, cache_dir):
     model_dir = tmp_path / "softcapped"
-    shutil.copytree(tiny_qwen_dir, model_dir)
+    shutil.copytree(tiny_qwen_1k_dir, model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps({**config, "final_logit_softcapping": 30.0}))
     messages = []

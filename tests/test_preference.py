@@ -80,10 +80,10 @@ def trl_dpo_trainer(tmp_path, model, ref_model, tokenizer, beta: float, peft_con
 
 @pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_dpo_loss_and_gradients_equal_trl(tmp_path, tiny_qwen_dir, cache_dir, packing, lora):
+def test_dpo_loss_and_gradients_equal_trl(tmp_path, tiny_qwen_1k_dir, cache_dir, packing, lora):
     data_path = write_jsonl(tmp_path / "pairs.jsonl", pair_records())
     adapter = dict(lora=True, lora_r=4, lora_alpha=8.0, lora_dropout=0.0) if lora else {}
-    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, data_path=str(data_path), objective="dpo", beta=0.1,
+    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, data_path=str(data_path), objective="dpo", beta=0.1,
                    eval_split=0.0, packing=packing, precision="fp32", **adapter)
     assert run.prepared.packed == packing
     model = run.prepared.model
@@ -94,7 +94,7 @@ def test_dpo_loss_and_gradients_equal_trl(tmp_path, tiny_qwen_dir, cache_dir, pa
     (loss / len(units)).backward()
     ours = grads(model)
 
-    stock = stock_model(tiny_qwen_dir)
+    stock = stock_model(tiny_qwen_1k_dir)
     if lora:  # TRL attaches a new adapter (its reference: adapters off), then takes ours
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
         config = copy.deepcopy(model.peft_config["default"])
@@ -152,12 +152,12 @@ def trl_kto_trainer(tmp_path, model, ref_model, tokenizer, peft_config=None):
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_kto_loss_and_gradients_equal_trl(tmp_path, tiny_qwen_dir, cache_dir, lora):
+def test_kto_loss_and_gradients_equal_trl(tmp_path, tiny_qwen_1k_dir, cache_dir, lora):
     """One micro-batch on one process, where TRL's per-batch KL estimate and ours (per optimizer step) coincide;
     TRL's collator is given our mismatched partners as its KL completions."""
     data_path = write_jsonl(tmp_path / "labels.jsonl", kto_records())
     adapter = dict(lora=True, lora_r=4, lora_alpha=8.0, lora_dropout=0.0) if lora else {}
-    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, data_path=str(data_path), objective="kto", beta=0.1,
+    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, data_path=str(data_path), objective="kto", beta=0.1,
                    desirable_weight=1.0, undesirable_weight=1.5, eval_split=0.0, precision="fp32", **adapter)
     data, model = run.data.sequences, run.prepared.model
     assert len(data) == 8 and data.desirable.tolist() == [False, True, False, True, True, False, True, False]
@@ -170,7 +170,7 @@ def test_kto_loss_and_gradients_equal_trl(tmp_path, tiny_qwen_dir, cache_dir, lo
     (loss / len(units)).backward()
     assert run.objective.kl > 0  # the policy moved, so the clamp at 0 is not what makes the two agree
 
-    stock = stock_model(tiny_qwen_dir)
+    stock = stock_model(tiny_qwen_1k_dir)
     if lora:
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
         trainer = trl_kto_trainer(tmp_path, stock, None, run.tokenizer, copy.deepcopy(model.peft_config["default"]))
@@ -202,7 +202,7 @@ RESUMABLE = dict(objective="dpo", epochs=2, batch_size=2, grad_accum_steps=2, lr
                  save_steps=4, eval_split=0.2, warmup_ratio=0.2)
 
 
-def test_dpo_resumes_after_sigterm_bit_identically(tmp_path, tiny_qwen_dir, cache_dir):
+def test_dpo_resumes_after_sigterm_bit_identically(tmp_path, tiny_qwen_1k_dir, cache_dir):
     """A full fine-tune: the resumed model is no longer the reference, so the run must read the cached one."""
     import os
     import signal
@@ -218,7 +218,7 @@ def test_dpo_resumes_after_sigterm_bit_identically(tmp_path, tiny_qwen_dir, cach
     for name in ("reference", "resumed"):
         (tmp_path / name).mkdir()
         write_jsonl(tmp_path / name / "data.jsonl", records)
-    reference = make_config(tmp_path / "reference", tiny_qwen_dir, cache_dir, **RESUMABLE)
+    reference = make_config(tmp_path / "reference", tiny_qwen_1k_dir, cache_dir, **RESUMABLE)
     run_to_end(reference)
     metrics = [json.loads(line) for line in (tmp_path / "reference" / "out" / "metrics.jsonl").read_text().splitlines()]
     assert {"reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected"} <= set(metrics[0])
@@ -227,11 +227,11 @@ def test_dpo_resumes_after_sigterm_bit_identically(tmp_path, tiny_qwen_dir, cach
     def stop_in_step_6(name, run, index=None, **details):
         if name == "micro_batch" and run.state.step + 1 == 6 and index == 1:
             os.kill(os.getpid(), signal.SIGTERM)
-    interrupted = make_config(tmp_path / "resumed", tiny_qwen_dir, cache_dir, **RESUMABLE)
+    interrupted = make_config(tmp_path / "resumed", tiny_qwen_1k_dir, cache_dir, **RESUMABLE)
     with pytest.raises(TrainingStopped):
         run_to_end(interrupted, stop_in_step_6)
     assert (tmp_path / "resumed" / "out" / REFERENCE_FILE).is_file()
-    run = setup(make_config(tmp_path / "resumed", tiny_qwen_dir, cache_dir, **RESUMABLE,
+    run = setup(make_config(tmp_path / "resumed", tiny_qwen_1k_dir, cache_dir, **RESUMABLE,
                             resume_from_checkpoint="auto"), log=lambda *_: None)
     assert run.state.step == 6  # the interrupted step completes, then checkpoint-6 is written
     fit(run, log=lambda *_: None)
@@ -256,10 +256,10 @@ def test_dpo_two_processes_equal_one_with_twice_the_batch(tmp_path, tiny_qwen_di
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (key, a, b)
 
 
-def test_a_dpo_run_logs_its_metrics_and_its_report_shows_them(tmp_path, tiny_qwen_dir, cache_dir):
+def test_a_dpo_run_logs_its_metrics_and_its_report_shows_them(tmp_path, tiny_qwen_1k_dir, cache_dir):
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(12))
     out = tmp_path / "out"
-    code, output = cli("--objective", "dpo", "--data_path", data, "--model_name", tiny_qwen_dir, "--cache_dir",
+    code, output = cli("--objective", "dpo", "--data_path", data, "--model_name", tiny_qwen_1k_dir, "--cache_dir",
                        cache_dir, "--output_dir", out, "--batch_size", "2", "--epochs", "1", "--eval_steps", "2",
                        "--save_steps", "0", "--log_steps", "1", "--sample_prompts", "2", "--sample_max_new_tokens",
                        "4", "--eval_split", "0.25", "--lr", "1e-3")

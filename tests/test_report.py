@@ -6,10 +6,10 @@ import re
 from conftest import cli, sample_data
 
 
-def test_a_run_writes_samples_at_each_evaluation_and_a_self_contained_report(tmp_path, tiny_qwen_dir, cache_dir):
+def test_a_run_writes_samples_at_each_evaluation_and_a_self_contained_report(tmp_path, tiny_qwen_1k_dir, cache_dir):
     sample_data(tmp_path, 24)
     out = tmp_path / "out"
-    code, output = cli("--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_dir, "--cache_dir",
+    code, output = cli("--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_1k_dir, "--cache_dir",
                        cache_dir, "--output_dir", out, "--batch_size", "4", "--epochs", "1", "--eval_steps", "2",
                        "--save_steps", "0", "--log_steps", "1", "--sample_prompts", "3", "--sample_max_new_tokens",
                        "8", "--report_to", "tensorboard", "--eval_split", "0.25")
@@ -38,10 +38,10 @@ def test_a_run_writes_samples_at_each_evaluation_and_a_self_contained_report(tmp
     assert f"Report: {out / 'report.html'}" in output
 
 
-def test_evaluate_writes_each_records_reply_loss_and_the_mean(tmp_path, tiny_qwen_dir, cache_dir):
+def test_evaluate_writes_each_records_reply_loss_and_the_mean(tmp_path, tiny_qwen_1k_dir, cache_dir):
     data = sample_data(tmp_path, 5)
     output = tmp_path / "eval.jsonl"
-    code, printed = cli("evaluate", "--model", tiny_qwen_dir, "--data_path", data, "--cache_dir", cache_dir,
+    code, printed = cli("evaluate", "--model", tiny_qwen_1k_dir, "--data_path", data, "--cache_dir", cache_dir,
                         "--output", output, "--max_new_tokens", "4")
     assert code == 0, printed[-2000:]
     lines = [json.loads(line) for line in output.read_text().splitlines()]

@@ -27,8 +27,8 @@ def gradients(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_accumulation_equals_one_large_batch(tmp_path, tiny_qwen_dir, cache_dir):
-    run = make_run(tmp_path, tiny_qwen_dir, cache_dir)
+def test_accumulation_equals_one_large_batch(tmp_path, tiny_qwen_1k_dir, cache_dir):
+    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir)
     idx = run.data.train_idx[:6]
     lengths = run.data.sequences.lengths[idx]
     assert len(set(lengths.tolist())) > 1  # micro-batches of different lengths and token counts
@@ -42,10 +42,10 @@ def test_accumulation_equals_one_large_batch(tmp_path, tiny_qwen_dir, cache_dir)
         assert rel < 1e-4, name
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_qwen_dir, cache_dir):
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_qwen_1k_dir, cache_dir):
     results = []
     for checkpointing in (False, True):
-        run = make_run(tmp_path, tiny_qwen_dir, cache_dir, gradient_checkpointing=checkpointing,
+        run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, gradient_checkpointing=checkpointing,
                        output_dir=str(tmp_path / f"out-{checkpointing}"))
         assert run.prepared.model.is_activation_checkpointing == checkpointing
         results.append((accumulate_gradients(run, [run.data.train_idx[:4]]), gradients(run.prepared.model)))
@@ -56,10 +56,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_qwen_dir
 
 
 @pytest.mark.slow  # compiling the body takes Inductor half a minute
-def test_compiled_body_gives_the_same_loss_and_gradients(tmp_path, tiny_qwen_dir, cache_dir):
+def test_compiled_body_gives_the_same_loss_and_gradients(tmp_path, tiny_qwen_1k_dir, cache_dir):
     results = []
     for compiled in (False, True):
-        run = make_run(tmp_path, tiny_qwen_dir, cache_dir, compile=compiled,
+        run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, compile=compiled,
                        output_dir=str(tmp_path / f"out-{compiled}"))
         assert ("torch.compile of the decoder body" in run.prepared.patches) == compiled
         assert (run.prepared.model.get_decoder()._compiled_call_impl is not None) == compiled
@@ -133,8 +133,8 @@ def test_trimmed_last_layer_gives_the_same_loss_and_gradients_on_trained_rows_on
         assert torch.equal(trimmed(input_ids=ids).logits, stock(input_ids=ids).logits)
 
 
-def test_padded_batch_loss_equals_sum_of_examples_alone(tmp_path, tiny_qwen_dir, cache_dir):
-    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, packing=False)
+def test_padded_batch_loss_equals_sum_of_examples_alone(tmp_path, tiny_qwen_1k_dir, cache_dir):
+    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, packing=False)
     assert not run.prepared.packed
     batch = run.data.train_idx[:4]
     inputs, labels = collate(run.data.sequences, batch, run.tokenizer.pad_token_id)
@@ -146,11 +146,11 @@ def test_padded_batch_loss_equals_sum_of_examples_alone(tmp_path, tiny_qwen_dir,
     assert abs(together - alone) / alone < 1e-5
 
 
-def test_packed_batch_loss_and_gradients_equal_sum_of_examples_alone(tmp_path, tiny_qwen_dir, cache_dir):
+def test_packed_batch_loss_and_gradients_equal_sum_of_examples_alone(tmp_path, tiny_qwen_1k_dir, cache_dir):
     """One packed row through the training model (packed attention, lean layers) against each example
     alone through a stock transformers model with SDPA: same loss, same gradients, so nothing crosses
     a sequence boundary."""
-    run = make_run(tmp_path, tiny_qwen_dir, cache_dir)
+    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir)
     model = run.prepared.model
     assert run.prepared.packed and model.config._attn_implementation == ATTENTION and is_trimmed(model)
     batch = run.data.train_idx[:4]
@@ -161,7 +161,7 @@ def test_packed_batch_loss_and_gradients_equal_sum_of_examples_alone(tmp_path, t
     together.backward()
     packed_grads = gradients(run.prepared.model)
 
-    stock = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir, dtype=torch.float32, attn_implementation="sdpa")
+    stock = AutoModelForCausalLM.from_pretrained(tiny_qwen_1k_dir, dtype=torch.float32, attn_implementation="sdpa")
     alone = sum(summed_loss_full_logits(stock, *collate(run.data.sequences, batch[i:i + 1], 0)) for i in range(4))
     alone.backward()
     assert abs(together.item() - alone.item()) / alone.item() < 1e-5
@@ -170,9 +170,9 @@ def test_packed_batch_loss_and_gradients_equal_sum_of_examples_alone(tmp_path, t
         assert (stock_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12) < 1e-4, name
 
 
-def test_a_model_that_cannot_pack_trains_on_padded_batches_and_says_why(tmp_path, tiny_qwen_dir, cache_dir):
+def test_a_model_that_cannot_pack_trains_on_padded_batches_and_says_why(tmp_path, tiny_qwen_1k_dir, cache_dir):
     model_dir = tmp_path / "windowed"
-    shutil.copytree(tiny_qwen_dir, model_dir)
+    shutil.copytree(tiny_qwen_1k_dir, model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     config.update(use_sliding_window=True, sliding_window=16, max_window_layers=0)
     (model_dir / "config.json").write_text(json.dumps(config))
@@ -205,8 +205,8 @@ def test_lean_layers_match_stock_layers(tiny_qwen_dir, dtype):
         assert (lean_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12) < tolerance, name
 
 
-def test_packed_rows_restart_positions_and_never_train_across_a_boundary(tmp_path, tiny_qwen_dir, cache_dir):
-    run = make_run(tmp_path, tiny_qwen_dir, cache_dir)
+def test_packed_rows_restart_positions_and_never_train_across_a_boundary(tmp_path, tiny_qwen_1k_dir, cache_dir):
+    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir)
     batch = run.data.train_idx[:3]
     inputs, labels = pack(run.data.sequences, batch)
     starts = inputs["cu_seq_lens_q"][:-1].tolist()
@@ -252,8 +252,8 @@ def test_token_budget_batches_hold_each_sequence_once_whole_and_within_budget(pa
     assert sum(not len(p) for p in parts) <= len(batches) / 10  # only a group's last global batch runs short
 
 
-def test_every_output_directory_loads_with_transformers(tmp_path, tiny_qwen_dir, cache_dir):
-    run = make_run(tmp_path, tiny_qwen_dir, cache_dir, epochs=2, save_steps=3)
+def test_every_output_directory_loads_with_transformers(tmp_path, tiny_qwen_1k_dir, cache_dir):
+    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, epochs=2, save_steps=3)
     summary = fit(run, log=lambda *_: None)
     out = tmp_path / "out"
     names = sorted(p.name for p in out.iterdir())
@@ -303,8 +303,8 @@ def test_freed_memory_is_reused_without_page_faults():
     assert retained < 100
 
 
-def test_setup_says_when_freed_memory_cannot_be_kept(tmp_path, tiny_qwen_dir, cache_dir, monkeypatch):
+def test_setup_says_when_freed_memory_cannot_be_kept(tmp_path, tiny_qwen_1k_dir, cache_dir, monkeypatch):
     monkeypatch.setattr("core.train.run_setup.retain_freed_memory", lambda: False)  # as on macOS or musl
     messages = []
-    make_run(tmp_path, tiny_qwen_dir, cache_dir, log=messages.append, device="cpu")
+    make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, log=messages.append, device="cpu")
     assert any("refused to keep freed memory" in m for m in messages)

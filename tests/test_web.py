@@ -27,10 +27,10 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def app(tiny_qwen_dir):
+def app(tiny_qwen_1k_dir):
     port = free_port()
-    process = subprocess.Popen([sys.executable, "train.py", "web", "--model", str(tiny_qwen_dir), "--compare_model",
-                                str(tiny_qwen_dir), "--scenarios", "data/scenarios.yaml", "--max_new_tokens", "6",
+    process = subprocess.Popen([sys.executable, "train.py", "web", "--model", str(tiny_qwen_1k_dir), "--compare_model",
+                                str(tiny_qwen_1k_dir), "--scenarios", "data/scenarios.yaml", "--max_new_tokens", "6",
                                 "--greedy", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     url, deadline = f"http://127.0.0.1:{port}/", time.time() + 120
@@ -92,10 +92,10 @@ def test_browser_chat_answers_compares_and_downloads_a_training_record(app, tmp_
     assert SCREENSHOT.stat().st_size > 10_000
 
 
-def test_the_handlers_answer_regenerate_with_variety_and_offer_the_run_s_other_checkpoints(tmp_path, tiny_qwen_dir):
+def test_the_handlers_answer_regenerate_with_variety_and_offer_the_run_s_other_checkpoints(tmp_path, tiny_qwen_1k_dir):
     run = tmp_path / "run"
     for name in ("best_model", "epoch_1", "checkpoint-4"):
-        shutil.copytree(tiny_qwen_dir, run / name)
+        shutil.copytree(tiny_qwen_1k_dir, run / name)
     (run / "tensorboard").mkdir()  # not a model
     config = WebConfig(model=str(run / "best_model"), max_new_tokens=6)
     assert model_choices(config) == [str(run / name) for name in ("best_model", "checkpoint-4", "epoch_1")]
