@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -449,3 +450,32 @@ def test_the_liger_row_is_skipped_with_its_reason_off_cuda_and_refused_when_requ
     with pytest.raises(ConfigError, match=r"^--liger on cannot run here: Liger's kernels need CUDA \(the device is "
                                           r"cpu\); use --liger auto or off$"):
         prepared("on")
+
+
+# The prepared GPU benchmark, on the CPU ------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_gpu_benchmark_smoke_run_gives_every_arm_its_figures():
+    """`bash bench/gpu.sh --smoke`: every arm ends with a line of real figures, not just a zero exit code."""
+    done = subprocess.run(["bash", "bench/gpu.sh", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=230)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = {line["arm"]: line for line in map(json.loads, re.findall(r'^\{"arm".*$', done.stdout, flags=re.M))}
+    assert list(lines) == ["matmul", "project_b4", "project_16k", "project_32k", "project_64k", "trl_shipped",
+                           "trl_best", "parity", "qlora", "checkpoint", "total"]
+    assert lines.pop("total")["failed"] == [] and lines["matmul"]["gflops"] > 0
+    trl_arms = ("trl_shipped", "trl_best", "parity")
+    if importlib.util.find_spec("trl") is None:  # in the dev extra; without it the TRL arms say they are skipped
+        assert all("skipped" in lines.pop(arm) for arm in trl_arms)
+    assert not [arm for arm, line in lines.items() if "error" in line or "skipped" in line], lines
+    for arm in ("project_b4", "project_16k", "project_32k", "project_64k", "qlora", *trl_arms[:2]):
+        if arm in lines:
+            assert lines[arm]["tokens/s"] > 0, lines[arm]
+    for arm in ("project_b4", "project_16k", "project_32k", "project_64k"):
+        assert lines[arm]["syncs_per_step"] is not None and lines[arm]["steps"] >= 2, lines[arm]
+    if "parity" in lines:
+        parity = lines["parity"]
+        assert parity["same_input_ids"] and parity["project_trained"] == parity["trl_trained"] > 0
+        assert abs(parity["project_loss"] - parity["trl_loss"]) / parity["trl_loss"] < 1e-4, parity
+    checkpoint = lines["checkpoint"]
+    assert checkpoint["round_trip_equal"] and checkpoint["tensors_read_back"] > 0, checkpoint
