@@ -150,6 +150,7 @@ class HardwareOptions:
     distributed: str = option("ddp", "with several processes (torchrun, accelerate launch): data parallel (ddp) or fully sharded (fsdp, for models that do not fit one device)", ("ddp", "fsdp"), changes_run=True)
     packing: bool = option(True, "lay each micro-batch's sequences end to end in one row (no padding, attention kept within each sequence); off: right-padded batches of similar lengths", changes_run=True)
     attn_implementation: str = option("auto", "attention over packed rows: varlen (FlashAttention-2 or torch's varlen kernel, CUDA), flex (flex attention with a block mask, CUDA), sdpa (one SDPA call per layer with a block-diagonal mask), eager (SDPA per sequence); auto: varlen on CUDA (flex without a varlen kernel), sdpa with --compile, otherwise the CPU's fastest", ("auto", "varlen", "flex", "sdpa", "eager"))
+    liger: str = option("auto", "Liger's Triton kernels (RMSNorm, SwiGLU, RoPE, and fused linear cross-entropy in the selective head; pip install -r requirements-gpu.txt): auto: on with CUDA when liger_kernel imports; on: required (an error where it cannot run)", ("auto", "on", "off"))
     head_chunk_rows: int = option(2048, "trained positions whose logits are computed at once by the selective loss (lower: less memory, more kernel launches)", at_least=1)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
     compile: bool = option(False, "torch.compile the transformer body")

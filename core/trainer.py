@@ -6,6 +6,9 @@ needs them: at a logging step (--log_steps), before validating or saving, and at
 steps since the last read come over in one transfer, and their bookkeeping (skipped-step records, the
 bad-steps-in-a-row stop, the logged window) runs for each in order, as if it had run after each step.
 
+Each epoch's steps are built ahead, a few at a time, by a background thread (core/train/prefetch.py) in the
+order they are trained; a failure there is raised here.
+
 checkpoint-N/ is written by a background thread (core/train/checkpoint_writer.py) while training goes
 on, at most one write in flight; epoch_N/, the last checkpoint and the one a stop writes are written at
 once, after the write in flight, which the end of the run, an error or a stop also waits for.
@@ -21,6 +24,7 @@ import json
 import math
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,10 +36,11 @@ from core.run_files import ADAPTER_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 from core.train import checkpoint as ckpt
 from core.train import distributed, trackers
 from core.train.checkpoint_writer import BackgroundWriter
+from core.train.prefetch import Prefetcher
 from core.train.run_log import RunLog
 from core.train.run_setup import Run
 from core.train.samples import write_samples
-from core.train.step import StepResult, read_results, train_batches, train_step, validate
+from core.train.step import StepResult, read_results, step_batches, train_batches, train_step, validate
 from core.train.stop_signal import StopSignal
 from core.utils import get_rng_state
 
@@ -54,17 +59,19 @@ def fit(run: Run, log=tqdm.write) -> dict:
                    trackers=tracked) as run_log:
         while stop_reason is None and state.epoch < config.epochs and not finished_between_epochs(run):
             batches = train_batches(run, state.epoch)
-            while stop_reason is None and state.batch_in_epoch < len(batches) and state.step < run.optim.total_steps:
-                group = batches[state.batch_in_epoch: state.batch_in_epoch + config.grad_accum_steps]
-                result = train_step(run, group)
-                state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + len(group)
-                state.tokens_seen += result.real_tokens
-                run_log.step_done(run.optim.scheduler.get_last_lr()[0], result.real_tokens)
-                stop_reason = after_step(run, run_log, result)
-                saved(run, wait=False)
-                if distributed.any_across(run.dist, stop.received is not None, run.prepared.device):
-                    read_steps(run, run_log)
-                    raise interrupted(run, stop.received or signal.SIGTERM)  # another rank got the signal
+            with Prefetcher(partial(step_batches, run), step_groups(run, batches), run.prepared.device) as ahead:
+                for group, built in ahead:
+                    result = train_step(run, group, built)
+                    state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + len(group)
+                    state.tokens_seen += result.real_tokens
+                    run_log.step_done(run.optim.scheduler.get_last_lr()[0], result.real_tokens)
+                    stop_reason = after_step(run, run_log, result)
+                    saved(run, wait=False)
+                    if distributed.any_across(run.dist, stop.received is not None, run.prepared.device):
+                        read_steps(run, run_log)
+                        raise interrupted(run, stop.received or signal.SIGTERM)  # another rank got the signal
+                    if stop_reason is not None:
+                        break
             read_steps(run, run_log)
             if stop_reason is None and state.batch_in_epoch < len(batches):
                 stop_reason = "max_steps"
@@ -77,6 +84,13 @@ def fit(run: Run, log=tqdm.write) -> dict:
     if not run.data.eval_idx.size:
         save_best(run, {"eval_loss": None})
     return write_summary(run, stop_reason or "completed", time.perf_counter() - started)
+
+
+def step_groups(run: Run, batches: list) -> list:
+    """The epoch's remaining optimizer steps, each its `--grad_accum_steps` global batches, from where the run is."""
+    state, accum = run.state, run.config.grad_accum_steps
+    starts = range(state.batch_in_epoch, len(batches), accum)
+    return [batches[i:i + accum] for i in starts][:max(run.optim.total_steps - state.step, 0)]
 
 
 def finished_between_epochs(run: Run) -> bool:

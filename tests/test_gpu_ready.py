@@ -4,7 +4,10 @@ attention backend that runs here gives what running the sequences one by one giv
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -383,3 +386,96 @@ def test_an_attention_choice_for_padded_batches_is_said_to_be_unused(tmp_path, t
     make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, log=messages.append, output_dir=str(tmp_path / "packed"))
     model_line = next(m for m in messages if m.startswith("Model: "))
     assert f"packed attention: {packed_attention.CPU_DEFAULT}, causal SDPA per sequence (auto on cpu" in model_line
+
+
+# Liger's kernels -----------------------------------------------------------------------------------
+
+LIGER_CHILD = """
+import json, os, sys, time
+import torch
+sys.path[:0] = [{root!r}, {tests!r}]
+from transformers import AutoModelForCausalLM
+from test_gpu_ready import packed
+from core.model.patches.liger import apply_liger, summed_cross_entropy
+from core.model.patches.selective_head import summed_loss
+assert os.environ["TRITON_INTERPRET"] == "1"
+model = AutoModelForCausalLM.from_pretrained({model_dir!r}, dtype=torch.float32)
+_, (inputs, labels) = packed(6, model.config.vocab_size)
+
+def loss_and_gradients(fused_head):
+    model.zero_grad(set_to_none=True)
+    started = time.perf_counter()
+    loss = summed_loss(model, inputs, labels, fused_head=fused_head)
+    loss.backward()
+    return loss.item(), {{n: p.grad.clone() for n, p in model.named_parameters()}}, time.perf_counter() - started
+
+want, want_grads, _ = loss_and_gradients(None)
+got, grads, seconds = loss_and_gradients(summed_cross_entropy)
+apply_liger(model)  # the row's module swaps (Liger's norm kernel itself does not run under the interpreter)
+layer = model.model.layers[0]
+print(json.dumps({{"loss": [want, got], "seconds": seconds,
+                  "forwards": [m.forward.__func__.__qualname__ for m in (layer.mlp, layer.input_layernorm)],
+                  "gradients": max(((grads[n] - g).norm() / g.norm()).item() for n, g in want_grads.items())}}))
+"""
+
+
+def test_liger_fused_cross_entropy_equals_the_selective_head_under_the_triton_interpreter(tmp_path, tiny_qwen_1k_dir):
+    """Liger's kernel on CPU tensors through Triton's interpreter (set before triton imports: a child process)."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        pytest.skip("liger_kernel is not installed (pip install -r requirements-gpu.txt; triton is too large for CI)")
+    script = tmp_path / "liger_child.py"
+    script.write_text(LIGER_CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"), model_dir=str(tiny_qwen_1k_dir)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, timeout=240,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    want, got = result["loss"]
+    assert abs(got - want) / want < 1e-4 and result["gradients"] < 1e-4, result
+    assert result["forwards"] == ["LigerSwiGLUMLP.forward", "LigerRMSNorm.forward"], result
+
+
+def test_the_liger_row_is_skipped_with_its_reason_off_cuda_and_refused_when_required(tiny_qwen_1k_dir):
+    from core.model.prepare import prepare_model
+    messages = []
+
+    def prepared(liger: str) -> Prepared:
+        model = AutoModelForCausalLM.from_pretrained(tiny_qwen_1k_dir, dtype=torch.float32)
+        return prepare_model(model, HardwareOptions(liger=liger), AdapterOptions(), 512, torch.device("cpu"),
+                             torch.float32, log=messages.append)
+    auto = prepared("auto")
+    assert auto.skipped["Liger kernels"] == "not asked for (--liger auto: Liger's kernels need CUDA (the device is " \
+                                           "cpu))"
+    assert auto.loss_module.fused_head is None and not any("Liger" in m for m in messages)
+    assert prepared("off").skipped["Liger kernels"] == "not asked for (--liger off)"
+    with pytest.raises(ConfigError, match=r"^--liger on cannot run here: Liger's kernels need CUDA \(the device is "
+                                          r"cpu\); use --liger auto or off$"):
+        prepared("on")
+
+
+# The prepared GPU benchmark, on the CPU ------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_gpu_benchmark_smoke_run_gives_every_arm_its_figures():
+    """`bash bench/gpu.sh --smoke`: every arm ends with a line of real figures, not just a zero exit code."""
+    done = subprocess.run(["bash", "bench/gpu.sh", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=230)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = {line["arm"]: line for line in map(json.loads, re.findall(r'^\{"arm".*$', done.stdout, flags=re.M))}
+    assert list(lines) == ["matmul", "project_b4", "project_16k", "project_32k", "project_64k", "trl_shipped",
+                           "trl_best", "parity", "qlora", "checkpoint", "total"]
+    assert lines.pop("total")["failed"] == [] and lines["matmul"]["gflops"] > 0
+    trl_arms = ("trl_shipped", "trl_best", "parity")
+    if importlib.util.find_spec("trl") is None:  # in the dev extra; without it the TRL arms say they are skipped
+        assert all("skipped" in lines.pop(arm) for arm in trl_arms)
+    assert not [arm for arm, line in lines.items() if "error" in line or "skipped" in line], lines
+    for arm in ("project_b4", "project_16k", "project_32k", "project_64k", "qlora", *trl_arms[:2]):
+        if arm in lines:
+            assert lines[arm]["tokens/s"] > 0, lines[arm]
+    for arm in ("project_b4", "project_16k", "project_32k", "project_64k"):
+        assert lines[arm]["syncs_per_step"] is not None and lines[arm]["steps"] >= 2, lines[arm]
+    if "parity" in lines:
+        parity = lines["parity"]
+        assert parity["same_input_ids"] and parity["project_trained"] == parity["trl_trained"] > 0
+        assert abs(parity["project_loss"] - parity["trl_loss"]) / parity["trl_loss"] < 1e-4, parity
+    checkpoint = lines["checkpoint"]
+    assert checkpoint["round_trip_equal"] and checkpoint["tensors_read_back"] > 0, checkpoint

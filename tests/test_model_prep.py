@@ -36,7 +36,9 @@ def test_every_patch_of_the_table_is_applied_or_skipped_with_its_reason(tmp_path
     assert applied == {"LoRA", "lean layers", "packing", "selective head", "trimmed last layer"}
     assert len(prepared.patches) == len(applied)  # one log entry per applied patch
     assert prepared.skipped == {"gradient checkpointing": "not asked for (--gradient_checkpointing)",
-                                "compile": "not asked for (--compile)"}
+                                "compile": "not asked for (--compile)",
+                                "Liger kernels": "not asked for (--liger auto: Liger's kernels need CUDA (the device "
+                                                 "is cpu))"}
     (model_line,) = [m for m in messages if m.startswith("Model: ")]
     assert model_line == "Model: " + "; ".join(prepared.patches)
 

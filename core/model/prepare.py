@@ -24,6 +24,7 @@ from core.model.log_probs import trained_token_log_probs
 from core.model.patches import packed_attention
 from core.model.patches.last_layer import trim_last_layer
 from core.model.patches.lean_layers import make_lean
+from core.model.patches.liger import apply_liger, liger_refusal, summed_cross_entropy
 from core.model.patches.selective_head import head_op, selective_head_refusal, summed_loss, summed_loss_full_logits
 from core.utils import autocast
 
@@ -44,6 +45,7 @@ class SummedLoss(torch.nn.Module):
         self.selective = selective
         self.head_chunk_rows = head_chunk_rows
         self.attention = attention  # packed rows: the backend whose per-step argument the batch gets
+        self.fused_head = None  # the selective head's fused linear cross-entropy (Liger's), when one is used
 
     def forward(self, inputs: dict, labels: torch.Tensor, per_token: bool = False) -> torch.Tensor:
         if self.attention is not None:
@@ -51,7 +53,7 @@ class SummedLoss(torch.nn.Module):
         if per_token:  # log-probabilities of the trained tokens (preference objectives)
             return trained_token_log_probs(self.model, inputs, labels, self.selective, self.head_chunk_rows)
         if self.selective:
-            return summed_loss(self.model, inputs, labels, self.head_chunk_rows)
+            return summed_loss(self.model, inputs, labels, self.head_chunk_rows, self.fused_head)
         return summed_loss_full_logits(self.model, inputs, labels)
 
 
@@ -181,6 +183,26 @@ def selective_apply(t: Target) -> str:
     return f"selective head: logits at trained positions only, {t.hardware.head_chunk_rows} rows at a time"
 
 
+def liger_why_not(t: Target) -> str | None:
+    wanted = t.hardware.liger
+    if wanted == "off":
+        return f"{NOT_ASKED} (--liger off)"
+    refusal = liger_refusal(t.model, t.prepared.device)
+    if refusal and wanted == "on":
+        raise ConfigError(f"--liger on cannot run here: {refusal}; use --liger auto or off")
+    if refusal and t.prepared.device.type != "cuda":  # auto, off CUDA: expected, not worth a note
+        return f"{NOT_ASKED} (--liger auto: {refusal})"
+    return refusal
+
+
+def liger_apply(t: Target) -> str:
+    apply_liger(t.model.get_base_model() if t.adapter.lora else t.model)  # the stock model under PEFT's wrapper
+    if not t.prepared.selective:
+        return "Liger RMSNorm/SwiGLU/RoPE (the loss takes the model's full logits)"
+    t.prepared.loss_module.fused_head = summed_cross_entropy
+    return "Liger RMSNorm/SwiGLU/RoPE and fused linear cross-entropy in the selective head"
+
+
 def last_layer_why_not(t: Target) -> str | None:
     return None if t.prepared.selective else "it serves the selective head, which is off"
 
@@ -209,6 +231,7 @@ PATCHES = (
     Patch("packing", packing_why_not, packing_apply),
     Patch("gradient checkpointing", checkpointing_why_not, checkpointing_apply),
     Patch("selective head", selective_why_not, selective_apply),
+    Patch("Liger kernels", liger_why_not, liger_apply),  # after the selective head, whose loss it fuses
     Patch("trimmed last layer", last_layer_why_not, last_layer_apply),
     Patch("compile", compile_why_not, compile_apply),
 )

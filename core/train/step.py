@@ -18,6 +18,7 @@ import torch
 
 from core.data.batching import epoch_batches, eval_batches
 from core.train import distributed
+from core.train.objectives import Batch
 from core.train.run_setup import Run
 
 
@@ -86,15 +87,21 @@ def rank_share(run: Run, batch: np.ndarray) -> tuple[np.ndarray, bool]:
     return (part, True) if len(part) else (batch[:1], False)
 
 
-def accumulate_gradients(run: Run, micro_batches: list[np.ndarray]) -> StepResult:
+def step_batches(run: Run, micro_batches: list[np.ndarray]) -> list[tuple[Batch, bool]]:
+    """This rank's share of each micro-batch as model inputs on the device, with whether it counts: host work with no
+    communication, so that it can be done ahead on another thread (core/train/prefetch.py)."""
+    return [(run.objective.batch(run, part), counts) for part, counts in (rank_share(run, b) for b in micro_batches)]
+
+
+def accumulate_gradients(run: Run, micro_batches: list[np.ndarray],
+                         batches: list[tuple[Batch, bool]] | None = None) -> StepResult:
     """Backward over the micro-batches, each scaled by 1 / (the count of all of them, on all ranks).
 
     The gradient equals that of one batch holding all the micro-batches, whatever their sizes and
-    however many processes share them.
+    however many processes share them. `batches`: their `step_batches`, when built ahead.
     """
     dist, device, objective = run.dist, run.prepared.device, run.objective
-    shares = [rank_share(run, b) for b in micro_batches]
-    batches = [(objective.batch(run, part), counts) for part, counts in shares]
+    batches = step_batches(run, micro_batches) if batches is None else batches
     n_count, n_real = distributed.sum_across(dist, [sum(b.count for b, counts in batches if counts),
                                                     sum(b.real_tokens for b, counts in batches if counts)], device)
     objective.before_step(run, [b for b, _ in batches], [counts for _, counts in batches])
@@ -124,12 +131,14 @@ def skips_on_device(run: Run) -> bool:
     return all(group.get("fused") for group in optimizer.param_groups) and not run.optim.scaler.is_enabled()
 
 
-def train_step(run: Run, micro_batches: list[np.ndarray]) -> StepResult:
+def train_step(run: Run, micro_batches: list[np.ndarray], batches: list[tuple[Batch, bool]] | None = None
+               ) -> StepResult:
     """One optimizer step; an update whose loss or gradient norm is not finite is skipped (`StepResult.loss` NaN).
 
-    On the fused-AdamW path nothing here waits for the device: the figures stay there until read."""
+    On the fused-AdamW path nothing here waits for the device: the figures stay there until read. `batches`: the
+    micro-batches' `step_batches`, when built ahead."""
     optim = run.optim
-    result = accumulate_gradients(run, micro_batches)
+    result = accumulate_gradients(run, micro_batches, batches)
     optim.scaler.unscale_(optim.optimizer)
     params = [p for p in run.prepared.model.parameters() if p.grad is not None]
     grad_norm = distributed.full_tensor(

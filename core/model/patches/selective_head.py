@@ -14,6 +14,8 @@ would be far slower in fp32); the softmax and the loss are accumulated in fp32.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from core.data.batching import LOSS_ROWS, LOSS_TARGETS
@@ -120,14 +122,19 @@ def trained_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return batch * labels.shape[1] + pos, shifted[batch, pos]
 
 
-def summed_loss(model, inputs: dict, labels: torch.Tensor, chunk_size: int = 2048) -> torch.Tensor:
+def summed_loss(model, inputs: dict, labels: torch.Tensor, chunk_size: int = 2048,
+                fused_head: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                ) -> torch.Tensor:
     """Sum (not mean) of token cross-entropies over trained tokens; the caller divides by its token count.
 
-    `inputs` are the model inputs of a padded or packed batch (`core.data.batching`).
+    `inputs` are the model inputs of a padded or packed batch (`core.data.batching`). `fused_head`: a fused
+    linear cross-entropy kernel (hidden, weight, targets) -> summed loss (Liger's) in place of the chunked head.
     """
     inputs, index, targets = split_loss_positions(inputs, labels)
     selected = trained_hidden(model, inputs, index)
     head = model.get_output_embeddings()
+    if fused_head is not None:
+        return fused_head(selected, head.weight, targets)
     device = selected.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else selected.dtype
     with torch.autocast(device_type=device, enabled=False):
