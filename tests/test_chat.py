@@ -21,7 +21,8 @@ from core.use.chat import load_scenarios, repeated_sentence
 
 @pytest.fixture(scope="module")
 def tiny(tiny_qwen_1k_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_qwen_1k_dir).eval(), AutoTokenizer.from_pretrained(tiny_qwen_1k_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen_1k_dir).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_qwen_1k_dir)
 
 
 CHAT = [{"role": "system", "content": "You are Dana."}, {"role": "user", "content": "Hi Dana, got a minute?"}]

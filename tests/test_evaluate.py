@@ -15,8 +15,9 @@ from core.train.step import validate
 def test_evaluate_loss_is_the_validation_loss_of_the_same_records(tmp_path, tiny_qwen_1k_dir, cache_dir):
     data = sample_data(tmp_path, 16)
     records = [json.loads(line) for line in data.read_text().splitlines()]
-    run = setup(parse_args(["--data_path", str(data), "--model_name", str(tiny_qwen_1k_dir), "--cache_dir", str(cache_dir),
-                            "--output_dir", str(tmp_path / "run"), "--eval_split", "0.5", "--sample_prompts", "0"]),
+    run = setup(parse_args(["--data_path", str(data), "--model_name", str(tiny_qwen_1k_dir),
+                            "--cache_dir", str(cache_dir), "--output_dir", str(tmp_path / "run"),
+                            "--eval_split", "0.5", "--sample_prompts", "0"]),
                 log=lambda *_: None)
     expected = validate(run)["eval_loss"]
     held_out = write_jsonl(tmp_path / "held_out.jsonl",

@@ -18,7 +18,8 @@ GREEDY = Sampling(max_new_tokens=10, greedy=True)
 
 @pytest.fixture(scope="module")
 def tiny(tiny_qwen_1k_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_qwen_1k_dir).eval(), AutoTokenizer.from_pretrained(tiny_qwen_1k_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen_1k_dir).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_qwen_1k_dir)
 
 
 def test_a_batch_of_replies_equals_the_replies_one_at_a_time(tiny):

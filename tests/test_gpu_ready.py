@@ -378,7 +378,8 @@ def test_sigterm_during_a_background_write_leaves_whole_checkpoints_only(tmp_pat
 def test_an_attention_choice_for_padded_batches_is_said_to_be_unused(tmp_path, tiny_qwen_1k_dir, cache_dir):
     from conftest import make_run
     messages = []
-    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, log=messages.append, packing=False, attn_implementation="sdpa")
+    run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, log=messages.append, packing=False,
+                   attn_implementation="sdpa")
     assert not run.prepared.packed and run.prepared.loss_module.attention is None
     assert "Note: --attn_implementation sdpa is unused: it chooses the attention of packed rows, and these batches " \
            "are padded" in messages
