@@ -2,7 +2,8 @@
 
 Each candidate rate, log-spaced around the rate --lr would default to (LORA_LR with --lora), trains from the
 run's initial weights on the first batches of the first epoch (the same batches for every rate), with the
-run's warmup and decay compressed into those steps, and is then judged by the validation loss. The rate with
+run's decay compressed into those steps but no warmup (a trial of a few steps would spend its first at rate 0),
+and is then judged by the validation loss. The rate with
 the lowest loss wins (ties: the lower rate). The trials' optimizer steps together stay within SEARCH_SHARE of
 the run's, plus one validation pass per rate. After each trial the trainable weights and every RNG are put
 back exactly, and the run's optimizer is built afterwards at the chosen rate, so the run then trains as it

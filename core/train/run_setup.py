@@ -155,7 +155,7 @@ def setup(config: TrainConfig, log=print) -> Run:
         log(plan.describe())
 
         def trial_run(lr: float, trial_steps: int) -> Run:
-            trial = dataclasses.replace(config, lr=lr)
+            trial = dataclasses.replace(config, lr=lr, warmup_ratio=0.0)  # see core/train/lr_search.py
             return Run(trial, prepared, tokenizer, splits,
                        setup_optimization(model, trial, trial_steps, device, amp_dtype, dist), fingerprint, batching,
                        objective, dist)
