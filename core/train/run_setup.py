@@ -2,9 +2,9 @@
 
 `setup` checks what can be checked before anything loads (device, data file, output and cache directories,
 the lock, resume checkpoint), then loads the model (and checks the adapters' target modules against it), the
-tokenised data, prepares the model (core/model/prepare.py),
-builds the optimizer and restores a checkpoint's state when resuming. The result, `Run`, is what
-`core.trainer.fit` trains.
+tokenised data, prepares the model (core/model/prepare.py), with --lr auto searches for the rate
+(core/train/lr_search.py), builds the optimizer and restores a checkpoint's state when resuming. The result,
+`Run`, is what `core.trainer.fit` trains.
 """
 
 from __future__ import annotations
@@ -145,22 +145,12 @@ def setup(config: TrainConfig, log=print) -> Run:
                          group_batches=0 if prepared.packed else config.length_group_batches)
     steps = epoch_steps(config, splits, batching)
     total_steps = min(sum(steps), config.max_steps) if config.max_steps else sum(steps)
-    searched = None
-    if config.lr == AUTO and restored is not None:
-        config.lr = searched_rate(restored.path)
-        log(f"Learning rate: {config.lr:.3g}, chosen by --lr auto when this run started ({restored.path.name}/"
-            f"{CONFIG_FILE}); not searched again")
-    elif config.lr == AUTO:
-        plan = plan_search(config, total_steps, steps[0])
-        log(plan.describe())
 
-        def trial_run(lr: float, trial_steps: int) -> Run:
-            trial = dataclasses.replace(config, lr=lr, warmup_ratio=0.0)  # see core/train/lr_search.py
-            return Run(trial, prepared, tokenizer, splits,
-                       setup_optimization(model, trial, trial_steps, device, amp_dtype, dist), fingerprint, batching,
-                       objective, dist)
-        searched = search_lr(plan, trial_run, log)
-        config.lr = searched["chosen_lr"]
+    def trial_run(lr: float, trial_steps: int) -> Run:
+        trial = dataclasses.replace(config, lr=lr, warmup_ratio=0.0)  # see core/train/lr_search.py
+        optimization = setup_optimization(model, trial, trial_steps, device, amp_dtype, dist)
+        return Run(trial, prepared, tokenizer, splits, optimization, fingerprint, batching, objective, dist)
+    searched = choose_lr(config, restored, total_steps, steps[0], trial_run, log) if config.lr == AUTO else None
     optim = setup_optimization(model, config, total_steps, device, amp_dtype, dist)
     if config.lora_default_lr():
         log(f"Learning rate: {config.lr:g}, the LoRA default (no --lr given): adapters start at zero and move the "
@@ -199,6 +189,22 @@ def setup_output_dir(config: TrainConfig, out: Path, fingerprint: dict, dist: Di
         claim_output_dir(out, fingerprint, restored is not None, config.overwrite_output_dir, log)
     distributed.barrier(dist)
     return restored
+
+
+def choose_lr(config: TrainConfig, restored: Restored | None, total_steps: int, first_epoch_steps: int,
+              trial_run: Callable[[float, int], Run], log) -> dict | None:
+    """--lr auto: set config.lr to the rate a resumed run chose at its start, or search for it now (and return
+    the search's metrics.jsonl entry). The optimizer is built after this, at that rate."""
+    if restored is not None:
+        config.lr = searched_rate(restored.path)
+        log(f"Learning rate: {config.lr:.3g}, chosen by --lr auto when this run started ({restored.path.name}/"
+            f"{CONFIG_FILE}); not searched again")
+        return None
+    plan = plan_search(config, total_steps, first_epoch_steps)
+    log(plan.describe())
+    searched = search_lr(plan, trial_run, log)
+    config.lr = searched["chosen_lr"]
+    return searched
 
 
 def searched_rate(checkpoint: Path) -> float:
