@@ -26,13 +26,15 @@ from core.errors import ConfigError, first_line
 # Adapters start at zero and change the model only through their low-rank product: at a full fine-tune's
 # rate (2e-5) they barely move. 2e-4 is the rate PEFT's and TRL's LoRA recipes use.
 LORA_LR = 2e-4
+AUTO = "auto"  # --lr auto: the rate is chosen by a short search before training (core/train/lr_search.py)
 
 
 def option(default: Any, help: str, choices: tuple | None = None, changes_run: bool = False,
-           at_least: float | None = None) -> Any:
-    """A config field; `changes_run` marks options whose change would make a resumed run differ."""
+           at_least: float | None = None, words: tuple[str, ...] = ()) -> Any:
+    """A config field; `changes_run` marks options whose change would make a resumed run differ; `words` are
+    values it takes besides those of its type (--lr auto)."""
     return field(default=default, metadata={"help": help, "choices": choices, "changes_run": changes_run,
-                                            "at_least": at_least})
+                                            "at_least": at_least, "words": words})
 
 
 def check_options(config: Any) -> None:
@@ -45,7 +47,7 @@ def check_options(config: Any) -> None:
         if choices and value not in choices:
             raise ConfigError(f"--{f.name} must be one of {', '.join(choices)}, got {value!r}")
         at_least = f.metadata.get("at_least")
-        if at_least is not None and value < at_least:
+        if at_least is not None and value not in f.metadata.get("words", ()) and value < at_least:
             bound = "must not be negative" if at_least == 0 else f"must be at least {at_least}"
             raise ConfigError(f"--{f.name} {bound}, got {value}")
 
@@ -106,7 +108,7 @@ class ScheduleOptions:
     batch_tokens: int = option(-1, f"fill each micro-batch (per process) with whole sequences up to this many tokens, in place of --batch_size (padded rows count their padding); at least --max_length (0: off; -1: {CUDA_BATCH_TOKENS} on CUDA, where a step needs many tokens to keep the GPU busy, off elsewhere)", changes_run=True, at_least=-1)
     grad_accum_steps: int = option(1, "micro-batches per optimizer step; the loss is normalised by the trained tokens of all of them", changes_run=True, at_least=1)
     max_steps: int = option(0, "stop after this many optimizer steps (0: run all epochs)", changes_run=True, at_least=0)
-    lr: float = option(2e-5, "peak learning rate (AdamW); with --lora and no --lr: 2e-4 (LORA_LR)", changes_run=True)
+    lr: float | str = option(2e-5, "peak learning rate (AdamW); with --lora and no --lr: 2e-4 (LORA_LR); auto: chosen before training by short seeded runs at a few rates around that default, judged by the validation loss, costing at most 15% of the run's optimizer steps", changes_run=True, words=(AUTO,))
     lr_scheduler: str = option("cosine", "decay after warmup", ("cosine", "linear", "constant"), changes_run=True)
     warmup_ratio: float = option(0.03, "fraction of optimizer steps spent warming up linearly", changes_run=True)
     weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms)", changes_run=True, at_least=0)
@@ -213,7 +215,13 @@ class TrainConfig(ObjectiveOptions, AdapterOptions, HardwareOptions, SampleOptio
             raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.lora_default_lr():
             self.lr = LORA_LR
-        if self.lr <= 0:
+        if self.lr == AUTO and not self.eval_split:
+            raise ConfigError("--lr auto judges each rate by the validation loss: it needs a validation split "
+                              "(--eval_split > 0), or give --lr a number")
+        if self.lr == AUTO and self.objective != "sft":
+            raise ConfigError(f"--lr auto searches for supervised fine-tuning only; give --lr a number with "
+                              f"--objective {self.objective}")
+        if self.lr != AUTO and self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise ConfigError("--lora_alpha must be positive and --lora_dropout in [0, 1)")
@@ -253,14 +261,25 @@ def help_text(f: dataclasses.Field) -> str:
     return text if "(default:" in text or text.endswith("required") else f"{text} (default: {f.default!r})"
 
 
+def _or_words(kind: type, words: tuple[str, ...]) -> Any:
+    """argparse's type for an option that also takes `words`: a word as it is, anything else as `kind`."""
+    if not words:
+        return kind
+
+    def parse(text: str) -> Any:
+        return text if text in words else kind(text)
+    parse.__name__ = " or ".join((kind.__name__, *words))  # argparse's "invalid float or auto value: 'x'"
+    return parse
+
+
 def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         kind = type(f.default)
-        kwargs: dict[str, Any] = {"help": help_text(f), "default": argparse.SUPPRESS}
+        kwargs: dict[str, Any] = {"help": help_text(f).replace("%", "%%"), "default": argparse.SUPPRESS}  # argparse formats %
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = kind
+            kwargs["type"] = _or_words(kind, f.metadata.get("words", ()))
             if f.metadata["choices"]:
                 kwargs["choices"] = f.metadata["choices"]
         parser.add_argument(f"--{f.name}", **kwargs)
@@ -288,6 +307,8 @@ def load_yaml(path: str, cls: type = TrainConfig) -> dict[str, Any]:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{path}: unknown option {key!r}{hint}")
         expected = type(known[key].default)
+        if value in known[key].metadata.get("words", ()):
+            continue
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if expected is float and isinstance(value, str) and _NUMBER.match(value.strip()):

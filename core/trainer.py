@@ -57,6 +57,8 @@ def fit(run: Run, log=tqdm.write) -> dict:
     with StopSignal() as stop, BackgroundWriter() as run.writer, \
             RunLog(run.output_dir / METRICS_FILE, run.optim.total_steps, state.step, log, enabled=run.dist.is_main,
                    trackers=tracked) as run_log:
+        if run.lr_search is not None:  # chosen during setup, before the log was open
+            run_log.record(run.lr_search)
         while stop_reason is None and state.epoch < config.epochs and not finished_between_epochs(run):
             batches = train_batches(run, state.epoch)
             with Prefetcher(partial(step_batches, run), step_groups(run, batches), run.prepared.device) as ahead:

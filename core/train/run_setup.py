@@ -2,13 +2,15 @@
 
 `setup` checks what can be checked before anything loads (device, data file, output and cache directories,
 the lock, resume checkpoint), then loads the model (and checks the adapters' target modules against it), the
-tokenised data, prepares the model (core/model/prepare.py),
-builds the optimizer and restores a checkpoint's state when resuming. The result, `Run`, is what
-`core.trainer.fit` trains.
+tokenised data, prepares the model (core/model/prepare.py), with --lr auto searches for the rate
+(core/train/lr_search.py), builds the optimizer and restores a checkpoint's state when resuming. The result,
+`Run`, is what `core.trainer.fit` trains.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,15 +21,16 @@ import torch
 from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
 
-from core.config import TrainConfig, default_batch_tokens
+from core.config import AUTO, TrainConfig, default_batch_tokens
 from core.data.batching import BatchSize, epoch_batches
 from core.data.files import data_files, data_inputs, data_sha256
 from core.data.statistics import data_statistics, format_statistics
 from core.data.tokenized import TokenizedData, split_records
-from core.errors import ConfigError
+from core.errors import CheckpointError, ConfigError
 from core.model.load import default_cache_dir, load_model_and_tokenizer
 from core.model.prepare import Prepared, decoder_layers, prepare_model, set_stop_tokens
 from core.outputs import check_cache_dir, local_inputs
+from core.run_files import CONFIG_FILE
 from core.train import checkpoint as ckpt
 from core.train import distributed, trackers
 from core.train.checkpoint import Restored, TrainState
@@ -35,6 +38,7 @@ from core.train.checkpoint_writer import BackgroundWriter
 from core.train.disk_space import disk_shortfall
 from core.train.distributed import Dist
 from core.train.fingerprint import check_resumable, run_fingerprint
+from core.train.lr_search import plan_search, search_lr
 from core.train.objectives import Objective, objective_for
 from core.train.output_dir import (
     check_output_dir,
@@ -89,6 +93,7 @@ class Run:
     unread: list = field(default_factory=list)  # steps whose figures are still on the device (core/trainer.py)
     writer: BackgroundWriter | None = None      # writes checkpoint-N/ while training goes on (set by `fit`)
     saving: Path | None = None                  # the checkpoint being written, whose "saved" event is due
+    lr_search: dict | None = None               # --lr auto's curve and choice (core/train/lr_search.py)
     on_event: Callable[..., None] = lambda name, run, **details: None
 
     @property
@@ -140,6 +145,12 @@ def setup(config: TrainConfig, log=print) -> Run:
                          group_batches=0 if prepared.packed else config.length_group_batches)
     steps = epoch_steps(config, splits, batching)
     total_steps = min(sum(steps), config.max_steps) if config.max_steps else sum(steps)
+
+    def trial_run(lr: float, trial_steps: int) -> Run:
+        trial = dataclasses.replace(config, lr=lr, warmup_ratio=0.0)  # see core/train/lr_search.py
+        optimization = setup_optimization(model, trial, trial_steps, device, amp_dtype, dist)
+        return Run(trial, prepared, tokenizer, splits, optimization, fingerprint, batching, objective, dist)
+    searched = choose_lr(config, restored, total_steps, steps[0], trial_run, log) if config.lr == AUTO else None
     optim = setup_optimization(model, config, total_steps, device, amp_dtype, dist)
     if config.lora_default_lr():
         log(f"Learning rate: {config.lr:g}, the LoRA default (no --lr given): adapters start at zero and move the "
@@ -150,7 +161,7 @@ def setup(config: TrainConfig, log=print) -> Run:
         per_process += " (the CUDA default; --batch_tokens 0 for --batch_size)"
     log(f"Batches: {per_process} per process x {dist.world_size} process(es) x {config.grad_accum_steps} "
         f"accumulated per optimizer step; {optim.total_steps} steps")
-    run = Run(config, prepared, tokenizer, splits, optim, fingerprint, batching, objective, dist)
+    run = Run(config, prepared, tokenizer, splits, optim, fingerprint, batching, objective, dist, lr_search=searched)
     if restored is not None:
         restore(run, restored, log)
     objective.prepare(run, log)
@@ -178,6 +189,31 @@ def setup_output_dir(config: TrainConfig, out: Path, fingerprint: dict, dist: Di
         claim_output_dir(out, fingerprint, restored is not None, config.overwrite_output_dir, log)
     distributed.barrier(dist)
     return restored
+
+
+def choose_lr(config: TrainConfig, restored: Restored | None, total_steps: int, first_epoch_steps: int,
+              trial_run: Callable[[float, int], Run], log) -> dict | None:
+    """--lr auto: set config.lr to the rate a resumed run chose at its start, or search for it now (and return
+    the search's metrics.jsonl entry). The optimizer is built after this, at that rate."""
+    if restored is not None:
+        config.lr = searched_rate(restored.path)
+        log(f"Learning rate: {config.lr:.3g}, chosen by --lr auto when this run started ({restored.path.name}/"
+            f"{CONFIG_FILE}); not searched again")
+        return None
+    plan = plan_search(config, total_steps, first_epoch_steps)
+    log(plan.describe())
+    searched = search_lr(plan, trial_run, log)
+    config.lr = searched["chosen_lr"]
+    return searched
+
+
+def searched_rate(checkpoint: Path) -> float:
+    """The rate --lr auto chose, as the run's config beside the checkpoint holds it."""
+    lr = json.loads((checkpoint / CONFIG_FILE).read_text()).get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+        raise CheckpointError(f"{checkpoint / CONFIG_FILE}: its 'lr' ({lr!r}) is not the positive rate --lr auto "
+                              "chose; pass --lr with the rate to resume at")
+    return float(lr)
 
 
 def check_target_modules(model, value: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,7 +20,9 @@ import torch
 from core.data.batching import epoch_batches, eval_batches
 from core.train import distributed
 from core.train.objectives import Batch
-from core.train.run_setup import Run
+
+if TYPE_CHECKING:  # run_setup imports this module (through core/train/lr_search.py)
+    from core.train.run_setup import Run
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 It reads metrics.jsonl, samples.jsonl, summary.json, data_summary.json and train_config.json, draws the
 loss curves (also saved as loss_curves.png), the learning rate and tokens per second
-(training_curves.png) and, for preference tuning, the reward accuracy and margin
+(training_curves.png), shows --lr auto's search (each rate's validation loss) and, for preference tuning,
+the reward accuracy and margin
 (preference_curves.png) with matplotlib, and embeds them as data URIs: the page needs no network and no
 other file. The roleplay metrics (core/data/roleplay_metrics.py) of the base and fine-tuned samples
 stand side by side, with how each is computed; the table compares, per validation prompt, the
@@ -42,6 +43,7 @@ def write_report(output_dir: Path) -> Path:
         "<h2>Outcome</h2>" + table([(k.replace("_", " "), v) for k, v in summary.items()] + final),
         "<h2>Loss</h2>" + image(loss_png),
         "<h2>Learning rate and speed</h2>" + image(training_png),
+        *lr_search_section(metrics),
         *(["<h2>Preferences: reward accuracy and margin</h2>" + image(preference_png)] if preference_png else []),
         "<h2>Data</h2>" + table(data_rows(read_json(output_dir / DATA_FILE))),
         "<h2>Roleplay metrics: base against fine-tuned</h2>" + metrics_table(samples, summary),
@@ -109,6 +111,22 @@ def metrics_table(samples: list[dict], summary: dict) -> str:
         notes.append(f"Generating the samples took {seconds:.1f} s of the run's {summary['seconds']:.1f} s "
                      f"({seconds / summary['seconds']:.1%}).")
     return f"<table class='samples'>{head}{rows}</table><p>{esc(' '.join(notes))}</p>"
+
+
+def lr_search_section(metrics: list[dict]) -> list[str]:
+    """--lr auto's curve (rate -> validation loss after the trial's steps), the chosen rate and what it cost."""
+    search = next((m for m in metrics if m["type"] == "lr_search"), None)
+    if search is None:
+        return []
+    rows = "".join(f"<tr><td>{rate:.3g}</td><td>{number(loss)}</td>"
+                   f"<td>{'chosen' if rate == search['chosen_lr'] else ''}</td></tr>"
+                   for rate, loss in zip(search["rates"], search["eval_losses"]))
+    cost = (f"Each rate trained {search['steps_per_rate']} optimizer steps from the same initial weights, then was "
+            f"judged on the validation split: {search['search_steps']} steps in all, "
+            f"{search['search_steps'] / search['run_steps']:.1%} of the run's {search['run_steps']} (bound "
+            f"{search['bound']:.0%}), {search['seconds']:.1f} s.")
+    return ["<h2>Learning rate: --lr auto</h2><table><tr><th>rate</th><th>validation loss</th><th></th></tr>"
+            f"{rows}</table><p>{esc(cost)}</p>"]
 
 
 def number(value) -> str:
