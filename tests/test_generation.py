@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.config import AdapterOptions, HardwareOptions
-from core.model.generation import Sampling, generate_replies, generate_reply
+from core.model.generation import Sampling, generate_replies, generate_reply, greedy_and_sampled
 from core.model.prepare import prepare_model
 
 CHATS = [[{"role": "system", "content": "You are Dana, a clinic manager."}, {"role": "user", "content": "Hi Dana?"}],
@@ -31,6 +31,15 @@ def test_a_batch_of_replies_equals_the_replies_one_at_a_time(tiny):
     sampled = Sampling(max_new_tokens=10)
     assert generate_replies(model, tokenizer, CHATS, sampled, seed=5) == generate_replies(model, tokenizer, CHATS,
                                                                                           sampled, seed=5)
+
+
+def test_greedy_and_sampled_replies_in_one_batch_equal_the_greedy_ones_and_repeat_with_the_seed(tiny):
+    model, tokenizer = tiny
+    sampling = Sampling(max_new_tokens=10)
+    greedy, sampled = greedy_and_sampled(model, tokenizer, CHATS, sampling, seed=5)
+    assert greedy == generate_replies(model, tokenizer, CHATS, Sampling(max_new_tokens=10, greedy=True))
+    assert (greedy, sampled) == greedy_and_sampled(model, tokenizer, CHATS, sampling, seed=5)
+    assert sampled != greedy and sampled != greedy_and_sampled(model, tokenizer, CHATS, sampling, seed=6)[1]
 
 
 def test_each_new_token_is_one_forward_pass_on_the_cache(tiny):

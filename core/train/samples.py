@@ -3,7 +3,7 @@
 The prompts are the first `--sample_prompts` validation records, each cut before its last trained
 reply (the reference). Every evaluation appends one line to `samples.jsonl`: the step and, per
 prompt, the greedy reply and one sampled with a fixed seed; step 0 is the base model, before training.
-All prompts' replies are generated as one batch (greedy) and one more (sampled), with the KV cache; the
+All prompts' greedy and sampled replies are generated as one batch, with the KV cache; the
 line also holds the seconds they took and their roleplay metrics (core/data/roleplay_metrics.py), the
 role judge learnt from the training split's turns.
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 from core.data.roleplay_metrics import ROLE_JUDGE_METHOD, RoleJudge, reply_metrics, role_judge, summarise
 from core.data.tokenized import TokenizedData, split_records
-from core.model.generation import Sampling, generate_replies
+from core.model.generation import Sampling, greedy_and_sampled
 from core.run_files import SAMPLES_FILE
 
 SAMPLE_SEED = 1234
@@ -61,7 +61,7 @@ def sample_plan(config, prompts: SamplePrompts) -> str:
         verdict = f"{ROLE_JUDGE_METHOD}, accuracy not measured (the training split lacks one side's turns)"
     else:
         verdict = f"{ROLE_JUDGE_METHOD}, accuracy {judge.accuracy:.1%} on {judge.held_out_turns} held-out turns"
-    return (f"Samples: {len(prompts)} validation prompts, greedy and sampled (one batch each, KV cache), up to "
+    return (f"Samples: {len(prompts)} validation prompts, greedy and sampled (one batch, KV cache), up to "
             f"{config.sample_max_new_tokens} tokens, at step 0 and at every evaluation; their seconds are in "
             f"samples.jsonl and their share of the run in report.html. Role judge: {verdict}")
 
@@ -70,9 +70,8 @@ def write_samples(model, tokenizer, prompts: SamplePrompts, step: int, output_di
     """Generate the greedy and the seeded sampled reply to each prompt, measure them, and append them as one line."""
     started = time.perf_counter()
     conversations = [p["messages"] for p in prompts]
-    greedy = generate_replies(model, tokenizer, conversations, Sampling(max_new_tokens=max_new_tokens, greedy=True))
-    sampled = generate_replies(model, tokenizer, conversations, Sampling(max_new_tokens=max_new_tokens),
-                               seed=SAMPLE_SEED)
+    greedy, sampled = greedy_and_sampled(model, tokenizer, conversations, Sampling(max_new_tokens=max_new_tokens),
+                                         SAMPLE_SEED)
     seconds = time.perf_counter() - started
     entries = [{"prompt": p["messages"][-1]["content"] if p["messages"] else "", "reference": p["reference"],
                 "greedy": g, "sampled": s} for p, g, s in zip(prompts, greedy, sampled)]
