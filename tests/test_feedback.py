@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import pytest
 from conftest import ROOT, cli, make_tiny_qwen
 from test_chat import Terminal
-from test_web import CHROMIUM, free_port
+from test_web import CHROMIUM, free_port, open_app_page
 
 from core.data.preference import count_usable
 from core.dataset import DataOptions
@@ -112,12 +112,7 @@ def test_browser_thumbs_rewrite_and_pick_are_recorded_and_train_with_dpo(tmp_pat
     path = tmp_path / "feedback.jsonl"
     with web_app(tiny_qwen_dir, "--compare_model", other, "--feedback_file", path) as url, \
             sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1200})
-        page.goto(url, wait_until="domcontentloaded", timeout=60_000)
-        page.wait_for_selector("#rep-message textarea", timeout=60_000)
+        browser, page = open_app_page(playwright, url, height=1200)
         page.fill("#rep-message textarea", "Hi Frank, do you have a minute?")
         page.click("#send")
         page.wait_for_function("document.querySelector(\"#chat-b [data-testid='bot']\")?.innerText.trim().length > 0",

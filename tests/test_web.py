@@ -46,6 +46,17 @@ def app(tiny_qwen_1k_dir):
     process.wait(timeout=30)
 
 
+def open_app_page(playwright, url: str, height: int):
+    """Debian's Chromium, headless and offline, on the web app's page once its message box is there."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"])
+    page = browser.new_page(viewport={"width": 1280, "height": height})
+    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+    page.wait_for_selector("#rep-message textarea", timeout=60_000)
+    return browser, page
+
+
 def download_transcript(page, saved: Path) -> Path:
     """Click Download until the transcript is there: it is prepared once both replies are complete."""
     from playwright.sync_api import TimeoutError
@@ -64,12 +75,7 @@ def download_transcript(page, saved: Path) -> Path:
 def test_browser_chat_answers_compares_and_downloads_a_training_record(app, tmp_path):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(app, wait_until="domcontentloaded", timeout=60_000)
-        page.wait_for_selector("#rep-message textarea", timeout=60_000)
+        browser, page = open_app_page(playwright, app, height=1000)
         assert "Frank Marquez" in page.input_value("#persona textarea")  # the first scenario's persona
         page.fill("#rep-message textarea", "Hi Frank, do you have a minute?")
         page.click("#send")
