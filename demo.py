@@ -5,13 +5,15 @@ conversations (data/roleplay_conversations.jsonl: each a system prompt stating t
 company, head count, budget and timing, then the call) for a short run sized for a 2-core CPU, prints
 validation loss as it falls, and puts the base model's reply beside the fine-tuned model's (greedy,
 and sampled as the chat command samples) for a few held-out prompts. Then it samples a reply to every
-held-out prompt from both models and says how often each names a fact of its persona, contradicts one,
-and reads as the prospect (core/data/roleplay_metrics.py). The run's report.html and samples.jsonl are
-in runs/demo. Any training option can be appended, e.g. `python demo.py --max_steps 60`.
+bot turn of the held-out calls from both models and says how often each names a fact of its persona,
+contradicts one, and reads as the prospect, beside the references' own rates (core/data/roleplay_metrics.py).
+The run's report.html and samples.jsonl are in runs/demo. Any training option can be appended, e.g.
+`python demo.py --max_steps 60`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import textwrap
@@ -77,18 +79,33 @@ def demo(argv: list[str]) -> int:
     return 0
 
 
+def held_out_turns(run) -> list[dict]:
+    """Every bot turn of the held-out conversations, as a prompt (the call so far) and its reference: the last turns
+    alone are mostly goodbyes, which rarely name a persona fact."""
+    config = run.config
+    records = [json.loads(line) for line in Path(config.data_path).read_text().splitlines() if line.strip()]
+    held_out = np.flatnonzero(split_records(len(records), config.eval_split, config.seed))
+    turns = []
+    for messages in (records[i]["messages"] for i in held_out):
+        turns += [{"messages": messages[:i], "reference": m["content"]} for i, m in enumerate(messages)
+                  if m["role"] == "assistant" and any(p["role"] == "user" for p in messages[:i])]
+    return turns
+
+
 def persona_share(run, tuned, tokenizer) -> None:
-    """Sample a reply to every held-out prompt from the base and the fine-tuned model: how often is the persona used?"""
-    config, data = run.config, run.data.sequences
-    held_out = data.prompts(np.flatnonzero(split_records(len(data.hashes), config.eval_split, config.seed)))
-    chats = [p["messages"] for p in held_out]
+    """Sample a reply at every bot turn of the held-out calls from the base and the fine-tuned model: how often is
+    the persona used, against how often the references use it?"""
+    config = run.config
+    turns = held_out_turns(run)
+    chats = [t["messages"] for t in turns]
     base, _ = load_for_chat(config.model_name, config)
     sampling = Sampling(max_new_tokens=config.sample_max_new_tokens)
-    print(f"\n== Sampled replies to all {len(chats)} held-out prompts: does the bot use its persona? ==")
-    for name, model in (("base", base), ("fine-tuned", tuned)):
-        replies = generate_replies(model, tokenizer, chats, sampling, seed=SAMPLE_SEED)
-        m = summarise([reply_metrics(r, p["reference"], p["messages"], run.data.prompts.judge)
-                       for r, p in zip(replies, held_out)], replies)
+    print(f"\n== Sampled replies at all {len(chats)} bot turns of the held-out calls: does the bot use its persona? ==")
+    for name, replies in (("reference", [t["reference"] for t in turns]),
+                          ("base", generate_replies(base, tokenizer, chats, sampling, seed=SAMPLE_SEED)),
+                          ("fine-tuned", generate_replies(tuned, tokenizer, chats, sampling, seed=SAMPLE_SEED))):
+        m = summarise([reply_metrics(r, t["reference"], t["messages"], run.data.prompts.judge)
+                       for r, t in zip(replies, turns)], replies)
         print(f"{name:>11}: names a persona fact in {m.get('persona_mention_share', 0):.0%}, contradicts one in "
               f"{m.get('persona_contradiction_share', 0):.0%}, reads as the prospect in "
               f"{m.get('role_consistency', float('nan')):.0%} (role judge), {m['mean_words']:.0f} words on average")

@@ -122,7 +122,7 @@ def choose(requested: str, device: torch.device, compile: bool) -> tuple[str, st
             "flex", "auto on CUDA: this torch has no varlen kernel and flash_attn is not installed")
     if compile:
         return "sdpa", "auto with --compile: one call per layer compiles to one graph for any lengths"
-    return CPU_DEFAULT, f"auto on {device.type}: the fastest there when not compiled (bench/attention_cpu.py)"
+    return CPU_DEFAULT, f"auto on {device.type}: the fastest there when not compiled, by bench/attention_cpu.py"
 
 
 def step_inputs(chosen: Backend, inputs: dict) -> dict:
