@@ -48,8 +48,8 @@ def test_the_model_line_of_a_cpu_run_is_unchanged(tmp_path, tiny_qwen_1k_dir, ca
     make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, log=messages.append, device="cpu")
     # As before the patch table, except that the packed attention names its backend and why (issue 25).
     assert "Model: lean RMSNorm/SwiGLU on 7 modules (cpu); packed attention: eager, causal SDPA per sequence (auto " \
-           "on cpu: the fastest there when not compiled, by bench/attention_cpu.py); selective head: logits at trained " \
-           "positions only, 2048 rows at a time; last layer: MLP on trained rows only" in messages
+           "on cpu: the fastest there when not compiled, by bench/attention_cpu.py); selective head: logits at " \
+           "trained positions only, 2048 rows at a time; last layer: MLP on trained rows only" in messages
     assert not [m for m in messages if m.startswith("Note: ")]
 
 def test_a_head_the_selective_loss_cannot_take_is_logged_and_compile_is_refused(tmp_path, tiny_qwen_1k_dir, cache_dir):
