@@ -67,7 +67,7 @@ def fit(run: Run, log=tqdm.write) -> dict:
                     state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + len(group)
                     state.tokens_seen += result.real_tokens
                     run_log.step_done(run.optim.scheduler.get_last_lr()[0], result.real_tokens)
-                    stop_reason = after_step(run, run_log, result)
+                    stop_reason = after_step(run, run_log, result, stopping=stop.received is not None)
                     saved(run, wait=False)
                     if distributed.any_across(run.dist, stop.received is not None, run.prepared.device):
                         read_steps(run, run_log)
@@ -108,8 +108,9 @@ class Done(NamedTuple):
     result: StepResult
 
 
-def after_step(run: Run, run_log: RunLog, result: StepResult) -> str | None:
-    """After an optimizer step: read the figures when due, then evaluate and save when due."""
+def after_step(run: Run, run_log: RunLog, result: StepResult, stopping: bool = False) -> str | None:
+    """After an optimizer step: read the figures when due, then evaluate and save when due. `stopping`: a stop
+    signal came, so a save due now is written at once (the stop's own checkpoint follows), not left in flight."""
     config, state = run.config, run.state
     run.unread.append(Done(state.step, state.epoch, run.optim.scheduler.get_last_lr()[0], result))
     run.on_event("step", run)
@@ -118,7 +119,7 @@ def after_step(run: Run, run_log: RunLog, result: StepResult) -> str | None:
         read_steps(run, run_log)
     stop_reason = evaluate(run, run_log, state.epoch + 1) if due(config.eval_steps, state.step) else None
     if due(config.save_steps, state.step):
-        save(run, f"checkpoint-{state.step}")
+        save(run, f"checkpoint-{state.step}", wait=stopping)
     return stop_reason
 
 
