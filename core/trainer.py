@@ -40,7 +40,15 @@ from core.train.prefetch import Prefetcher
 from core.train.run_log import RunLog
 from core.train.run_setup import Run
 from core.train.samples import write_samples
-from core.train.step import StepResult, read_results, step_batches, train_batches, train_step, validate
+from core.train.step import (
+    StepResult,
+    read_results,
+    step_batches,
+    step_groups,
+    train_batches,
+    train_step,
+    validate,
+)
 from core.train.stop_signal import StopSignal
 from core.utils import get_rng_state
 
@@ -86,13 +94,6 @@ def fit(run: Run, log=tqdm.write) -> dict:
     if not run.data.eval_idx.size:
         save_best(run, {"eval_loss": None})
     return write_summary(run, stop_reason or "completed", time.perf_counter() - started)
-
-
-def step_groups(run: Run, batches: list) -> list:
-    """The epoch's remaining optimizer steps, each its `--grad_accum_steps` global batches, from where the run is."""
-    state, accum = run.state, run.config.grad_accum_steps
-    starts = range(state.batch_in_epoch, len(batches), accum)
-    return [batches[i:i + accum] for i in starts][:max(run.optim.total_steps - state.step, 0)]
 
 
 def finished_between_epochs(run: Run) -> bool:

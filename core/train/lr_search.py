@@ -21,7 +21,7 @@ import torch
 
 from core.config import LORA_LR, TrainConfig
 from core.errors import ConfigError
-from core.train.step import train_batches, train_step, validate
+from core.train.step import step_groups, train_batches, train_step, validate
 from core.utils import get_rng_state, set_rng_state
 
 SEARCH_SHARE = 0.15                             # the most of the run's optimizer steps the search may take
@@ -69,9 +69,8 @@ def search_lr(plan: SearchPlan, trial_run: Callable[[float, int], object], log) 
         trainable = [p for p in run.prepared.model.parameters() if p.requires_grad]
         if initial is None:
             initial = [p.detach().to("cpu", copy=True) for p in trainable]
-        batches, accum = train_batches(run, 0), run.config.grad_accum_steps
-        for step in range(plan.steps):
-            train_step(run, batches[step * accum:(step + 1) * accum])
+        for group in step_groups(run, train_batches(run, 0)):  # the trial's optimizer steps: plan.steps
+            train_step(run, group)
         loss = validate(run)[run.objective.best.metric]
         losses.append(loss if math.isfinite(loss) else math.inf)
         log(f"  --lr auto: rate {rate:.3g} -> validation loss {loss:.4f} after {plan.steps} steps")

@@ -83,6 +83,13 @@ def train_batches(run: Run, epoch: int) -> list[np.ndarray]:
     return epoch_batches(run.data.train_idx, run.data.lengths, run.batching, run.config.seed, epoch)
 
 
+def step_groups(run: Run, batches: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """The epoch's remaining optimizer steps, each its `--grad_accum_steps` global batches, from where the run is."""
+    state, accum = run.state, run.config.grad_accum_steps
+    starts = range(state.batch_in_epoch, len(batches), accum)
+    return [batches[i:i + accum] for i in starts][:max(run.optim.total_steps - state.step, 0)]
+
+
 def rank_share(run: Run, batch: np.ndarray) -> tuple[np.ndarray, bool]:
     """This rank's part of a global batch, or (where that is empty) a stand-in whose loss counts zero: every
     rank must run each forward and backward, since DDP and FSDP communicate inside them."""
