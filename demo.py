@@ -13,7 +13,6 @@ The run's report.html and samples.jsonl are in runs/demo. Any training option ca
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import textwrap
@@ -31,6 +30,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from core.config import parse_args  # noqa: E402
 from core.data.roleplay_metrics import reply_metrics, summarise  # noqa: E402
 from core.data.tokenized import split_records  # noqa: E402
+from core.dataset import data_options, load_conversations  # noqa: E402
 from core.model.generation import Sampling, generate_replies, generate_reply  # noqa: E402
 from core.train.run_setup import setup  # noqa: E402
 from core.train.step import validate  # noqa: E402
@@ -83,10 +83,10 @@ def held_out_turns(run) -> list[dict]:
     """Every bot turn of the held-out conversations, as a prompt (the call so far) and its reference: the last turns
     alone are mostly goodbyes, which rarely name a persona fact."""
     config = run.config
-    records = [json.loads(line) for line in Path(config.data_path).read_text().splitlines() if line.strip()]
-    held_out = np.flatnonzero(split_records(len(records), config.eval_split, config.seed))
+    chats = [c.as_chat() for c in load_conversations(config.data_path, data_options(config))]
+    held_out = np.flatnonzero(split_records(len(chats), config.eval_split, config.seed))
     turns = []
-    for messages in (records[i]["messages"] for i in held_out):
+    for messages in (chats[i] for i in held_out):
         turns += [{"messages": messages[:i], "reference": m["content"]} for i, m in enumerate(messages)
                   if m["role"] == "assistant" and any(p["role"] == "user" for p in messages[:i])]
     return turns
