@@ -120,6 +120,7 @@ def generate_replies(model, tokenizer, conversations: list[list[dict]], sampling
     """The bot's next reply to each conversation, `batch_size` at a time (left-padded, KV cache on).
 
     `seed` makes sampling repeatable for the same conversations and batch size; the caller's RNG stays as it was.
+    `greedy_rows`: the first rows of each batch decode greedily (`greedy_and_sampled` sends one batch).
     """
     sampling = sampling or Sampling()
     was_training = model.training
