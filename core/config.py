@@ -140,8 +140,8 @@ class CheckpointOptions:
 class SampleOptions:
     """Replies to validation prompts, generated at every evaluation (samples.jsonl)."""
 
-    sample_prompts: int = option(2, "validation prompts whose replies (greedy and sampled) are generated at every evaluation and appended to samples.jsonl (0: none)", at_least=0)
-    sample_max_new_tokens: int = option(40, "longest sampled reply in tokens (the repository's replies: 35 at the 90th percentile)", at_least=1)
+    sample_prompts: int = option(1, "validation prompts whose replies (greedy and sampled) are generated at every evaluation and appended to samples.jsonl (0: none)", at_least=0)
+    sample_max_new_tokens: int = option(32, "longest sampled reply in tokens (the repository's replies: 35 at the 90th percentile)", at_least=1)
 
 
 @dataclass

@@ -61,9 +61,9 @@ def sample_plan(config, prompts: SamplePrompts) -> str:
         verdict = f"{ROLE_JUDGE_METHOD}, accuracy not measured (the training split lacks one side's turns)"
     else:
         verdict = f"{ROLE_JUDGE_METHOD}, accuracy {judge.accuracy:.1%} on {judge.held_out_turns} held-out turns"
-    return (f"Samples: {len(prompts)} validation prompts, greedy and sampled (one batch, KV cache), up to "
-            f"{config.sample_max_new_tokens} tokens, at step 0 and at every evaluation; their seconds are in "
-            f"samples.jsonl and their share of the run in report.html. Role judge: {verdict}")
+    return (f"Samples: {len(prompts)} validation prompt{'s' * (len(prompts) != 1)}, greedy and sampled (one batch, "
+            f"KV cache), up to {config.sample_max_new_tokens} tokens, at step 0 and at every evaluation; their "
+            f"seconds are in samples.jsonl and their share of the run in report.html. Role judge: {verdict}")
 
 
 def write_samples(model, tokenizer, prompts: SamplePrompts, step: int, output_dir: Path, max_new_tokens: int) -> None:

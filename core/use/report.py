@@ -102,7 +102,9 @@ def metrics_table(samples: list[dict], summary: dict) -> str:
                              for kind in ("greedy", "sampled") for line in (base, tuned))
                    + f"<td>{esc(METRIC_NOTES[n])}</td></tr>" for n in names)
     judge = tuned.get("role_judge") or {}
-    notes = [f"{len(tuned['samples'])} validation prompts."]
+    count = len(tuned["samples"])
+    notes = [f"From {count} validation prompt{'s' * (count != 1)} (--sample_prompts); for the whole validation "
+             "split, run `train.py evaluate`."]
     if judge.get("accuracy") is not None:
         notes.append(f"Role judge accuracy on {judge['held_out_turns']} held-out turns of both sides: "
                      f"{judge['accuracy']:.1%}.")
