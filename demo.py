@@ -2,13 +2,14 @@
 
 Shows the multi-turn data as it will be trained (trained tokens marked), fine-tunes on the persona
 conversations (data/roleplay_conversations.jsonl: each a system prompt stating the prospect's name,
-company, head count, budget and timing, then the call) for a short run sized for a 2-core CPU, prints
-validation loss as it falls, and puts the base model's reply beside the fine-tuned model's (greedy,
-and sampled as the chat command samples) for a few held-out prompts. Then it samples a reply to every
+company, head count, budget and timing, then the call) for two epochs (60 steps, sized for a 2-core
+CPU: a 24-step run learnt the prospect's side and register but seldom used the persona's facts), prints
+validation loss as it falls, and puts the base model's reply beside the fine-tuned model's (greedy, and
+sampled as the chat command samples) for a few held-out prompts. Then it samples a reply to every
 bot turn of the held-out calls from both models and says how often each names a fact of its persona,
 contradicts one, and reads as the prospect, beside the references' own rates (core/data/roleplay_metrics.py).
 The run's report.html and samples.jsonl are in runs/demo. Any training option can be appended, e.g.
-`python demo.py --max_steps 60`.
+`python demo.py --max_steps 30` for a shorter run.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from core.use.chat import load_for_chat, repeated_sentence  # noqa: E402
 from core.use.report import read_jsonl, write_report  # noqa: E402
 
 DEMO_DEFAULTS = ["--data_path", "data/roleplay_conversations.jsonl", "--model_name", "smollm2", "--output_dir",
-                 "runs/demo", "--epochs", "1", "--max_steps", "24", "--batch_size", "4", "--lr", "1e-4",
-                 "--warmup_ratio", "0.1", "--eval_steps", "12", "--log_steps", "4", "--save_steps", "0",
+                 "runs/demo", "--epochs", "2", "--batch_size", "4", "--lr", "1e-4",
+                 "--warmup_ratio", "0.1", "--eval_steps", "30", "--log_steps", "6", "--save_steps", "0",
                  "--overwrite_output_dir", "--sample_prompts", "4", "--sample_max_new_tokens", "48"]
 SAMPLE_SEED = 7
 

@@ -5,6 +5,7 @@ Writes, next to this script:
   training.jsonl               {"input": rep line, "output": prospect reply} per line
   training.json                the same records as one JSON list
   roleplay_conversations.jsonl {"messages": [system persona, user/assistant turns...]}
+  scenarios.yaml               the first conversations' personas, for `train.py chat/web --scenarios`
 
 Run from the repo root: python data/make_samples.py
 """
@@ -14,10 +15,13 @@ import random
 import string
 from pathlib import Path
 
+import yaml
+
 SEED = 20240611
 N_PAIRS = 360
 N_CONVERSATIONS = 130
 ASSISTANT_FIRST_SHARE = 0.2
+N_SCENARIOS = 6
 OUT_DIR = Path(__file__).resolve().parent
 
 # --------------------------------------------------------------------------
@@ -1006,23 +1010,38 @@ CLOSES = [
 # Persona (system prompt)
 # --------------------------------------------------------------------------
 
+# Each persona trait's situation: the persona's sentence, and the same fact in the prospect's own words,
+# which the prospect often says when it raises that objection (STATE_SITUATION_SHARE): the data shows the
+# bot using its persona's facts, so that a fine-tune learns to.
 SITUATIONS = {
-    "price": ["Your budget is frozen until {quarter}.",
-              "Money is tight after a rough year, and every new expense gets questioned."],
-    "timing": ["You're heading into {your_busy} and have no bandwidth for new projects.",
-               "You're in the middle of {project} and everything else is on hold."],
-    "competitor": ["You already use {competitor} and are mostly satisfied with it."],
-    "contract": ["You're locked into a contract with {competitor} until {month}."],
-    "authority": ["Any purchase over {amount} needs approval from your {boss}.",
-                  "You can recommend vendors, but {your_committee} makes the final decision."],
-    "no_need": ["You think your current setup ({process}) works well enough."],
-    "bad_experience": ["You were burned by a previous {vendor_kind} that overpromised and underdelivered."],
-    "security": ["Your company is strict about {rule}, and every new vendor needs a security review."],
-    "implementation": ["Your team is small and stretched thin, and you worry about the effort of setting up "
-                       "anything new."],
-    "send_email": ["You get a lot of cold calls and usually try to get reps off the phone with "
-                   "\"send me an email\"."],
+    "price": [("Your budget is frozen until {quarter}.", "Our budget is frozen until {quarter}."),
+              ("Money is tight after a rough year, and every new expense gets questioned.",
+               "Money is tight after a rough year, and every new expense gets questioned.")],
+    "timing": [("You're heading into {your_busy} and have no bandwidth for new projects.",
+                "We're heading into {busy}, and I have no bandwidth for new projects."),
+               ("You're in the middle of {project} and everything else is on hold.",
+                "We're in the middle of {project}, and everything else is on hold.")],
+    "competitor": [("You already use {competitor} and are mostly satisfied with it.",
+                    "We already use {competitor}, and we're mostly satisfied with it.")],
+    "contract": [("You're locked into a contract with {competitor} until {month}.",
+                  "We're locked into a contract with {competitor} until {month}.")],
+    "authority": [("Any purchase over {amount} needs approval from your {boss}.",
+                   "Any purchase over {amount} needs approval from our {boss}."),
+                  ("You can recommend vendors, but {your_committee} makes the final decision.",
+                   "I can recommend vendors, but {committee} makes the final decision.")],
+    "no_need": [("You think your current setup ({process}) works well enough.",
+                 "What we have now works well enough: {process}.")],
+    "bad_experience": [("You were burned by a previous {vendor_kind} that overpromised and underdelivered.",
+                        "We were burned by a previous {vendor_kind} that overpromised and underdelivered.")],
+    "security": [("Your company is strict about {rule}, and every new vendor needs a security review.",
+                  "We're strict about {rule}, and every new vendor needs a security review.")],
+    "implementation": [("Your team is small and stretched thin, and you worry about the effort of setting up "
+                        "anything new.", "We're {size} people and stretched thin. Setting up anything new is a "
+                        "lot of effort for us.")],
+    "send_email": [("You get a lot of cold calls and usually try to get reps off the phone with "
+                    "\"send me an email\".", "I get a lot of cold calls. Send me an email and I'll look at it.")],
 }
+STATE_SITUATION_SHARE = 0.7
 PERSONA_TEMPLATES = [
     "You are {first} {last}, {title} at {company}, a {size}-person {company_noun} in {location}. {situation} "
     "{tone_desc} A sales rep named {rep} from {vendor} is contacting you about {product_long}. "
@@ -1149,9 +1168,18 @@ def decorate(rng, sc, text, mode):
 # Line builders (templates are assembled first and filled last, so lower_first never sees a filled slot)
 # --------------------------------------------------------------------------
 
+def objection(rng, sc, kind, used):
+    """An unfilled objection of `kind`: often, for a trait of the persona, its situation in the prospect's words."""
+    said = sc.get("own_words", {}).get(kind)
+    if said and said not in used and rng.random() < STATE_SITUATION_SHARE:
+        used.add(said)
+        return said
+    return pick(rng, OBJECTIONS[kind], sc, used)
+
+
 def objection_line(rng, sc, kind, used, bridge=False, stack=False):
     """A prospect objection of `kind`, optionally bridged from the rep's last point and stacked with a second."""
-    text = pick(rng, OBJECTIONS[kind], sc, used)
+    text = objection(rng, sc, kind, used)
     if bridge:
         text = connect(rng, BRIDGES, text)
     if stack:
@@ -1178,7 +1206,7 @@ def reply_line(rng, sc, replies, used, next_kind=None, statements_only=False):
         replies = [r for r in replies if not r.endswith("?")]
     text = pick(rng, replies, sc, used)
     if next_kind:
-        text += " " + connect(rng, AFTER_REPLY, pick(rng, OBJECTIONS[next_kind], sc, used))
+        text += " " + connect(rng, AFTER_REPLY, objection(rng, sc, next_kind, used))
     return fill(text, sc)
 
 
@@ -1318,8 +1346,11 @@ def pick_traits(rng, sc):
 
 
 def persona_prompt(rng, sc, traits):
-    """The system message describing who the bot plays."""
-    situation = " ".join(fill(rng.choice(SITUATIONS[t]), sc) for t in traits)
+    """The system message describing who the bot plays; sc["own_words"] keeps each trait's situation as the
+    prospect would say it."""
+    chosen = {t: rng.choice(SITUATIONS[t]) for t in traits}
+    sc["own_words"] = {t: said for t, (_, said) in chosen.items()}
+    situation = " ".join(fill(persona, sc) for persona, _ in chosen.values())
     return rng.choice(PERSONA_TEMPLATES).format(situation=situation, tone_desc=TONE_DESCRIPTIONS[sc["tone"]], **sc)
 
 
@@ -1369,7 +1400,7 @@ def make_conversation(rng, assistant_first):
             bot_move = "discovery"
             if pending and rng.random() < 0.5:
                 bot_move, bot_key = "objection", pending.pop(0)
-                answer += " " + connect(rng, AFTER_REPLY, pick(rng, OBJECTIONS[bot_key], sc, used))
+                answer += " " + connect(rng, AFTER_REPLY, objection(rng, sc, bot_key, used))
             text = fill(answer, sc)
         elif pending and not (rep_move == "opener" and rng.random() < 0.15):
             bot_move, bot_key = "objection", pending.pop(0)
@@ -1382,25 +1413,32 @@ def make_conversation(rng, assistant_first):
         else:
             text, bot_move = simple_line(rng, sc, SOFT_POSITIVE, used), "positive"
         messages.append({"role": role, "content": text})
-    return {"messages": messages}
+    return {"messages": messages}, f"{sc['first']} {sc['last']}, {sc['title']} at {sc['company']}"
 
 
 def make_conversations(rng, n):
-    """n distinct conversations, ASSISTANT_FIRST_SHARE of them opened by the prospect."""
+    """n distinct conversations, ASSISTANT_FIRST_SHARE of them opened by the prospect, and their personas' names."""
     assistant_first = set(rng.sample(range(n), round(n * ASSISTANT_FIRST_SHARE)))
-    conversations, seen = [], set()
+    conversations, names, seen = [], [], set()
     while len(conversations) < n:
-        conv = make_conversation(rng, len(conversations) in assistant_first)
+        conv, name = make_conversation(rng, len(conversations) in assistant_first)
         key = json.dumps(conv, sort_keys=True)
         if key not in seen:
             seen.add(key)
             conversations.append(conv)
-    return conversations
+            names.append(name)
+    return conversations, names
 
 
-# --------------------------------------------------------------------------
-# Validation and output
-# --------------------------------------------------------------------------
+def write_scenarios(path, conversations, names):
+    """The first N_SCENARIOS personas as `train.py chat/web --scenarios` reads them: a YAML list of {name, system}."""
+    entries = [{"name": name, "system": conv["messages"][0]["content"]}
+               for conv, name in zip(conversations[:N_SCENARIOS], names)]
+    with open(path, "w", encoding="ascii", newline="\n") as f:
+        f.write("# Personas for `train.py chat --scenarios` and `train.py web --scenarios`: a name and the system "
+                "prompt\n# the model plays. Written by data/make_samples.py from data/roleplay_conversations.jsonl.\n")
+        yaml.safe_dump(entries, f, sort_keys=False, width=105)
+
 
 def require_unique(values, label):
     """Raise ValueError if any value repeats."""
@@ -1436,13 +1474,14 @@ def write_jsonl(path, records):
 def main():
     rng = random.Random(SEED)
     pairs = make_pairs(rng, N_PAIRS)
-    conversations = make_conversations(rng, N_CONVERSATIONS)
+    conversations, names = make_conversations(rng, N_CONVERSATIONS)
     validate(pairs, conversations)
     write_jsonl(OUT_DIR / "training.jsonl", pairs)
     with open(OUT_DIR / "training.json", "w", encoding="ascii", newline="\n") as f:
         json.dump(pairs, f, indent=1)
         f.write("\n")
     write_jsonl(OUT_DIR / "roleplay_conversations.jsonl", conversations)
+    write_scenarios(OUT_DIR / "scenarios.yaml", conversations, names)
     print(f"wrote {len(pairs)} training pairs and {len(conversations)} conversations to {OUT_DIR}")
 
 
