@@ -1430,6 +1430,10 @@ def make_conversations(rng, n):
     return conversations, names
 
 
+# --------------------------------------------------------------------------
+# Validation and output
+# --------------------------------------------------------------------------
+
 def write_scenarios(path, conversations, names):
     """The first N_SCENARIOS personas as `train.py chat/web --scenarios` reads them: a YAML list of {name, system}."""
     entries = [{"name": name, "system": conv["messages"][0]["content"]}
