@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh dev
 ruff check .
 lint-imports  # the layers of pyproject.toml: no import points up
-# Two workers (pytest-xdist) for the two cores of a CI runner, an idle one taking tests from the other's queue;
-# the 15 slowest tests are printed at the end.
-python -m pytest -q tests -n 2 --dist worksteal --durations=15 "$@"
+# Two workers (pytest-xdist) for the two cores of a CI runner, each taking the next test when it is free, the
+# slow ones first (tests/conftest.py); the 15 slowest tests are printed at the end.
+python -m pytest -q tests -n 2 --dist load --maxschedchunk 1 --durations=15 "$@"

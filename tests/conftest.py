@@ -30,9 +30,30 @@ def pytest_configure(config):
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def slow_seconds(item) -> float:
+    marker = item.get_closest_marker("slow")
+    return marker.kwargs["seconds"] if marker else 0.0
+
+
+def needs_smollm2_dir(item) -> bool:
+    """Whether the test uses the SmolLM2 conversion: as a fixture, or (asked for at run time) marked so."""
+    return "smollm2_dir" in item.fixturenames or item.get_closest_marker("slow").kwargs.get("smollm2", False)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked slow run first: with two workers, a long test started last would leave one core idle."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The slow tests run first, longest first (the suite runs with `--dist load --maxschedchunk 1`, each worker
+    taking the next test when it is free): a long test started last would leave the other core idle.
+
+    The first of them builds the shared SmolLM2 conversion (tests/conftest.py `smollm2_dir`, half a minute);
+    the second worker starts with the longest slow test that does not need it, instead of waiting on its lock
+    (each worker is handed two tests at the start: the second worker's first is the third in this order)."""
+    items.sort(key=slow_seconds, reverse=True)
+    slow = [item for item in items if slow_seconds(item)]
+    needs_smollm2 = [item for item in slow if needs_smollm2_dir(item)]
+    without = [item for item in slow if not needs_smollm2_dir(item)]
+    if needs_smollm2 and without and len(slow) > 2:
+        items.remove(without[0])
+        items.insert(2, without[0])
 
 
 def shared_dir(tmp_path_factory) -> Path:

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, assert_error, cli, write_jsonl
+from conftest import ROOT, assert_error, built_once, cli, write_jsonl
 from safetensors.torch import load_file
 
 RECORDS = 17  # 4 held out, 13 trained: the last global batch of 4 leaves the second rank a stand-in
@@ -38,17 +38,13 @@ def options(data, model_dir, cache_dir, out, batch_size, *extra) -> list[str]:
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, data, tiny_qwen_1k_dir, cache_dir):
-    """The one-process run with the given options, run once per module and worker (DDP and accelerate share it)."""
-    runs = {}
-
+    """The one-process run with the given options, run once for all workers (DDP and accelerate share it)."""
     def run(batch_size, *extra):
-        key = (batch_size, *extra)
-        if key not in runs:
-            out = tmp_path_factory.mktemp("one") / "out"
-            code, output = cli(*options(data, tiny_qwen_1k_dir, cache_dir, out, batch_size, *extra))
+        def build(directory):
+            code, output = cli(*options(data, tiny_qwen_1k_dir, cache_dir, directory / "out", batch_size, *extra))
             assert code == 0, output[-3000:]
-            runs[key] = out
-        return runs[key]
+        name = "one-process" + "".join(f"_{part}" for part in (batch_size, *extra)).replace("--", "")
+        return built_once(tmp_path_factory, name, build) / "out"
     return run
 
 
@@ -92,6 +88,7 @@ def outputs(out) -> list[str]:
     ("torchrun", ["--grad_accum_steps", "2", "--distributed", "fsdp"]),
     ("accelerate", []),
 ], ids=["ddp", "ddp-accumulation", "fsdp-accumulation", "accelerate-ddp"])
+@pytest.mark.slow(seconds=11)
 def test_two_processes_equal_one_with_twice_the_batch(tmp_path, data, tiny_qwen_1k_dir, cache_dir, one_process,
                                                      launcher, extra):
     reference = one_process(4, *extra)
@@ -107,6 +104,7 @@ def test_two_processes_equal_one_with_twice_the_batch(tmp_path, data, tiny_qwen_
     assert (result.stdout + result.stderr).count("Model: ") == 1
 
 
+@pytest.mark.slow(seconds=12)
 def test_two_processes_with_a_token_budget_equal_one_accumulating_two_budgets(tmp_path, data, tiny_qwen_1k_dir,
                                                                              cache_dir, one_process):
     """A global batch under --batch_tokens is one budget per process: the same update as one process
@@ -120,7 +118,7 @@ def test_two_processes_with_a_token_budget_equal_one_accumulating_two_budgets(tm
     assert len([e for e in entries(out) if e["type"] == "train"]) >= 2
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_a_two_process_checkpoint_loads_and_resumes_to_the_same_weights(tmp_path, data, tiny_qwen_1k_dir, cache_dir):
     from transformers import AutoModelForCausalLM
     out = tmp_path / "run"
@@ -178,6 +176,7 @@ def child_with_rank(parent: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow(seconds=10)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_to_one_rank_stops_all_with_one_checkpoint(tmp_path, data, tiny_qwen_1k_dir, cache_dir):
     import signal

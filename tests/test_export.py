@@ -14,7 +14,7 @@ CHAT = [{"role": "system", "content": "You are Dana, IT director."},
 TOLERANCE = {"f16": 2e-3, "q8_0": 3e-2}  # relative error of the logits: half precision, then 8-bit blocks
 
 
-@pytest.mark.parametrize("family", ["qwen2", pytest.param("llama", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("family", ["qwen2", pytest.param("llama", marks=pytest.mark.slow(seconds=22, smollm2=True))])
 def test_exported_gguf_loads_back_with_the_same_logits_and_prompt_tokens(tmp_path, request, family):
     """qwen2: the tiny Qwen2 on a 1k Qwen-style vocabulary (Qwen's pre-tokenizer, special tokens and template),
     both formats; llama: SmolLM2-135M itself (GPT-2's pre-tokenizer, 49k tokens, the query/key rows GGUF

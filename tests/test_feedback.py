@@ -65,9 +65,9 @@ def test_two_writers_at_once_never_interleave_or_lose_a_line(tmp_path):
         ["worker 0", "worker 1"]
 
 
-def test_terminal_judgements_are_appended_and_train_with_dpo_and_kto(tmp_path, tiny_qwen_dir, cache_dir):
+def test_terminal_judgements_are_appended_and_train_with_dpo_and_kto(tmp_path, tiny_qwen_1k_dir, cache_dir):
     path = tmp_path / "feedback.jsonl"
-    terminal = Terminal([sys.executable, "train.py", "chat", "--model", str(tiny_qwen_dir), "--max_new_tokens",
+    terminal = Terminal([sys.executable, "train.py", "chat", "--model", str(tiny_qwen_1k_dir), "--max_new_tokens",
                          "6", "--system_prompt", "You are Dana, IT director.", "--greedy", "--feedback_file",
                          str(path)])
     terminal.read_until("rep> ")
@@ -89,7 +89,7 @@ def test_terminal_judgements_are_appended_and_train_with_dpo_and_kto(tmp_path, t
     assert len(bad["messages"]) == 4 and bad["completion"].strip()
     assert pair["chosen"] == "Send it, but budget is frozen until Q3." and pair["rejected"].strip()
     assert pair["messages"][-1]["content"] == "Can I send you a proposal?" and len(pair["messages"]) == 6
-    assert all(line["meta"]["model"] == str(tiny_qwen_dir) and line["meta"]["source"] == "chat" and
+    assert all(line["meta"]["model"] == str(tiny_qwen_1k_dir) and line["meta"]["source"] == "chat" and
                line["meta"]["time"] for line in (good, bad, pair))
     (sft,) = read_lines(feedback.sft_file(path))
     assert sft["messages"] == pair["messages"] + [{"role": "assistant", "content": pair["chosen"]}]
@@ -97,7 +97,7 @@ def test_terminal_judgements_are_appended_and_train_with_dpo_and_kto(tmp_path, t
 
     for objective in ("dpo", "kto"):
         out = tmp_path / objective
-        code, output = cli("train", "--objective", objective, "--data_path", path, "--model_name", tiny_qwen_dir,
+        code, output = cli("train", "--objective", objective, "--data_path", path, "--model_name", tiny_qwen_1k_dir,
                            "--cache_dir", cache_dir, "--output_dir", out, "--eval_split", "0", "--epochs", "1",
                            "--sample_prompts", "0", "--log_steps", "1", "--no-report")
         assert code == 0, output[-2000:]
@@ -105,6 +105,7 @@ def test_terminal_judgements_are_appended_and_train_with_dpo_and_kto(tmp_path, t
         assert steps and "reward_accuracy" in steps[0] and (out / "best_model" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow(seconds=24)
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/setup.sh dev installs it as root)")
 def test_browser_thumbs_rewrite_and_pick_are_recorded_and_train_with_dpo(tmp_path, tiny_qwen_dir, cache_dir):
     from playwright.sync_api import sync_playwright

@@ -191,6 +191,7 @@ def test_every_cpu_backend_equals_the_sequences_one_by_one(tiny_qwen_1k_dir, bac
         assert (p.grad - want_grads[name]).norm() / want_grads[name].norm() < 1e-5, name
 
 
+@pytest.mark.slow(seconds=14)
 def test_forward_and_loss_compile_to_one_graph_for_batches_of_any_size(tiny_qwen_1k_dir):
     prepared = cuda_path(tiny_qwen_1k_dir, "sdpa")
     vocab = prepared.model.config.vocab_size
@@ -455,7 +456,7 @@ def test_the_liger_row_is_skipped_with_its_reason_off_cuda_and_refused_when_requ
 
 # The prepared GPU benchmark, on the CPU ------------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=24)
 @pytest.mark.timeout(240)
 def test_the_gpu_benchmark_smoke_run_gives_every_arm_its_figures():
     """`bash bench/gpu.sh --smoke`: every arm ends with a line of real figures, not just a zero exit code."""

@@ -146,6 +146,7 @@ def test_a_disk_too_small_for_the_kept_checkpoints_is_warned_about_at_the_start(
     assert not [line for line in lines if line.startswith("Warning")]
 
 
+@pytest.mark.slow(seconds=10)
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path, tiny_qwen_1k_dir, cache_dir):
     sample_data(tmp_path, 40)
     out = tmp_path / "out"
@@ -271,6 +272,7 @@ def test_a_write_error_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path,
     assert latest_checkpoint(out).path == out / "checkpoint-2"
 
 
+@pytest.mark.slow(seconds=13)
 def test_sigterm_on_the_command_line_prints_the_resume_command(tmp_path, tiny_qwen_1k_dir, cache_dir):
     import shlex
     import time

@@ -8,6 +8,7 @@ held-out rep messages are scored by the role judge learnt from the repository's 
 import json
 import shutil
 
+import pytest
 from conftest import ROOT, cli, write_jsonl
 from test_roleplay_metrics import repository_records
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -16,14 +17,14 @@ from core.data.roleplay_metrics import role_judge
 from core.model.generation import Sampling, generate_replies
 
 PAIRS = [json.loads(line) for line in (ROOT / "data" / "training.jsonl").read_text().splitlines()]
-TRAIN, HELD_OUT = PAIRS[:32], PAIRS[-8:]
+TRAIN, HELD_OUT = PAIRS[:16], PAIRS[-8:]  # four steps of four at 5e-4: enough to flip the role
 
 
 def fine_tune(tmp_path, cache_dir, name: str, records: list[dict]):
     out = tmp_path / name
     code, printed = cli("--data_path", write_jsonl(tmp_path / f"{name}.jsonl", records), "--model_name", "smollm2",
                         "--cache_dir", cache_dir, "--output_dir", out, "--epochs", "1", "--batch_size", "4",
-                        "--lr", "2e-4", "--warmup_ratio", "0", "--eval_split", "0", "--save_steps", "0",
+                        "--lr", "5e-4", "--warmup_ratio", "0", "--eval_split", "0", "--save_steps", "0",
                         "--sample_prompts", "0", "--max_length", "128", "--no-report")
     assert code == 0, printed[-2000:]
     best = out / "best_model"
@@ -32,6 +33,7 @@ def fine_tune(tmp_path, cache_dir, name: str, records: list[dict]):
     return model, tokenizer
 
 
+@pytest.mark.slow(seconds=60)
 def test_swapped_roles_score_low_and_the_normal_fine_tune_high(tmp_path, smollm2_dir, cache_dir):
     judge = role_judge(repository_records())
     swapped = [{"input": r["output"], "output": r["input"]} for r in TRAIN]
