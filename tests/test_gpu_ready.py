@@ -246,8 +246,11 @@ def test_the_varlen_path_traces_forward_and_backward_on_meta():
     assert query.grad.shape == query.shape and key.grad.shape == key.shape and value.grad.shape == value.shape
 
 
-def test_backends_are_chosen_by_device_and_refused_where_they_cannot_train():
+def test_backends_are_chosen_by_device_and_refused_where_they_cannot_train(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    # As in a fresh process, whatever other tests imported: varlen_attn's module not yet loaded.
+    monkeypatch.delattr(torch.nn.attention, "varlen", raising=False)
+    monkeypatch.delitem(sys.modules, "torch.nn.attention.varlen", raising=False)
     assert packed_attention.choose("auto", cpu, compile=False)[0] == packed_attention.CPU_DEFAULT
     assert packed_attention.choose("auto", cpu, compile=True)[0] == "sdpa"
     assert packed_attention.choose("auto", cuda, compile=False)[0] == "varlen"  # this torch has varlen_attn

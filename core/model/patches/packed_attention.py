@@ -103,7 +103,9 @@ def backend(name: str) -> Backend:
 
 
 def varlen_available() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None or hasattr(torch.nn.attention, "varlen")
+    """flash_attn, or torch's own varlen_attn (looked up, not imported: the submodule is an attribute of
+    torch.nn.attention only once something has imported it)."""
+    return any(importlib.util.find_spec(name) is not None for name in ("flash_attn", "torch.nn.attention.varlen"))
 
 
 def choose(requested: str, device: torch.device, compile: bool) -> tuple[str, str]:
