@@ -88,7 +88,7 @@ def outputs(out) -> list[str]:
     ("torchrun", ["--grad_accum_steps", "2", "--distributed", "fsdp"]),
     ("accelerate", []),
 ], ids=["ddp", "ddp-accumulation", "fsdp-accumulation", "accelerate-ddp"])
-@pytest.mark.slow(seconds=11)
+@pytest.mark.slow(seconds=15)
 def test_two_processes_equal_one_with_twice_the_batch(tmp_path, data, tiny_qwen_1k_dir, cache_dir, one_process,
                                                      launcher, extra):
     reference = one_process(4, *extra)
@@ -118,7 +118,7 @@ def test_two_processes_with_a_token_budget_equal_one_accumulating_two_budgets(tm
     assert len([e for e in entries(out) if e["type"] == "train"]) >= 2
 
 
-@pytest.mark.slow(seconds=25)
+@pytest.mark.slow(seconds=28)
 def test_a_two_process_checkpoint_loads_and_resumes_to_the_same_weights(tmp_path, data, tiny_qwen_1k_dir, cache_dir):
     from transformers import AutoModelForCausalLM
     out = tmp_path / "run"
@@ -176,7 +176,7 @@ def child_with_rank(parent: int, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.slow(seconds=10)
+@pytest.mark.slow(seconds=14)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_to_one_rank_stops_all_with_one_checkpoint(tmp_path, data, tiny_qwen_1k_dir, cache_dir):
     import signal

@@ -57,7 +57,7 @@ def base_mean_loss(tmp_path_factory, smollm2_dir, cache_dir) -> float:
     return json.loads((evaluated / "base.summary.json").read_text())["mean_loss"]
 
 
-@pytest.mark.slow(seconds=65)
+@pytest.mark.slow(seconds=70)
 @pytest.mark.timeout(600)  # about a minute on a quiet machine: training, generation and evaluation
 def test_smollm2_learns_replies_and_stops(tmp_path, smollm2_dir, cache_dir, base_mean_loss):
     """A full fine-tune. LoRA on SmolLM2 learns in tests/test_preference.py (DPO with adapters) and bench/quality.py;

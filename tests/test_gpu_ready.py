@@ -459,7 +459,7 @@ def test_the_liger_row_is_skipped_with_its_reason_off_cuda_and_refused_when_requ
 
 # The prepared GPU benchmark, on the CPU ------------------------------------------------------------
 
-@pytest.mark.slow(seconds=24)
+@pytest.mark.slow(seconds=19)
 @pytest.mark.timeout(240)
 def test_the_gpu_benchmark_smoke_run_gives_every_arm_its_figures():
     """`bash bench/gpu.sh --smoke`: every arm ends with a line of real figures, not just a zero exit code."""

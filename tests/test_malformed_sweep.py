@@ -3,7 +3,8 @@
 Each mutated file goes through the same path as `train.py inspect` (validate, tokenise, cache) or
 the option parser, inside the command line's own error handling (`core.cli.report_errors`). The
 invariant: either the file is accepted (exit 0, no error line) or it is rejected with exactly one
-`error:` line that names the file, and never a traceback or a bug report.
+`error:` line that names the file, and never a traceback or a bug report. Files are tokenised by the
+1k-vocabulary Qwen-style tokenizer (tests/conftest.py `qwen_1k_tokenizer`).
 """
 
 import copy
@@ -127,14 +128,14 @@ def check(code: int, output: str, names: tuple[str, ...]) -> None:
 
 
 @pytest.mark.parametrize("batch", range(4))
-def test_mutated_data_files_are_accepted_or_refused_in_one_line(tmp_path, qwen_tokenizer, batch):
+def test_mutated_data_files_are_accepted_or_refused_in_one_line(tmp_path, qwen_1k_tokenizer, batch):
     rng = random.Random(SEED + batch)
     outcomes = {"accepted": 0, "refused": 0}
     for index in range(60):
         path, _ = data_case(rng, index, tmp_path)
 
         def inspect_file(path=path):
-            tokenize_file(path, qwen_tokenizer, DataOptions(), 128, tmp_path / "cache", progress=False)
+            tokenize_file(path, qwen_1k_tokenizer, DataOptions(), 128, tmp_path / "cache", progress=False)
             return 0
 
         code, output = quietly(inspect_file)
@@ -209,7 +210,7 @@ def transcript_case(rng: random.Random, index: int, tmp_path):
     return path
 
 
-def test_mutated_transcript_files_are_accepted_or_refused_in_one_line(tmp_path, qwen_tokenizer):
+def test_mutated_transcript_files_are_accepted_or_refused_in_one_line(tmp_path, qwen_1k_tokenizer):
     from core.use.chat_cli import Session
     rng = random.Random(SEED + 11)
     refused_by_save = 0
@@ -227,7 +228,7 @@ def test_mutated_transcript_files_are_accepted_or_refused_in_one_line(tmp_path, 
             assert path.read_bytes().startswith(before) and output.startswith("Saved")
 
         def train_on(path=path):
-            tokenize_file(path, qwen_tokenizer, DataOptions(), 128, tmp_path / "cache", progress=False)
+            tokenize_file(path, qwen_1k_tokenizer, DataOptions(), 128, tmp_path / "cache", progress=False)
             return 0
         check(*quietly(train_on), (str(path),))
     assert refused_by_save > 10
@@ -247,7 +248,7 @@ def feedback_case(rng: random.Random, index: int, tmp_path):
     return path
 
 
-def test_mutated_feedback_files_are_accepted_or_refused_in_one_line(tmp_path, qwen_tokenizer):
+def test_mutated_feedback_files_are_accepted_or_refused_in_one_line(tmp_path, qwen_1k_tokenizer):
     """What --objective dpo and kto read first (the check before the model loads), then tokenise."""
     from core.data.preference import count_usable, tokenize_preferences
     rng = random.Random(SEED + 13)
@@ -258,7 +259,7 @@ def test_mutated_feedback_files_are_accepted_or_refused_in_one_line(tmp_path, qw
 
         def read(path=path, objective=objective):
             count_usable(path, objective, DataOptions())
-            tokenize_preferences(path, qwen_tokenizer, DataOptions(), 128, tmp_path / "cache")
+            tokenize_preferences(path, qwen_1k_tokenizer, DataOptions(), 128, tmp_path / "cache")
             return 0
         code, output = quietly(read)
         check(code, output, (str(path),))

@@ -238,7 +238,7 @@ def test_dpo_resumes_after_sigterm_bit_identically(tmp_path, tiny_qwen_1k_dir, c
     assert_same_outputs(tmp_path / "resumed" / "out", tmp_path / "reference" / "out")
 
 
-@pytest.mark.slow(seconds=20)
+@pytest.mark.slow(seconds=23)
 def test_dpo_two_processes_equal_one_with_twice_the_batch(tmp_path, tiny_qwen_dir, cache_dir):
     from test_distributed import assert_same_run, launch, options
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(13))
@@ -294,7 +294,7 @@ def role_inversion_pairs(n: int) -> list[dict]:
 STEPS, LR = {"dpo": "2", "kto": "1"}, {"dpo": "3e-3", "kto": "1e-3"}
 
 
-@pytest.mark.slow(seconds=80)
+@pytest.mark.slow(seconds=88)
 def test_dpo_with_lora_teaches_smollm2_to_stay_in_role_and_kto_moves_the_same_way(tmp_path, smollm2_dir, cache_dir):
     pairs = role_inversion_pairs(60)
     labelled = [{"messages": p["messages"], "completion": p[key], "label": key == "chosen"}
