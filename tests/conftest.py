@@ -32,6 +32,9 @@ def pytest_configure(config):
 
 def slow_seconds(item) -> float:
     marker = item.get_closest_marker("slow")
+    if marker and "seconds" not in marker.kwargs:
+        raise pytest.UsageError(f"{item.nodeid}: mark it @pytest.mark.slow(seconds=N), N its time on one core "
+                                "(the order of the slow tests comes from it)")
     return marker.kwargs["seconds"] if marker else 0.0
 
 
