@@ -52,11 +52,10 @@ def pytest_collection_modifyitems(config, items):
     (each worker is handed two tests at the start: the second worker's first is the third in this order)."""
     items.sort(key=slow_seconds, reverse=True)
     slow = [item for item in items if slow_seconds(item)]
-    needs_smollm2 = [item for item in slow if needs_smollm2_dir(item)]
-    without = [item for item in slow if not needs_smollm2_dir(item)]
-    if needs_smollm2 and without and len(slow) > 2:
-        items.remove(without[0])
-        items.insert(2, without[0])
+    without = next((item for item in slow if not needs_smollm2_dir(item)), None)
+    if len(slow) > 2 and needs_smollm2_dir(slow[0]) and without is not None:
+        items.remove(without)
+        items.insert(2, without)
 
 
 def shared_dir(tmp_path_factory) -> Path:
