@@ -184,6 +184,20 @@ def sample_data(tmp_path: Path, n: int = 24, name: str = "data.jsonl") -> Path:
     return write_jsonl(tmp_path / name, [json.loads(line) for line in lines])
 
 
+def repository_records() -> list[dict]:
+    """The repository's sample data as prompts with the reference reply: each conversation up to its last bot
+    turn, and each pair's rep line (the role judge's data, tests/data and tests/learning)."""
+    records = []
+    for line in (ROOT / "data" / "roleplay_conversations.jsonl").read_text().splitlines():
+        messages = json.loads(line)["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        records.append({"messages": messages[:last], "reference": messages[last]["content"]})
+    for line in (ROOT / "data" / "training.jsonl").read_text().splitlines():
+        pair = json.loads(line)
+        records.append({"messages": [{"role": "user", "content": pair["input"]}], "reference": pair["output"]})
+    return records
+
+
 def make_config(tmp_path: Path, model_dir: Path, cache_dir: Path, **overrides):
     """A validated TrainConfig for a short run of the tiny model on `tmp_path/data.jsonl` (written if missing)."""
     from core.config import TrainConfig
@@ -192,7 +206,7 @@ def make_config(tmp_path: Path, model_dir: Path, cache_dir: Path, **overrides):
         sample_data(tmp_path)
     options = dict(data_path=str(data), model_name=str(model_dir), output_dir=str(tmp_path / "out"),
                    cache_dir=str(cache_dir), epochs=1, batch_size=4, lr=1e-3, log_steps=2, save_steps=0,
-                   eval_split=0.25, sample_prompts=0)  # samples: tests/test_report.py
+                   eval_split=0.25, sample_prompts=0)  # samples: tests/train/test_report.py
     options.update(overrides)
     config = TrainConfig(**options)
     config.validate()
@@ -202,6 +216,18 @@ def make_config(tmp_path: Path, model_dir: Path, cache_dir: Path, **overrides):
 def make_run(tmp_path: Path, model_dir: Path, cache_dir: Path, log=lambda *_: None, **overrides):
     from core.train.run_setup import setup
     return setup(make_config(tmp_path, model_dir, cache_dir, **overrides), log=log)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_qwen_1k_dir, cache_dir) -> Path:
+    """A finished run: `data.jsonl` and `out/` with checkpoint-2 and checkpoint-4, to be copied and damaged."""
+    tmp = tmp_path_factory.mktemp("finished")
+    sample_data(tmp, 12)
+    code, output = cli("--data_path", tmp / "data.jsonl", "--model_name", tiny_qwen_1k_dir, "--cache_dir", cache_dir,
+                       "--output_dir", tmp / "out", "--batch_size", "2", "--save_steps", "2", "--max_steps", "4",
+                       "--eval_split", "0.25", "--lr", "1e-3", "--sample_prompts", "0")
+    assert code == 0, output[-2000:]
+    return tmp
 
 
 def cli(*args) -> tuple[int, str]:

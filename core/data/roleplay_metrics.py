@@ -14,7 +14,7 @@ the role judge is learned from the data's own turns, and core/train may not impo
 - persona grounding: facts read from the persona (names, numbers with their units, quarters, months,
   the persona's own name); a reply mentions the persona when it names one of them, and contradicts it
   when it gives itself another name, another head count or a budget amount the persona does not state,
-  or another quarter. Rules, not a model: tests/test_roleplay_metrics.py checks them on labelled replies.
+  or another quarter. Rules, not a model: tests/data/test_roleplay_metrics.py checks them on labelled replies.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Replies are decoded with the KV cache (one new token per forward pass) and, for 
 at once, in left-padded batches (`generate_replies`): samples, `evaluate` and the demo use it. The
 model may be the training model: the patches of `core.model.prepare` are inert in generation (the
 lean layers compute the stock outputs, packed attention falls back to stock SDPA without sequence
-boundaries, the trimmed last layer runs its stock forward without trained rows); tests/test_generation.py
+boundaries, the trimmed last layer runs its stock forward without trained rows); tests/model/test_generation.py
 checks that a prepared model generates the stock model's tokens.
 """
 

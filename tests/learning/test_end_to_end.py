@@ -60,8 +60,8 @@ def base_mean_loss(tmp_path_factory, smollm2_dir, cache_dir) -> float:
 @pytest.mark.slow(seconds=70)
 @pytest.mark.timeout(600)  # about a minute on a quiet machine: training, generation and evaluation
 def test_smollm2_learns_replies_and_stops(tmp_path, smollm2_dir, cache_dir, base_mean_loss):
-    """A full fine-tune. LoRA on SmolLM2 learns in tests/test_preference.py (DPO with adapters) and bench/quality.py;
-    its merge into a plain best_model/ is checked in tests/test_lora.py."""
+    """A full fine-tune. LoRA on SmolLM2 learns in tests/train/test_preference.py (DPO with adapters) and
+    bench/quality.py; its merge into a plain best_model/ is checked in tests/model/test_lora.py."""
     data = write_jsonl(tmp_path / "tiny.jsonl", RECORDS * 12)  # one epoch of 12 passes: one epoch_N save
     out = tmp_path / "run"
     result = subprocess.run(

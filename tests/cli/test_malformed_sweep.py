@@ -267,20 +267,7 @@ def test_mutated_feedback_files_are_accepted_or_refused_in_one_line(tmp_path, qw
     assert refused > 10
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_qwen_1k_dir, cache_dir):
-    """A one-step run with checkpoint-1/, whose JSON files the sweep mutates."""
-    from conftest import cli, sample_data
-    tmp = tmp_path_factory.mktemp("sweep-run")
-    sample_data(tmp, 8)
-    code, output = cli("--data_path", tmp / "data.jsonl", "--model_name", tiny_qwen_1k_dir, "--cache_dir", cache_dir,
-                       "--output_dir", tmp / "out", "--batch_size", "4", "--max_steps", "1", "--save_steps", "1",
-                       "--eval_split", "0.25", "--sample_prompts", "0", "--no-report")
-    assert code == 0, output[-2000:]
-    return tmp / "out"
-
-
-CHECKPOINT_JSON = ["checkpoint-1/trainer_state.json", "checkpoint-1/train_config.json", "run.json", "summary.json",
+CHECKPOINT_JSON = ["checkpoint-4/trainer_state.json", "checkpoint-4/train_config.json", "run.json", "summary.json",
                    "metrics.jsonl"]
 
 
@@ -311,14 +298,16 @@ def test_mutated_checkpoint_json_files_are_resumed_from_or_refused_in_one_line(t
     from core.train.checkpoint import find_resume, load_checkpoint
     from core.train.fingerprint import check_resumable
     from core.train.output_dir import claim_output_dir, start_afresh, truncate_logs
-    fingerprint = json.loads((finished_run / "run.json").read_text())
+    run = finished_run / "out"  # checkpoint-4 is the only one the sweep keeps
+    fingerprint = json.loads((run / "run.json").read_text())
     rng = random.Random(SEED + CHECKPOINT_JSON.index(name))
     outcomes = {"accepted": 0, "refused": 0}
     for index in range(12):
         out = tmp_path / f"case{index}"
-        mutated_copy(rng, finished_run, out, name)
+        mutated_copy(rng, run, out, name)
+        shutil.rmtree(out / "checkpoint-2")
         if name in ("run.json", "summary.json"):
-            shutil.rmtree(out / "checkpoint-1")
+            shutil.rmtree(out / "checkpoint-4")
 
         def resume(out=out):
             restored = find_resume("auto", out, log=print)
@@ -329,7 +318,7 @@ def test_mutated_checkpoint_json_files_are_resumed_from_or_refused_in_one_line(t
                 truncate_logs(out, restored.state.step, log=print)
             claim_output_dir(out, fingerprint, restored is not None, False, log=print)
             if restored is not None:
-                load_checkpoint(out / "checkpoint-1")
+                load_checkpoint(out / "checkpoint-4")
             return 0
 
         code, output = quietly(resume)

@@ -26,7 +26,7 @@ def options_table() -> str:
 
 def test_readme_options_table_is_the_declared_one():
     readme = (ROOT / "README.md").read_text()
-    assert options_table() in readme, "regenerate the tables with: python tests/test_docs.py"
+    assert options_table() in readme, "regenerate the tables with: python tests/project/test_docs.py"
 
 
 def test_readme_layout_is_the_tree_of_core():

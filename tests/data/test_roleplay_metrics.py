@@ -1,9 +1,8 @@
 """Roleplay metrics on constructed replies whose answers are known, and the role judge on the repository's data."""
 
-import json
 
 import pytest
-from conftest import ROOT
+from conftest import repository_records
 
 from core.data.roleplay_metrics import (
     RoleJudge,
@@ -22,18 +21,6 @@ from core.data.roleplay_metrics import (
 PERSONA = ("You are Frank Marquez, operations director at Oakline Foundation, a 22-person nonprofit in central "
            "Pennsylvania. Your budget is capped at $5,000 a year and frozen until Q4. A sales rep named Nate from "
            "Tidewater is calling you about payroll software. Stay in character as the prospect.")
-
-
-def repository_records() -> list[dict]:
-    records = []
-    for line in (ROOT / "data" / "roleplay_conversations.jsonl").read_text().splitlines():
-        messages = json.loads(line)["messages"]
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        records.append({"messages": messages[:last], "reference": messages[last]["content"]})
-    for line in (ROOT / "data" / "training.jsonl").read_text().splitlines():
-        pair = json.loads(line)
-        records.append({"messages": [{"role": "user", "content": pair["input"]}], "reference": pair["output"]})
-    return records
 
 
 def test_repeated_sentences_within_and_across_replies_and_distinct_n():

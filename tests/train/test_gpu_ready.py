@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -337,10 +338,13 @@ def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path):
         writer.wait()
 
 
+# The child scripts import this module and conftest: both folders go on their path.
+TEST_DIRS = [str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
+
 SIGTERM_CHILD = """
 import json, signal, sys, threading, time
 import torch
-sys.path[:0] = [{root!r}, {tests!r}]
+sys.path[:0] = [{root!r}, *{tests!r}]
 from test_gpu_ready import write_files
 from core.train.checkpoint_writer import BackgroundWriter
 from core.train.stop_signal import StopSignal
@@ -364,7 +368,7 @@ def test_sigterm_during_a_background_write_leaves_whole_checkpoints_only(tmp_pat
     """Killed mid-write (no handler) the new checkpoint is absent; with the training loop's handler the stop waits
     for it and it is complete. The previous one is intact either way, and nothing partial is ever visible."""
     script = tmp_path / "child.py"
-    script.write_text(SIGTERM_CHILD.format(root=str(ROOT), tests=str(ROOT / "tests")))
+    script.write_text(SIGTERM_CHILD.format(root=str(ROOT), tests=TEST_DIRS))
     child = subprocess.Popen([sys.executable, str(script), str(tmp_path), "handled" if handled else "plain"],
                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert child.stdout.readline().strip() == "writing"
@@ -398,7 +402,7 @@ def test_an_attention_choice_for_padded_batches_is_said_to_be_unused(tmp_path, t
 LIGER_CHILD = """
 import json, os, sys, time
 import torch
-sys.path[:0] = [{root!r}, {tests!r}]
+sys.path[:0] = [{root!r}, *{tests!r}]
 from transformers import AutoModelForCausalLM
 from test_gpu_ready import packed
 from core.model.patches.liger import apply_liger, summed_cross_entropy
@@ -429,7 +433,7 @@ def test_liger_fused_cross_entropy_equals_the_selective_head_under_the_triton_in
     if importlib.util.find_spec("liger_kernel") is None:
         pytest.skip("liger_kernel is not installed (pip install -r requirements-gpu.txt; triton is too large for CI)")
     script = tmp_path / "liger_child.py"
-    script.write_text(LIGER_CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"), model_dir=str(tiny_qwen_1k_dir)))
+    script.write_text(LIGER_CHILD.format(root=str(ROOT), tests=TEST_DIRS, model_dir=str(tiny_qwen_1k_dir)))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, timeout=240,
                           env={**os.environ, "TRITON_INTERPRET": "1"})
     assert done.returncode == 0, done.stderr[-3000:]

@@ -225,17 +225,6 @@ def test_6_an_unreadable_data_file_gives_one_line(args, tmp_path):
 
 # 7. Damaged checkpoints -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_qwen_1k_dir, cache_dir):
-    """A run with checkpoint-2 and checkpoint-4, to be copied and damaged."""
-    tmp = tmp_path_factory.mktemp("finished")
-    sample_data(tmp, 12)
-    code, output = cli("--data_path", tmp / "data.jsonl", "--model_name", tiny_qwen_1k_dir, "--cache_dir", cache_dir,
-                       "--output_dir", tmp / "out", "--batch_size", "2", "--save_steps", "2", "--max_steps", "4",
-                       "--eval_split", "0.25", "--lr", "1e-3", "--sample_prompts", "0")
-    assert code == 0, output[-2000:]
-    return tmp
-
 
 class Unsafe:
     pass

@@ -9,8 +9,7 @@ import json
 import shutil
 
 import pytest
-from conftest import ROOT, cli, write_jsonl
-from test_roleplay_metrics import repository_records
+from conftest import ROOT, cli, repository_records, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.data.roleplay_metrics import role_judge
