@@ -74,7 +74,7 @@ def connect(url: URL, create: bool) -> Engine:
         _sqlite_setup(engine)
     else:
         try:
-            engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+            engine = create_engine(url, connect_args={"connect_timeout": 10})
         except NoSuchModuleError:
             raise StoreError(f"{shown(url)}: psycopg 3 is not installed (pip install 'psycopg[binary]')") from None
     try:
@@ -94,6 +94,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA synchronous = NORMAL")  # WAL: a commit survives a killed process; fsync at checkpoints
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -246,11 +246,11 @@ class Store:
         """Record a judgement of one of the bot's replies: good, bad, rewrite (`text`: the better reply) or pick
         (the reply was picked over `other_text`, by `other_model`). A rep judges only their own calls."""
         with self.write() as c:
-            call = call_row(c, call_id)
-            check_owner(user, call.user_id, f"call {call_id}")
-            message = c.execute(select(messages).where(messages.c.id == message_id)).first()
-            if message is None or message.call_id != call_id or message.role != "assistant":
+            message = c.execute(select(messages.c.role, messages.c.content, calls.c.user_id).join(calls).where(
+                messages.c.id == message_id, messages.c.call_id == call_id)).first()
+            if message is None or message.role != "assistant":
                 raise StoreError(f"message {message_id} is not one of the bot's replies in call {call_id}")
+            check_owner(user, message.user_id, f"call {call_id}")
             check_judgement(kind, message.content, text, other_text)
             return c.execute(insert(judgements).values(
                 call_id=call_id, message_id=message_id, kind=kind, user_id=user.id if user else None, text=text,
