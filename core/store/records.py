@@ -8,7 +8,8 @@
               down, and each pair as one good and one bad reply (TRL's convention)
 
 Only rows up to a snapshot's ids are read, so the same snapshot gives the same records however many were added
-since. Each record carries "meta" (where it came from: not trained). Records come in id order.
+since. A pair or label carries "meta" (which judgement, call, judge and model: not trained; the SFT format has
+no room for it). Records come in id order.
 """
 
 from __future__ import annotations
@@ -91,10 +92,8 @@ def _conversations(store: Store, call_rows, by_call, judged) -> Iterator[tuple[s
                 turn.pop("train", None)
         if not any(t["role"] == "assistant" and t.get("train", True) and t["content"].strip() for t in turns):
             continue
-        yield f"{store.where} call {call_id}", {
-            "messages": _system(call) + turns,
-            "meta": {"call": call_id, "user": call.user_name, "model": call.model,
-                     "time": utc(call.started_at).isoformat(timespec="seconds")}}
+        yield f"{store.where} call {call_id} ({call.user_name or 'no user'}, {call.model})", {
+            "messages": _system(call) + turns}
 
 
 def _judged(store: Store, view: str, call_rows, by_call, judged) -> Iterator[tuple[str, dict]]:

@@ -366,3 +366,66 @@ def check_password_strength(password: str) -> str:
     if len(password) < credentials.MIN_PASSWORD:
         raise StoreError(f"the password is too short: at least {credentials.MIN_PASSWORD} characters")
     return password
+
+
+def import_judged(store: Store, items: list[dict], user: User | None) -> tuple[int, int]:
+    """Record judgements made before the store existed (feedback files), each as a call of its own, in one
+    transaction; an item whose `key` was imported before is skipped. Returns (added, skipped)."""
+    added = skipped = 0
+    with store.write() as c:
+        for item in items:
+            if c.execute(select(judgements.c.id).where(judgements.c.import_key == item["key"])).first():
+                skipped += 1
+                continue
+            when = item.get("time") or now()
+            call_id = c.execute(insert(calls).values(
+                user_id=user.id if user else None, system_prompt=item["system"], model=item["model"],
+                fingerprint="imported", started_at=when, ended_at=when)).inserted_primary_key[0]
+            for position, turn in enumerate(item["turns"]):
+                c.execute(insert(messages).values(call_id=call_id, position=position, role=turn["role"],
+                                                  content=turn["content"], created_at=when))
+            reply = c.execute(insert(messages).values(
+                call_id=call_id, position=len(item["turns"]), role="assistant", content=item["reply"],
+                model=item["model"], created_at=when)).inserted_primary_key[0]
+            check_judgement(item["kind"], item["reply"], item.get("text"), item.get("other_text"))
+            c.execute(insert(judgements).values(
+                call_id=call_id, message_id=reply, kind=item["kind"], user_id=user.id if user else None,
+                text=item.get("text"), other_text=item.get("other_text"), other_model=item.get("other_model"),
+                created_at=when, import_key=item["key"]))
+            added += 1
+    return added, skipped
+
+
+def scenario_summary(store: Store, user: User | None, worst: int = 3) -> list[dict]:
+    """Per scenario (a trainer: everyone's calls; a rep: their own): calls, replies, judgements by kind, the share
+    of thumbs that were up, and the replies judged worst (thumbs down or rewritten) with their rewrites."""
+    query = (select(calls.c.id, scenarios.c.name).outerjoin(scenarios, scenarios.c.id == calls.c.scenario_id))
+    if user is not None and user.role != "trainer":
+        query = query.where(calls.c.user_id == user.id)
+    with store.write() as c:
+        scenario_of = {r.id: r.name or "(no scenario)" for r in c.execute(query)}
+        replies = c.execute(select(messages.c.call_id, func.count()).where(messages.c.role == "assistant")
+                            .group_by(messages.c.call_id)).all()
+        judged = c.execute(select(judgements.c.call_id, judgements.c.kind, judgements.c.text, messages.c.content)
+                           .join(messages, messages.c.id == judgements.c.message_id)
+                           .order_by(judgements.c.id)).all()
+    table: dict[str, dict] = {}
+
+    def entry(name: str) -> dict:
+        return table.setdefault(name, {"scenario": name, "calls": 0, "replies": 0, **{k: 0 for k in KINDS},
+                                       "worst": []})
+    for name in scenario_of.values():
+        entry(name)["calls"] += 1
+    for call_id, n in replies:
+        if call_id in scenario_of:
+            entry(scenario_of[call_id])["replies"] += n
+    for j in judged:
+        if j.call_id in scenario_of:
+            row = entry(scenario_of[j.call_id])
+            row[j.kind] += 1
+            if j.kind in ("bad", "rewrite") and len(row["worst"]) < worst:
+                row["worst"].append({"reply": j.content, "rewrite": j.text})
+    for row in table.values():
+        thumbs = row["good"] + row["bad"]
+        row["realistic_share"] = row["good"] / thumbs if thumbs else None
+    return sorted(table.values(), key=lambda r: (r["realistic_share"] is None, r["realistic_share"] or 0))
