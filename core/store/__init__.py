@@ -12,7 +12,15 @@ from pathlib import Path
 from core.store.database import StoreError, check_schema, connect, store_url
 from core.store.store import AccessDenied, CallSummary, Snapshot, Store, User
 
-__all__ = ["AccessDenied", "CallSummary", "Snapshot", "Store", "StoreError", "User", "open_store"]
+__all__ = ["AccessDenied", "CallSummary", "Snapshot", "Store", "StoreError", "User", "default_store", "open_store"]
+STORE_FILE = "practice.db"
+
+
+def default_store(model: str) -> Path:
+    """Beside the model: `runs/x/best_model` -> `runs/x/practice.db` (the model directory stays a plain one);
+    the current directory for a model that is not a local path."""
+    path = Path(model).expanduser()
+    return (path.parent if path.exists() else Path.cwd()) / STORE_FILE
 
 
 def open_store(url_or_path: str | Path, create: bool = False, upgrade: bool = False) -> Store:

@@ -283,6 +283,18 @@ class Store:
         return [CallSummary(r.id, r.user_name, r.scenario_name, r.model, utc(r.started_at), utc(r.ended_at),
                             r.n_messages, r.n_judgements) for r in rows]
 
+    def transcript(self, user: User | None, call_id: int) -> dict:
+        """One call as a user may download it (a rep: only their own): its persona, messages and judgements."""
+        with self.write() as c:
+            call = call_row(c, call_id)
+            check_owner(user, call.user_id, f"call {call_id}")
+            turns = c.execute(select(messages).where(messages.c.call_id == call_id).order_by(messages.c.position))
+            judged = c.execute(select(judgements).where(judgements.c.call_id == call_id).order_by(judgements.c.id))
+            return {"call": call_id, "model": call.model, "system": call.system_prompt,
+                    "messages": [{"id": m.id, "role": m.role, "content": m.content} for m in turns],
+                    "judgements": [{"message": j.message_id, "kind": j.kind, "text": j.text,
+                                    "other_text": j.other_text} for j in judged]}
+
     def snapshot(self) -> Snapshot:
         """The highest ids now: the rows a training run starting now reads."""
         with self.write() as c:

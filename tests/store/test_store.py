@@ -46,9 +46,14 @@ def test_calls_are_recorded_and_each_role_sees_what_it_may(store_url):
     summary = store.calls_for(rep1)[0]
     assert (summary.scenario, summary.messages, summary.judgements, summary.ended_at is not None) == \
         ("Frank", 2, 2, True)
+    assert [m["content"] for m in store.transcript(rep1, call1)["messages"]] == \
+        ["Hi Frank, do you have a minute?", "Make it quick."]
+    assert len(store.transcript(trainer, call2)["judgements"]) == 0
     before = store.counts()
     with pytest.raises(AccessDenied, match="rep1.*only their own"):
         store.calls_for(rep1, owner="rep2")
+    with pytest.raises(AccessDenied):
+        store.transcript(rep1, call2)
     with pytest.raises(AccessDenied):  # a rep judging another rep's call: refused, and nothing written
         store.add_judgement(call2, reply2, "bad", rep1)
     with pytest.raises(StoreError, match="rewrite needs"):
@@ -95,6 +100,13 @@ def test_a_removed_user_can_no_longer_come_in_and_their_calls_stay(store_url):
     assert [c.user for c in store.calls_for(None)] == ["rep1"] and store.counts()["judgements"] == 1
 
 
+KILLED_WRITER = """
+import sys
+from core.store import open_store
+store = open_store(sys.argv[1])
+for i in range(100000):
+    print(store.add_judgement(int(sys.argv[2]), int(sys.argv[3]), "good", None), flush=True)
+"""
 WRITER = """
 import sys
 from core.store import open_store, User
@@ -105,29 +117,40 @@ for i in range(200):
 """
 
 
-def test_eight_writers_at_once_lose_and_duplicate_nothing(store_url):
-    """4 threads of this process and 4 other processes each record 200 judgements, all at the same time."""
+def test_eight_writers_at_once_lose_and_duplicate_nothing_and_kill_9_loses_nothing_acknowledged(store_url):
+    """4 threads of this process and 4 other processes each record 200 judgements, all at the same time; beside
+    them a ninth process, killed with SIGKILL while it writes, has every judgement it acknowledged in the store."""
     store, _, rep1, _ = team(store_url)
-    targets = [a_call(store, rep1) for _ in range(8)]
+    targets = [a_call(store, rep1) for _ in range(9)]
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, store_url, *map(str, targets[8])], cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, text=True)
 
     def thread_writer(n):
         call, reply = targets[n]
         for i in range(200):
             store.add_judgement(call, reply, "rewrite", rep1, text=f"w{n} {i}")
     processes = [subprocess.Popen([sys.executable, "-c", WRITER, store_url, str(call), str(reply), f"w{n}"],
-                                  cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-                 for n, (call, reply) in enumerate(targets[4:], start=4)]
+                                  cwd=ROOT, env=env) for n, (call, reply) in enumerate(targets[4:8], start=4)]
     threads = [threading.Thread(target=thread_writer, args=(n,)) for n in range(4)]
     for thread in threads:
         thread.start()
+    acknowledged = [int(killed.stdout.readline()) for _ in range(20)]
+    killed.kill()  # while everyone writes
+    acknowledged += [int(line) for line in killed.stdout.read().split()]
+    killed.wait()
     for thread in threads:
         thread.join()
     assert [p.wait(timeout=120) for p in processes] == [0] * 4
+    store.close()
+    store = open_store(store_url)  # opens cleanly after the kill
     with store.engine.connect() as c:
-        rows = c.execute(select(judgements.c.id, judgements.c.text)).all()
+        rows = c.execute(select(judgements.c.id, judgements.c.text).where(judgements.c.kind == "rewrite")).all()
+        kept = {row.id for row in c.execute(select(judgements.c.id).where(judgements.c.kind == "good"))}
     assert len(rows) == 1600
     assert len({r.id for r in rows}) == 1600 and len({r.text for r in rows}) == 1600
     assert {r.text for r in rows} == {f"w{n} {i}" for n in range(8) for i in range(200)}
+    assert set(acknowledged) <= kept and len(acknowledged) >= 20
 
 
 def test_a_database_of_the_first_schema_is_upgraded_with_its_rows(store_url):
@@ -153,3 +176,4 @@ def test_a_database_of_the_first_schema_is_upgraded_with_its_rows(store_url):
     from core.store.schema import metadata
     with store.engine.connect() as c:
         assert compare_metadata(MigrationContext.configure(c), metadata) == []
+
