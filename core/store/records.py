@@ -48,7 +48,7 @@ def _read(store: Store, snapshot: Snapshot, user: User | None, owner: str | None
         call_query = call_query.where(calls.c.user_id == user.id)
     if owner is not None:
         call_query = call_query.where(users.c.name == owner)
-    with store.write() as c:
+    with store.transaction() as c:
         call_rows = {r.id: r for r in c.execute(call_query.order_by(calls.c.id))}
         by_call = defaultdict(list)
         for m in c.execute(select(messages).where(messages.c.id <= snapshot.messages,

@@ -79,21 +79,21 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def write(self):
+    def transaction(self):
         """One transaction, committed on leaving; a database fault is a StoreError naming the store."""
         return _Transaction(self)
 
     # Users and keys ------------------------------------------------------------------------------
 
     def has_users(self) -> bool:
-        with self.write() as c:
+        with self.transaction() as c:
             return c.execute(select(users.c.id).where(users.c.removed_at.is_(None)).limit(1)).first() is not None
 
     def add_user(self, name: str, role: str, password: str | None) -> User:
         check_name(name)
         check_role(role)
         hashed = credentials.hash_password(check_password_strength(password)) if password is not None else None
-        with self.write() as c:
+        with self.transaction() as c:
             if c.execute(select(users.c.id).where(users.c.name == name)).first():
                 raise StoreError(f"{self.where}: a user named {name!r} exists already (set-role changes a role)")
             user_id = c.execute(insert(users).values(name=name, role=role, password_hash=hashed, created_at=now())
@@ -101,14 +101,14 @@ class Store:
         return User(user_id, name, role)
 
     def user(self, name: str) -> User:
-        with self.write() as c:
+        with self.transaction() as c:
             row = c.execute(select(users).where(users.c.name == name, users.c.removed_at.is_(None))).first()
         if row is None:
             raise StoreError(f"{self.where}: no user named {name!r} (`train.py team users` lists them)")
         return User(row.id, row.name, row.role)
 
     def users(self) -> list[dict]:
-        with self.write() as c:
+        with self.transaction() as c:
             rows = c.execute(select(users).order_by(users.c.id)).all()
         return [{"name": r.name, "role": r.role, "removed": r.removed_at is not None,
                  "password": r.password_hash is not None} for r in rows]
@@ -116,14 +116,14 @@ class Store:
     def set_role(self, name: str, role: str) -> User:
         check_role(role)
         user = self.user(name)
-        with self.write() as c:
+        with self.transaction() as c:
             c.execute(update(users).where(users.c.id == user.id).values(role=role))
         return User(user.id, user.name, role)
 
     def set_password(self, name: str, password: str) -> None:
         hashed = credentials.hash_password(check_password_strength(password))
         user = self.user(name)
-        with self.write() as c:
+        with self.transaction() as c:
             c.execute(update(users).where(users.c.id == user.id).values(password_hash=hashed, failed_logins=0,
                                                                          locked_until=None))
 
@@ -131,7 +131,7 @@ class Store:
         """The user can no longer log in (password and keys gone); their calls and judgements stay, so that
         training on them is unchanged. Returns how many keys were revoked."""
         user = self.user(name)
-        with self.write() as c:
+        with self.transaction() as c:
             c.execute(update(users).where(users.c.id == user.id).values(removed_at=now(), password_hash=None))
             return c.execute(update(api_keys).where(api_keys.c.user_id == user.id, api_keys.c.revoked_at.is_(None))
                              .values(revoked_at=now())).rowcount
@@ -139,14 +139,14 @@ class Store:
     def check_password(self, name: str, password: str) -> User | None:
         """The user, or None for a wrong name or password. After MAX_FAILURES failures in a row the name is
         locked for LOCKOUT, even to the right password: StoreError saying for how long."""
-        with self.write() as c:
+        with self.transaction() as c:
             row = c.execute(select(users).where(users.c.name == name, users.c.removed_at.is_(None))).first()
         if row is not None and row.locked_until is not None and utc(row.locked_until) > now():
             wait = int((utc(row.locked_until) - now()).total_seconds()) + 1
             raise StoreError(f"too many failed logins for {name!r}; try again in {wait} s")
         if not credentials.password_matches(row.password_hash if row else None, password):
             if row is not None:
-                with self.write() as c:
+                with self.transaction() as c:
                     failures = c.execute(update(users).where(users.c.id == row.id)
                                          .values(failed_logins=users.c.failed_logins + 1)
                                          .returning(users.c.failed_logins)).scalar_one()
@@ -154,7 +154,7 @@ class Store:
                         c.execute(update(users).where(users.c.id == row.id)
                                   .values(locked_until=now() + LOCKOUT, failed_logins=0))
             return None
-        with self.write() as c:
+        with self.transaction() as c:
             c.execute(update(users).where(users.c.id == row.id).values(failed_logins=0, locked_until=None,
                                                                        last_login_at=now()))
         return User(row.id, row.name, row.role)
@@ -163,7 +163,7 @@ class Store:
         """A new API key for the user: returned once, stored only as its hash."""
         user = self.user(name)
         key = credentials.new_key()
-        with self.write() as c:
+        with self.transaction() as c:
             c.execute(insert(api_keys).values(user_id=user.id, prefix=credentials.key_prefix(key),
                                               key_hash=credentials.key_hash(key), label=label or None,
                                               created_at=now()))
@@ -172,7 +172,7 @@ class Store:
     def revoke_key(self, key_or_prefix: str) -> str:
         """Revoke a key given whole or by the prefix `keys` shows; returns its owner's name."""
         match = (api_keys.c.key_hash == credentials.key_hash(key_or_prefix)) | (api_keys.c.prefix == key_or_prefix)
-        with self.write() as c:
+        with self.transaction() as c:
             rows = c.execute(select(api_keys.c.id, users.c.name).join(users).where(match)).all()
             if len(rows) != 1:
                 raise StoreError(f"{self.where}: {'no' if not rows else 'more than one'} key matches "
@@ -181,13 +181,13 @@ class Store:
         return rows[0].name
 
     def keys(self) -> list[dict]:
-        with self.write() as c:
+        with self.transaction() as c:
             rows = c.execute(select(api_keys, users.c.name).join(users).order_by(api_keys.c.id)).all()
         return [{"prefix": r.prefix, "user": r.name, "label": r.label, "created_at": utc(r.created_at),
                  "revoked": r.revoked_at is not None} for r in rows]
 
     def user_for_key(self, key: str) -> User | None:
-        with self.write() as c:
+        with self.transaction() as c:
             row = c.execute(select(users).join(api_keys).where(
                 api_keys.c.key_hash == credentials.key_hash(key), api_keys.c.revoked_at.is_(None),
                 users.c.removed_at.is_(None))).first()
@@ -198,7 +198,7 @@ class Store:
     def put_scenarios(self, entries: list[dict], source: str) -> dict:
         """Add or update scenarios ({name, persona, difficulty}) in one transaction; counts of each outcome."""
         counts = {"added": 0, "updated": 0, "unchanged": 0}
-        with self.write() as c:
+        with self.transaction() as c:
             for entry in entries:
                 row = c.execute(select(scenarios).where(scenarios.c.name == entry["name"])).first()
                 values = {"persona": entry["persona"], "difficulty": entry.get("difficulty"), "source": source}
@@ -213,7 +213,7 @@ class Store:
         return counts
 
     def scenarios(self) -> list[dict]:
-        with self.write() as c:
+        with self.transaction() as c:
             rows = c.execute(select(scenarios).order_by(scenarios.c.id)).all()
         return [{"name": r.name, "persona": r.persona, "difficulty": r.difficulty, "source": r.source} for r in rows]
 
@@ -221,7 +221,7 @@ class Store:
 
     def open_call(self, user: User | None, scenario: str | None, system_prompt: str, model: str,
                   fingerprint: str) -> int:
-        with self.write() as c:
+        with self.transaction() as c:
             scenario_id = scenario_row(c, scenario, system_prompt) if scenario else None
             return c.execute(insert(calls).values(user_id=user.id if user else None, scenario_id=scenario_id,
                                                   system_prompt=system_prompt, model=str(model),
@@ -232,7 +232,7 @@ class Store:
         if role not in ("user", "assistant"):
             raise StoreError(f"message role {role!r}: a call holds 'user' and 'assistant' messages (the persona is "
                              "the call's system prompt)")
-        with self.write() as c:
+        with self.transaction() as c:
             call_row(c, call_id)
             try:
                 return c.execute(insert(messages).values(
@@ -245,7 +245,7 @@ class Store:
                       other_text: str | None = None, other_model: str | None = None) -> int:
         """Record a judgement of one of the bot's replies: good, bad, rewrite (`text`: the better reply) or pick
         (the reply was picked over `other_text`, by `other_model`). A rep judges only their own calls."""
-        with self.write() as c:
+        with self.transaction() as c:
             message = c.execute(select(messages.c.role, messages.c.content, calls.c.user_id).join(calls).where(
                 messages.c.id == message_id, messages.c.call_id == call_id)).first()
             if message is None or message.role != "assistant":
@@ -257,7 +257,7 @@ class Store:
                 other_text=other_text, other_model=other_model, created_at=now())).inserted_primary_key[0]
 
     def close_call(self, call_id: int) -> None:
-        with self.write() as c:
+        with self.transaction() as c:
             call_row(c, call_id)
             c.execute(update(calls).where(calls.c.id == call_id, calls.c.ended_at.is_(None)).values(ended_at=now()))
 
@@ -278,14 +278,14 @@ class Store:
             query = query.where(calls.c.user_id == user.id)
         if owner is not None:
             query = query.where(users.c.name == owner)
-        with self.write() as c:
+        with self.transaction() as c:
             rows = c.execute(query).all()
         return [CallSummary(r.id, r.user_name, r.scenario_name, r.model, utc(r.started_at), utc(r.ended_at),
                             r.n_messages, r.n_judgements) for r in rows]
 
     def transcript(self, user: User | None, call_id: int) -> dict:
         """One call as a user may download it (a rep: only their own): its persona, messages and judgements."""
-        with self.write() as c:
+        with self.transaction() as c:
             call = call_row(c, call_id)
             check_owner(user, call.user_id, f"call {call_id}")
             turns = c.execute(select(messages).where(messages.c.call_id == call_id).order_by(messages.c.position))
@@ -297,13 +297,13 @@ class Store:
 
     def snapshot(self) -> Snapshot:
         """The highest ids now: the rows a training run starting now reads."""
-        with self.write() as c:
+        with self.transaction() as c:
             return Snapshot(*(c.execute(select(func.coalesce(func.max(t.c.id), 0))).scalar_one()
                               for t in (calls, messages, judgements)))
 
     def counts(self) -> dict:
         """Rows in each table, and judgements by kind."""
-        with self.write() as c:
+        with self.transaction() as c:
             counts = {t.name: c.execute(select(func.count()).select_from(t)).scalar_one()
                       for t in (users, api_keys, scenarios, calls, messages, judgements)}
             by_kind = dict(c.execute(select(judgements.c.kind, func.count()).group_by(judgements.c.kind)).all())
@@ -384,7 +384,7 @@ def import_judged(store: Store, items: list[dict], user: User | None) -> tuple[i
     """Record judgements made before the store existed (feedback files), each as a call of its own, in one
     transaction; an item whose `key` was imported before is skipped. Returns (added, skipped)."""
     added = skipped = 0
-    with store.write() as c:
+    with store.transaction() as c:
         for item in items:
             if c.execute(select(judgements.c.id).where(judgements.c.import_key == item["key"])).first():
                 skipped += 1
@@ -414,7 +414,7 @@ def scenario_summary(store: Store, user: User | None, worst: int = 3) -> list[di
     query = (select(calls.c.id, scenarios.c.name).outerjoin(scenarios, scenarios.c.id == calls.c.scenario_id))
     if user is not None and user.role != "trainer":
         query = query.where(calls.c.user_id == user.id)
-    with store.write() as c:
+    with store.transaction() as c:
         scenario_of = {r.id: r.name or "(no scenario)" for r in c.execute(query)}
         replies = c.execute(select(messages.c.call_id, func.count()).where(messages.c.role == "assistant")
                             .group_by(messages.c.call_id)).all()
