@@ -117,6 +117,7 @@ for i in range(200):
 """
 
 
+@pytest.mark.slow(seconds=12)  # measured at a load average of 14 on the 2-core machine; less on a quiet one
 def test_eight_writers_at_once_lose_and_duplicate_nothing_and_kill_9_loses_nothing_acknowledged(store_url):
     """6 threads of this process and 2 other processes each record 200 judgements, all at the same time; beside
     them a ninth process, killed with SIGKILL while it writes, has every judgement it acknowledged in the store."""
