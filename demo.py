@@ -20,7 +20,7 @@ import textwrap
 
 import numpy as np
 
-from core.cli import InspectConfig, inspect, prefer_huge_pages, report_errors
+from core.cli import inspect_command, prefer_huge_pages, report_errors
 
 prefer_huge_pages()  # before torch loads: it reads the allocator option at its first allocation
 from pathlib import Path  # noqa: E402
@@ -28,10 +28,10 @@ from pathlib import Path  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from core.config import parse_args  # noqa: E402
+from core.config import FormatOptions, option_group, parse_args  # noqa: E402
+from core.data.conversations import load_conversations  # noqa: E402
 from core.data.roleplay_metrics import reply_metrics, summarise  # noqa: E402
 from core.data.tokenized import split_records  # noqa: E402
-from core.dataset import data_options, load_conversations  # noqa: E402
 from core.model.generation import Sampling, generate_replies, generate_reply  # noqa: E402
 from core.train.run_setup import setup  # noqa: E402
 from core.train.step import validate  # noqa: E402
@@ -54,8 +54,7 @@ def demo(argv: list[str]) -> int:
     hf_logging.disable_progress_bar()
     config = parse_args(DEMO_DEFAULTS + argv)
     print("== The persona conversations, as they will be trained (trained tokens marked) ==")
-    inspect(parse_args(["--data_path", config.data_path, "--model_name", config.model_name, "--examples", "1"],
-                       InspectConfig))
+    inspect_command(["--data_path", config.data_path, "--model_name", config.model_name, "--examples", "1"])
     print(f"\n== Fine-tuning {config.model_name} on {config.data_path} ==")
     run = setup(config)
     print(f"validation before training: loss {validate(run)['eval_loss']:.4f}")
@@ -84,7 +83,7 @@ def held_out_turns(run) -> list[dict]:
     """Every bot turn of the held-out conversations, as a prompt (the call so far) and its reference: the last turns
     alone are mostly goodbyes, which rarely name a persona fact."""
     config = run.config
-    chats = [c.as_chat() for c in load_conversations(config.data_path, data_options(config))]
+    chats = [c.as_chat() for c in load_conversations(config.data_path, option_group(FormatOptions, config))]
     held_out = np.flatnonzero(split_records(len(chats), config.eval_split, config.seed))
     turns = []
     for messages in (chats[i] for i in held_out):

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import LoadOptions, parse_args
+from core.config import FormatOptions, LoadOptions, option_group, parse_args
 from core.data.tokenized import split_records, tokenize_file
-from core.dataset import data_options
 from core.model.load import default_cache_dir
 from core.train.run_setup import setup
 from core.train.step import validate
@@ -43,7 +42,8 @@ def main() -> None:
         held_out = Path(tmp) / "held_out.jsonl"
         held_out.write_text("".join(line + "\n" for line, h in zip((x for x in lines if x.strip()), held) if h))
         model, tokenizer = load_for_chat("smollm2", LoadOptions(device="cpu"))
-        data = tokenize_file(held_out, tokenizer, data_options(config), config.max_length, default_cache_dir())
+        data = tokenize_file(held_out, tokenizer, option_group(FormatOptions, config), config.max_length,
+                             default_cache_dir())
         tokens = int(np.sum(data.lengths))
         assert tokens == int(run.data.sequences.lengths[run.data.eval_idx].sum())
         times = {"validation (training run)": [], "evaluate --no-replies": []}

@@ -328,14 +328,14 @@ def parity_worker(args) -> dict:
 
 def tokenize_worker(args) -> dict:
     """Time `tokenize_file` on a data file with a given cache (a build the first time, a cache hit after)."""
+    from core.config import FormatOptions
     from core.data.tokenized import tokenize_file
-    from core.dataset import DataOptions
     from core.model.load import load_tokenizer
 
     tokenizer = load_tokenizer(args.model_dir)
     rss_before = peak_rss_mb()
     started = time.perf_counter()
-    data = tokenize_file(args.data, tokenizer, DataOptions(), args.max_length, Path(args.work_dir), progress=False)
+    data = tokenize_file(args.data, tokenizer, FormatOptions(), args.max_length, Path(args.work_dir), progress=False)
     return {"seconds": time.perf_counter() - started, "rss_before_mb": rss_before, "peak_rss_mb": peak_rss_mb(),
             "sequences": len(data), "tokens": len(data.ids)}
 

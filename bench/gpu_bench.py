@@ -167,6 +167,7 @@ def checkpoint_worker(args) -> dict:
     from core.run_files import WEIGHTS_FILE
     from core.train import checkpoint as ckpt
     from core.train.checkpoint_writer import BackgroundWriter
+    from core.train.plan import run_config
     from core.train.run_setup import setup
     from core.train.step import train_batches, train_step
     from core.trainer import save
@@ -182,7 +183,8 @@ def checkpoint_worker(args) -> dict:
     with BackgroundWriter() as writer:
         started = time.perf_counter()
         writer.submit(lambda s: ckpt.save_checkpoint(Path(run.config.output_dir) / "checkpoint-2", model,
-                                                     run.tokenizer, run.config, run.state, run.fingerprint,
+                                                     run.tokenizer, run_config(run.config, run.plan), run.state,
+                                                     run.fingerprint,
                                                      {**s["tensors"], "scheduler": {}, "scaler": {}, "rng": {}},
                                                      s["weights"]), state)
         stall_s = time.perf_counter() - started

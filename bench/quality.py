@@ -87,7 +87,7 @@ def train_project(arm: str, seed: int, args, train: Path, work: Path) -> tuple[P
                    "--no-report", *ARMS[arm]], args, f"{arm} seed {seed}")
     config = json.loads((out / "best_model" / "train_config.json").read_text())
     search = next((m for m in read_records(out / "metrics.jsonl") if m["type"] == "lr_search"), None)
-    return out / "best_model", {"train_s": seconds, "lr": config["lr"],
+    return out / "best_model", {"train_s": seconds, "lr": config["plan"]["lr"],
                                 **({"lr_search": search} if search else {})}
 
 

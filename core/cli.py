@@ -18,12 +18,9 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from core.config import TrainConfig, option, parse_args
+from core.config import TrainConfig, parse_args
 from core.errors import Interrupted, StoppedAtOnce, UserError, first_line
 from core.utils import stage, stage_of
 
@@ -44,13 +41,6 @@ Every option is also a key of `--config file.yaml`; flags on the command line ov
 `python train.py COMMAND --help` lists a command's options."""
 
 
-@dataclass
-class InspectConfig(TrainConfig):
-    examples: int = option(3, "how many records to render token by token")
-    color: str = option("auto", "mark trained tokens with colour (auto: only on a terminal)",
-                        ("auto", "always", "never"))
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verb = argv[0] if argv and not argv[0].startswith("-") else "train"
@@ -64,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def inspect_command(argv: list[str]) -> int:
-    return inspect(parse_args(argv, InspectConfig, prog="train.py inspect",
-                              description="Validate a data file and show what would be trained."))
+    from core.train.objectives.table import objective_for
+    from core.use.inspect import InspectConfig, inspect
+    config = parse_args(argv, InspectConfig, prog="train.py inspect",
+                        description="Validate a data file and show what would be trained.")
+    return inspect(config, objective_for(config))
 
 
 def chat(argv: list[str]) -> int:
@@ -220,35 +213,3 @@ def resume_command(argv: list[str], checkpoint) -> list[str]:
         i = resume.index("--resume_from_checkpoint")
         del resume[i:i + 2]
     return resume + ["--resume_from_checkpoint", str(checkpoint)]
-
-
-def inspect(config: InspectConfig) -> int:
-    """Validate the data file, print its statistics and render a few sequences with trained tokens marked.
-
-    It reads the same options as training (so `--config run.yaml` inspects exactly what that run
-    would train), tokenises through the same cache, and needs only the tokenizer, not the weights.
-    """
-    from core.data.files import data_inputs, source_sha256
-    from core.data.statistics import PLAIN_OFF, PLAIN_ON, data_statistics, format_statistics, render_sequence
-    from core.data.store_reader import describe_store, is_store_path, pin
-    from core.model.load import default_cache_dir, load_tokenizer
-    from core.outputs import check_cache_dir, local_inputs
-    from core.train.objectives import objective_for
-    objective = objective_for(config)  # --objective decides how records are read (SFT, or judged replies)
-    if is_store_path(config.data_path):  # a store: what it holds, and the snapshot a run would read now
-        config.data_path = pin(config.data_path, config.objective)
-        print(describe_store(config.data_path))
-    objective.check_data(config)
-    check_cache_dir(default_cache_dir(config.cache_dir),
-                    data_inputs(config.data_path) + local_inputs("--model_name", config.model_name))
-    tokenizer = load_tokenizer(config.model_name, config.cache_dir, config.trust_remote_code)
-    data = objective.load_data(config, tokenizer, source_sha256(config.data_path), sys.stderr.isatty())
-    print(format_statistics(data_statistics(data, config.eval_split, config.seed, tokenizer), config))
-    color = config.color == "always" or (config.color == "auto" and sys.stdout.isatty())
-    legend = "highlighted" if color else f"between {PLAIN_ON} and {PLAIN_OFF}"
-    for i in range(min(config.examples, len(data))):
-        ids, trained = data.sequence(i)
-        judged = {True: " good", False: " bad"}.get(bool(data.desirable[i])) if hasattr(data, "desirable") else ""
-        print(f"\n--- sequence {i}{judged} ({len(ids)} tokens, {int(np.sum(trained))} trained, {legend}) ---")
-        print(render_sequence(tokenizer, ids, trained, color))
-    return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -189,15 +188,32 @@ class TrainConfig(ObjectiveOptions, AdapterOptions, HardwareOptions, SampleOptio
     """Every option of a training run: the groups combined, so the command line stays flat.
 
     (Dataclass fields follow the reverse order of the bases, so the groups appear in GROUPS' order.)
-    `given`: the options the command line or YAML file set (None when built in code), so that a default
-    can depend on other options: --lora without --lr trains at LORA_LR.
+    `given`: the options the command line or YAML file set (None when built in code), so that a run can say
+    where a value came from. The request is fixed once `validate` has passed: assigning to it raises, and
+    what a run resolves from it (the rate --lr auto picks, the batch policy on this device...) is its plan
+    (core/train/plan.py).
     """
 
     given: ClassVar[frozenset[str] | None] = None
 
-    def lora_default_lr(self) -> bool:
-        """Whether --lr was left to the LoRA default (set by `validate`)."""
-        return self.lora and self.given is not None and "lr" not in self.given
+    @staticmethod
+    def implied(values: dict[str, Any]) -> dict[str, Any]:
+        """Defaults that depend on other options given: --lora without --lr trains at LORA_LR."""
+        return {"lr": LORA_LR} if values.get("lora") and "lr" not in values else {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_validated"):
+            raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}: a validated request is fixed "
+                                                  "(what a run resolves from it is its plan, core/train/plan.py)")
+        super().__setattr__(name, value)
+
+    def restated(self, **changes: Any) -> TrainConfig:
+        """This request with `changes`, as a new validated request (a store URL pinned to the snapshot a run reads):
+        the request itself stays as it was."""
+        request = dataclasses.replace(self, **changes)
+        request.given = self.given
+        request.validate()
+        return request
 
     def validate(self) -> None:
         """Check every option before anything loads: ranges, finiteness, and directories that are files."""
@@ -213,8 +229,6 @@ class TrainConfig(ObjectiveOptions, AdapterOptions, HardwareOptions, SampleOptio
             raise ConfigError(f"--eval_split must be in [0, 1), got {self.eval_split}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.lora_default_lr():
-            self.lr = LORA_LR
         if self.lr == AUTO and not self.eval_split:
             raise ConfigError("--lr auto judges each rate by the validation loss: it needs a validation split "
                               "(--eval_split > 0), or give --lr a number")
@@ -236,6 +250,7 @@ class TrainConfig(ObjectiveOptions, AdapterOptions, HardwareOptions, SampleOptio
         if self.early_stopping_patience and not self.eval_split:
             raise ConfigError("--early_stopping_patience needs a validation split (--eval_split > 0)")
         self._validate_paths()
+        self.__dict__["_validated"] = True
 
     def _validate_paths(self) -> None:
         for name in ("output_dir", "cache_dir"):
@@ -246,8 +261,11 @@ class TrainConfig(ObjectiveOptions, AdapterOptions, HardwareOptions, SampleOptio
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+def option_group(group: type, config: Any) -> Any:
+    """The option group `group` of a config that combines groups (TrainConfig, EvaluateConfig): for a function that
+    reads that group only, and may key a cache by it."""
+    return group(**{f.name: getattr(config, f.name) for f in dataclasses.fields(group)})
 
 
 def run_options(config: TrainConfig) -> dict[str, Any]:
@@ -344,7 +362,7 @@ def parse_args(argv: list[str] | None, cls: type = TrainConfig, prog: str = "tra
     config_file = args.pop("config", None)
     values = load_yaml(config_file, cls) if config_file else {}
     values.update(args)
-    config = cls(**values)
+    config = cls(**values, **(cls.implied(values) if issubclass(cls, TrainConfig) else {}))
     config.given = frozenset(values)
     config.validate()
     return config

@@ -1,4 +1,6 @@
-"""Validate raw records (core/data/files.py) into conversations.
+"""Validate raw records (read by core/data/files.py) into conversations, by the --train_on, --system_prompt,
+--merge_consecutive and --allow_extra_keys options (`FormatOptions`). The data side (core/data/) builds on this
+module, which imports none of it: core/data/conversations.py streams a data file's records through it.
 
 Three record formats, detected per record and mixable in one file:
   {"input": ..., "output": ..., "system"?: ...}                     the original pair format
@@ -11,11 +13,9 @@ Nothing is skipped silently: blank JSONL lines are the only thing passed over.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from core.data.files import iter_raw_records
+from core.config import FormatOptions
 from core.errors import DataError
 
 ROLES = ("system", "user", "assistant")
@@ -51,21 +51,6 @@ class Conversation:
 
 
 @dataclass
-class DataOptions:
-    system_prompt: str = ""
-    merge_consecutive: bool = False
-    train_on: str = "all_assistant"
-    allow_extra_keys: bool = False
-    special_tokens: str = "refuse"  # or "text": special-token text in messages is trained as plain text
-
-
-def data_options(config) -> DataOptions:
-    """The data-handling options of a TrainConfig (or anything with the same fields)."""
-    return DataOptions(config.system_prompt, config.merge_consecutive, config.train_on, config.allow_extra_keys,
-                       config.special_tokens)
-
-
-@dataclass
 class LoadStats:
     records: int = 0
     merged_records: int = 0
@@ -73,7 +58,7 @@ class LoadStats:
     formats: dict[str, int] = field(default_factory=dict)
 
 
-def parse_record(where: str, record: object, options: DataOptions) -> tuple[Conversation, str]:
+def parse_record(where: str, record: object, options: FormatOptions) -> tuple[Conversation, str]:
     """Validate one parsed JSON value and return it as a conversation, with the name of its format."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
@@ -159,7 +144,7 @@ def chat_messages(where: str, turns: object, kind: str, allow_extra_keys: bool,
     return messages
 
 
-def check_structure(conversation: Conversation, options: DataOptions) -> None:
+def check_structure(conversation: Conversation, options: FormatOptions) -> None:
     """Roles in a usable order, a non-empty reply to train on; apply the system and merge options."""
     where, messages = conversation.where, conversation.messages
     if not messages:
@@ -193,16 +178,3 @@ def check_structure(conversation: Conversation, options: DataOptions) -> None:
             message.train = False
     if not any(m.train for m in replies):
         raise DataError(f"{where}: every assistant message has 'train': false; nothing to train on")
-
-
-def load_conversations(path: str | Path, options: DataOptions, stats: LoadStats | None = None
-                       ) -> Iterator[Conversation]:
-    """Stream validated conversations from a file; the first bad record stops everything with its message."""
-    stats = stats if stats is not None else LoadStats()
-    for where, raw in iter_raw_records(path):
-        conversation, kind = parse_record(where, raw, options)
-        stats.records += 1
-        stats.formats[kind] = stats.formats.get(kind, 0) + 1
-        stats.merged_records += conversation.merged > 0
-        stats.system_added += conversation.system_added
-        yield conversation

@@ -1,5 +1,5 @@
-"""The training loop: `fit` trains a `Run` (built by core/train/run_setup.py) step by step (core/train/step.py),
-and decides, in small named functions, when to log, validate, save and stop.
+"""The training loop: `fit` trains a `Run` (core/train/run.py, built by core/train/run_setup.py) step by step
+(core/train/step.py), and decides, in small named functions, when to log, validate, save and stop.
 
 A step's figures (loss, grad norm, whether its update was skipped) stay on the device until the loop
 needs them: at a logging step (--log_steps), before validating or saving, and at the end. Then all the
@@ -36,9 +36,10 @@ from core.run_files import ADAPTER_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 from core.train import checkpoint as ckpt
 from core.train import distributed, trackers
 from core.train.checkpoint_writer import BackgroundWriter
+from core.train.plan import run_config
 from core.train.prefetch import Prefetcher
+from core.train.run import Run
 from core.train.run_log import RunLog
-from core.train.run_setup import Run
 from core.train.samples import write_samples
 from core.train.step import (
     StepResult,
@@ -58,7 +59,8 @@ def fit(run: Run, log=tqdm.write) -> dict:
     """Train to the end (or to early stopping); return the final summary."""
     config, state = run.config, run.state
     started, stop_reason = time.perf_counter(), None
-    tracked = trackers.open_trackers(config.report_to, run.output_dir, config.to_dict()) if run.dist.is_main else []
+    tracked = trackers.open_trackers(config.report_to, run.output_dir, run_config(config, run.plan)) \
+        if run.dist.is_main else []
     if state.step == 0 and run.data.prompts:  # the base model's replies, before any training
         write_samples(run.prepared.model, run.tokenizer, run.data.prompts, 0, run.output_dir,
                       config.sample_max_new_tokens)
@@ -235,7 +237,7 @@ def save_best(run: Run, result: dict) -> None:
         model, adapter, weights = model.get_base_model(), model, adapters.merged_state_dict(model)
     if run.dist.is_main:
         ckpt.save_model_dir(run.output_dir / "best_model", model, run.tokenizer, weights=weights, adapter=adapter,
-                            extra_files={CONFIG_FILE: json.dumps(run.config.to_dict(), indent=2),
+                            extra_files={CONFIG_FILE: json.dumps(run_config(run.config, run.plan), indent=2),
                                          "best.json": json.dumps({"step": run.state.step, **result}, indent=2)})
     distributed.barrier(run.dist)
 
@@ -255,8 +257,8 @@ def save(run: Run, name: str, wait: bool = False) -> Path:
             protected.add(run.output_dir / f"checkpoint-{run.state.best_step}")
 
         def write(snapshot: dict) -> None:
-            ckpt.save_checkpoint(path, prepared.model, run.tokenizer, run.config, snapshot["state"], run.fingerprint,
-                                 snapshot["tensors"], snapshot["weights"])
+            ckpt.save_checkpoint(path, prepared.model, run.tokenizer, run_config(run.config, run.plan),
+                                 snapshot["state"], run.fingerprint, snapshot["tensors"], snapshot["weights"])
             if run.config.save_total_limit:
                 ckpt.rotate_checkpoints(run.output_dir, run.config.save_total_limit, protected)
         if run.writer is None or wait:  # written here: a second signal interrupts it as any save

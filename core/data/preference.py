@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from core.config import FormatOptions
 from core.data.chat_format import ChatEncoder, FormatStats
 from core.data.files import data_files, data_format, iter_raw_records, source_sha256
 from core.data.tokenized import TokenizedData, tokenizer_fingerprint
 from core.dataset import (
     Conversation,
-    DataOptions,
     Message,
     chat_messages,
     check_structure,
@@ -70,7 +70,7 @@ def record_kind(where: str, record: object) -> str:
     return SFT
 
 
-def _context(where: str, record: dict, options: DataOptions) -> list[Message]:
+def _context(where: str, record: dict, options: FormatOptions) -> list[Message]:
     if ("messages" in record) == ("prompt" in record):
         raise DataError(f"{where}: a preference record needs its context in 'messages' (or TRL's 'prompt'), "
                         "exactly one of them")
@@ -78,7 +78,7 @@ def _context(where: str, record: dict, options: DataOptions) -> list[Message]:
     return chat_messages(where, record[name], "messages", options.allow_extra_keys, name=name)
 
 
-def _reply(where: str, record: dict, key: str, conversational: bool, options: DataOptions) -> list[Message]:
+def _reply(where: str, record: dict, key: str, conversational: bool, options: FormatOptions) -> list[Message]:
     """A reply field: a string, or (TRL's conversational format, with 'prompt') a list of messages."""
     if key not in record:
         raise DataError(f"{where}: missing {key!r}")
@@ -96,7 +96,7 @@ def _reply(where: str, record: dict, key: str, conversational: bool, options: Da
     raise DataError(f"{where}: {key!r} must be {wanted}, got {type(value).__name__}")
 
 
-def _conversation(where: str, context: list[Message], reply: list[Message], options: DataOptions) -> Conversation:
+def _conversation(where: str, context: list[Message], reply: list[Message], options: FormatOptions) -> Conversation:
     """Context and reply as one conversation in which only the reply's last message is trained."""
     messages = [replace(m, train=False) for m in context + reply[:-1]] + [replace(reply[-1], train=True)]
     conversation = Conversation(messages, where)
@@ -104,7 +104,7 @@ def _conversation(where: str, context: list[Message], reply: list[Message], opti
     return conversation
 
 
-def parse_judged(where: str, record: object, options: DataOptions) -> Judged:
+def parse_judged(where: str, record: object, options: FormatOptions) -> Judged:
     """Validate one record: a pair, a labelled reply, or an SFT record (returned with no replies)."""
     kind = record_kind(where, record)
     if kind == SFT:
@@ -128,7 +128,7 @@ def parse_judged(where: str, record: object, options: DataOptions) -> Judged:
     return Judged(LABEL, [(_conversation(where, context, completion, options), label)])
 
 
-def count_usable(data_path: str | Path, objective: str, options: DataOptions) -> dict:
+def count_usable(data_path: str | Path, objective: str, options: FormatOptions) -> dict:
     """Validate every record and count them by kind; refuse a file with nothing `objective` can train on.
 
     Run before the model loads, so a wrong file costs seconds, not a model load.
@@ -146,7 +146,7 @@ def count_usable(data_path: str | Path, objective: str, options: DataOptions) ->
     return counts
 
 
-def tokenize_preferences(path: str | Path, tokenizer, options: DataOptions, max_length: int, cache_root: Path,
+def tokenize_preferences(path: str | Path, tokenizer, options: FormatOptions, max_length: int, cache_root: Path,
                          data_hash: str | None = None) -> PreferenceData:
     """Load the cached arrays for this exact input, or build and cache them."""
     files = data_files(path)
@@ -165,7 +165,7 @@ def tokenize_preferences(path: str | Path, tokenizer, options: DataOptions, max_
                           data_hash=data_hash)
 
 
-def _write(path, tokenizer, options: DataOptions, max_length: int, tmp: Path) -> None:
+def _write(path, tokenizer, options: FormatOptions, max_length: int, tmp: Path) -> None:
     encoder, format_stats = ChatEncoder(tokenizer, max_length), FormatStats()
     offsets, records, hashes = array("q", [0]), array("q"), array("Q")
     desirable, pairs = array("b"), array("q")

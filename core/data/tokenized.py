@@ -27,9 +27,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core.config import FormatOptions
 from core.data.chat_format import ChatEncoder, FormatStats
+from core.data.conversations import load_conversations
 from core.data.files import data_files, data_format, source_sha256
-from core.dataset import DataOptions, LoadStats, load_conversations
+from core.dataset import LoadStats
 from core.utils import atomic_directory, remove_stale_temporaries, stage
 
 FORMAT_VERSION = 5
@@ -80,7 +82,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()
 
 
-def tokenize_file(path: str | Path, tokenizer, options: DataOptions, max_length: int,
+def tokenize_file(path: str | Path, tokenizer, options: FormatOptions, max_length: int,
                   cache_root: Path, progress: bool = True, data_hash: str | None = None) -> TokenizedData:
     """Load the cached arrays for this exact input, or build them (streaming) and cache them.
 
@@ -120,13 +122,13 @@ def _prompt_line(conversation) -> bytes:
     return (json.dumps(line, ensure_ascii=False) + "\n").encode()
 
 
-def _build(path, tokenizer, options: DataOptions, max_length: int, entry: Path, progress: bool) -> None:
+def _build(path, tokenizer, options: FormatOptions, max_length: int, entry: Path, progress: bool) -> None:
     with stage(f"tokenising {path}", "the tokenised cache entry was not written (its temporary was removed)"), \
             atomic_directory(entry) as tmp:
         _write_arrays(path, tokenizer, options, max_length, tmp, progress)
 
 
-def _write_arrays(path, tokenizer, options: DataOptions, max_length: int, tmp: Path, progress: bool) -> None:
+def _write_arrays(path, tokenizer, options: FormatOptions, max_length: int, tmp: Path, progress: bool) -> None:
     encoder = ChatEncoder(tokenizer, max_length, options.special_tokens)
     load_stats, format_stats = LoadStats(), FormatStats()
     offsets, records, hashes = array("q", [0]), array("q"), array("Q")  # 8 bytes a sequence, not a Python object

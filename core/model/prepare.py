@@ -91,6 +91,7 @@ class Target:
     adapter: AdapterOptions
     max_length: int
     adapter_from: Path | None
+    attention: tuple[str, str] | None = None  # the packed-attention backend and why, when the caller chose it
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -151,7 +152,8 @@ def packing_why_not(t: Target) -> str | None:
 
 
 def packing_apply(t: Target) -> str:
-    name, why = packed_attention.choose(t.hardware.attn_implementation, t.prepared.device, t.hardware.compile)
+    name, why = t.attention or packed_attention.choose(t.hardware.attn_implementation, t.prepared.device,
+                                                       t.hardware.compile)
     chosen = packed_attention.backend(name)
     t.prepared.packed = True
     t.prepared.loss_module.attention = chosen
@@ -238,13 +240,15 @@ PATCHES = (
 
 
 def prepare_model(model, hardware: HardwareOptions, adapter: AdapterOptions, max_length: int, device: torch.device,
-                  amp_dtype: torch.dtype, log=print, adapter_from: Path | None = None) -> Prepared:
-    """Apply `PATCHES` in order and log what changed. `adapter_from`: a LoRA checkpoint to resume the adapters of."""
+                  amp_dtype: torch.dtype, log=print, adapter_from: Path | None = None,
+                  attention: tuple[str, str] | None = None) -> Prepared:
+    """Apply `PATCHES` in order and log what changed. `adapter_from`: a LoRA checkpoint to resume the adapters of;
+    `attention`: (backend, why) for packed rows, as a training plan chose it (otherwise chosen here)."""
     if not getattr(model, "is_loaded_in_4bit", False):  # a 4-bit model is placed on its GPU when it loads
         model.to(device)
     model.train()  # from_pretrained returns eval mode, in which gradient checkpointing is inactive
     prepared = Prepared(model, SummedLoss(model, False, hardware.head_chunk_rows), device, amp_dtype)
-    target = Target(prepared, hardware, adapter, max_length, adapter_from)
+    target = Target(prepared, hardware, adapter, max_length, adapter_from, attention)
     for patch in PATCHES:
         reason = patch.why_not(target)
         if reason is not None:

@@ -2,7 +2,7 @@
 
 A checkpoint directory is a complete Hugging Face model directory (safetensors weights, config,
 generation config, tokenizer with its chat template) plus:
-  train_config.json   the run's resolved configuration
+  train_config.json   the run's options and the plan resolved from them
   trainer_state.json  step, epoch, position in the epoch, best validation loss, counters, fingerprint
   training_state.pt   optimizer, scheduler, gradient-scaler and RNG states (tensors and plain types
                       only, read back with torch.load(weights_only=True))
@@ -88,11 +88,12 @@ def save_model_dir(target: Path, model, tokenizer, extra_files: dict[str, str] |
         raise CheckpointError(f"could not write {target}: {reason}; earlier checkpoints are intact") from None
 
 
-def save_checkpoint(target: Path, model, tokenizer, config, state: TrainState, fingerprint: dict, tensors: dict,
+def save_checkpoint(target: Path, model, tokenizer, config: dict, state: TrainState, fingerprint: dict, tensors: dict,
                     weights: dict | None = None) -> None:
-    """A model directory plus the training state: `tensors` holds the optimizer, scheduler, scaler and RNG states."""
+    """A model directory plus the training state: `tensors` holds the optimizer, scheduler, scaler and RNG states;
+    `config` is train_config.json's content (the request and its plan, core/train/plan.py)."""
     save_model_dir(target, model, tokenizer, tensors=tensors, weights=weights, extra_files={
-        CONFIG_FILE: json.dumps(config.to_dict(), indent=2),
+        CONFIG_FILE: json.dumps(config, indent=2),
         STATE_FILE: json.dumps({"state": asdict(state), "fingerprint": fingerprint}, indent=2)})
 
 

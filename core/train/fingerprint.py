@@ -10,8 +10,10 @@ from core.config import TrainConfig, run_options
 from core.errors import CheckpointError
 
 
-def run_fingerprint(data_sha256: str, config: TrainConfig, processes: int) -> dict:
-    return {"data_sha256": data_sha256, "config": {**run_options(config), "processes": processes}}
+def run_fingerprint(data_sha256: str, config: TrainConfig, plan, processes: int) -> dict:
+    """The request's options that change the run, with the batch budget as the plan resolved it on this device."""
+    return {"data_sha256": data_sha256,
+            "config": {**run_options(config), "batch_tokens": plan.batch_tokens, "processes": processes}}
 
 
 def fingerprint_differences(before: dict, now: dict) -> list[str]:

@@ -130,12 +130,12 @@ def start_afresh(output_dir: Path, fingerprint: dict, log=print) -> None:
         f"beginning; its {len(earlier)} outputs were removed")
 
 
-def mark_output_dir(output_dir: Path, fingerprint: dict, config, data_statistics: dict) -> None:
-    """Record whose run this directory holds (run.json), its resolved options and what its data holds."""
+def mark_output_dir(output_dir: Path, fingerprint: dict, config: dict, data_statistics: dict) -> None:
+    """Record whose run this directory holds (run.json), its options and plan (`config`) and what its data holds."""
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RUN_FILE).write_text(json.dumps(fingerprint, indent=2) + "\n")
     (output_dir / DATA_FILE).write_text(json.dumps(data_statistics, indent=2) + "\n")
-    config.save(output_dir / CONFIG_FILE)
+    (output_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _run_outputs(output_dir: Path) -> list[Path]:

@@ -1,10 +1,11 @@
-"""Build a run from its config, one concern at a time: output directory, data, model, optimizer, state.
+"""Build a run from its config, one concern at a time: plan, output directory, data, model, optimizer, state.
 
-`setup` checks what can be checked before anything loads (device, data file, output and cache directories,
-the lock, resume checkpoint), then loads the model (and checks the adapters' target modules against it), the
-tokenised data, prepares the model (core/model/prepare.py), with --lr auto searches for the rate
-(core/train/lr_search.py), builds the optimizer and restores a checkpoint's state when resuming. The result,
-`Run`, is what `core.trainer.fit` trains.
+`setup` resolves the request into the run's plan (core/train/plan.py) and checks what can be checked before
+anything loads (device, data file, output and cache directories, the lock, resume checkpoint), then loads the
+model (and checks the adapters' target modules against it), the tokenised data, prepares the model
+(core/model/prepare.py), with --lr auto searches for the rate (core/train/lr_search.py), builds the optimizer
+and restores a checkpoint's state when resuming. The result, `Run` (core/train/run.py), is what
+`core.trainer.fit` trains.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,26 +21,26 @@ import torch
 from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
 
-from core.config import AUTO, TrainConfig, default_batch_tokens
+from core.config import AUTO, TrainConfig
 from core.data.batching import BatchSize, epoch_batches
 from core.data.files import data_inputs, source_sha256
 from core.data.statistics import data_statistics, format_statistics
 from core.data.store_reader import is_store_path, pin
-from core.data.tokenized import TokenizedData, split_records
-from core.errors import CheckpointError, ConfigError
+from core.data.tokenized import split_records
+from core.errors import ConfigError
 from core.model.load import default_cache_dir, load_model_and_tokenizer
-from core.model.prepare import Prepared, decoder_layers, prepare_model, set_stop_tokens
+from core.model.prepare import decoder_layers, prepare_model, set_stop_tokens
 from core.outputs import check_cache_dir, local_inputs
 from core.run_files import CONFIG_FILE
 from core.train import checkpoint as ckpt
 from core.train import distributed, trackers
-from core.train.checkpoint import Restored, TrainState
-from core.train.checkpoint_writer import BackgroundWriter
+from core.train.checkpoint import Restored
 from core.train.disk_space import disk_shortfall
 from core.train.distributed import Dist
 from core.train.fingerprint import check_resumable, run_fingerprint
 from core.train.lr_search import plan_search, search_lr
-from core.train.objectives import Objective, objective_for
+from core.train.objectives import Objective
+from core.train.objectives.table import objective_for
 from core.train.output_dir import (
     check_output_dir,
     claim_output_dir,
@@ -49,6 +49,8 @@ from core.train.output_dir import (
     start_afresh,
     truncate_logs,
 )
+from core.train.plan import Plan, resolve, run_config, saved_plan, with_lr
+from core.train.run import Optimization, Run, Splits
 from core.train.samples import SamplePrompts, sample_plan
 from core.utils import (
     pick_device,
@@ -59,49 +61,6 @@ from core.utils import (
     set_seed,
 )
 
-
-@dataclass
-class Splits:
-    sequences: TokenizedData
-    lengths: np.ndarray        # tokens per unit (a sequence, or a pair: see core/train/objectives/)
-    train_idx: np.ndarray      # units
-    eval_idx: np.ndarray
-    statistics: dict           # what `inspect` prints; also written to data_summary.json
-    prompts: SamplePrompts     # validation prompts whose replies samples.jsonl follows (core/train/samples.py)
-
-
-@dataclass
-class Optimization:
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    scaler: torch.amp.GradScaler
-    total_steps: int
-
-
-@dataclass
-class Run:
-    config: TrainConfig
-    prepared: Prepared
-    tokenizer: object
-    data: Splits
-    optim: Optimization
-    fingerprint: dict
-    batching: BatchSize
-    objective: Objective
-    dist: Dist = field(default_factory=Dist)
-    state: TrainState = field(default_factory=TrainState)
-    resumed_from: Path | None = None
-    unread: list = field(default_factory=list)  # steps whose figures are still on the device (core/trainer.py)
-    writer: BackgroundWriter | None = None      # writes checkpoint-N/ while training goes on (set by `fit`)
-    saving: Path | None = None                  # the checkpoint being written, whose "saved" event is due
-    lr_search: dict | None = None               # --lr auto's curve and choice (core/train/lr_search.py)
-    on_event: Callable[..., None] = lambda name, run, **details: None
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.config.output_dir)
-
-
 # Setup: one function per concern -----------------------------------------------------------------
 
 def setup(config: TrainConfig, log=print) -> Run:
@@ -110,13 +69,12 @@ def setup(config: TrainConfig, log=print) -> Run:
     trackers.check_available(config.report_to)
     device = pick_device(config.device)
     amp_dtype = pick_precision(device, config.precision)
-    given_tokens, config.batch_tokens = config.batch_tokens, default_batch_tokens(config.batch_tokens, device.type,
-                                                                                   config.max_length)
+    plan = resolve(config, device, amp_dtype)
     dist = distributed.init_distributed(config.distributed, device)
     device, log = distributed.local_device(dist, device), log if dist.is_main else (lambda *_: None)
-    pin_store_snapshot(config, dist)
+    config = pin_store_snapshot(config, dist)
     data_hash = source_sha256(config.data_path)
-    fingerprint = run_fingerprint(data_hash, config, dist.world_size)
+    fingerprint = run_fingerprint(data_hash, config, plan, dist.world_size)
     objective = objective_for(config)
     objective.check_data(config)
     out = Path(config.output_dir)
@@ -137,48 +95,54 @@ def setup(config: TrainConfig, log=print) -> Run:
             "activations in afresh: slower on the CPU, not wrong")
     adapter_from = restored.path if restored and config.lora else None
     prepared = prepare_model(model, hardware=config, adapter=config, max_length=config.max_length, device=device,
-                             amp_dtype=amp_dtype, log=log, adapter_from=adapter_from)
+                             amp_dtype=amp_dtype, log=log, adapter_from=adapter_from,
+                             attention=(plan.attention, plan.attention_from) if plan.attention else None)
     prepared.loss_module, wrapped = distributed.wrap(prepared.loss_module, dist, decoder_layers(prepared.model),
                                                      amp_dtype)
     if wrapped:
         log(f"Processes: {wrapped}")
     set_stop_tokens(model, tokenizer, splits.sequences.summary["format"]["end_of_turn_ids"])
-    batching = BatchSize(config.batch_size, config.batch_tokens, dist.world_size, padded=not prepared.packed,
+    batching = BatchSize(plan.batch_size, plan.batch_tokens, dist.world_size, padded=not prepared.packed,
                          group_batches=0 if prepared.packed else config.length_group_batches)
     steps = epoch_steps(config, splits, batching)
     total_steps = min(sum(steps), config.max_steps) if config.max_steps else sum(steps)
 
     def trial_run(lr: float, trial_steps: int) -> Run:
-        trial = dataclasses.replace(config, lr=lr, warmup_ratio=0.0)  # see core/train/lr_search.py
-        optimization = setup_optimization(model, trial, trial_steps, device, amp_dtype, dist)
-        return Run(trial, prepared, tokenizer, splits, optimization, fingerprint, batching, objective, dist)
-    searched = choose_lr(config, restored, total_steps, steps[0], trial_run, log) if config.lr == AUTO else None
-    optim = setup_optimization(model, config, total_steps, device, amp_dtype, dist)
-    if config.lora_default_lr():
-        log(f"Learning rate: {config.lr:g}, the LoRA default (no --lr given): adapters start at zero and move the "
+        trial = dataclasses.replace(config, warmup_ratio=0.0)  # a new request, not a change: see lr_search.py
+        optimization = setup_optimization(model, trial, lr, trial_steps, device, amp_dtype, dist)
+        return Run(trial, with_lr(plan, lr, "a --lr auto trial"), prepared, tokenizer, splits, optimization,
+                   fingerprint, batching, objective, dist)
+    searched = None
+    if plan.lr == AUTO:
+        plan, searched = choose_lr(config, plan, restored, total_steps, steps[0], trial_run, log)
+    optim = setup_optimization(model, config, plan.lr, total_steps, device, amp_dtype, dist)
+    if plan.lr_from == "the LoRA default":
+        log(f"Learning rate: {plan.lr:g}, the LoRA default (no --lr given): adapters start at zero and move the "
             "model only through their low-rank product, so a full fine-tune's 2e-5 barely moves them")
-    per_process = f"up to {config.batch_tokens} tokens" if config.batch_tokens else \
-        f"{config.batch_size} {objective.unit}"
-    if given_tokens < 0 < config.batch_tokens:
+    per_process = f"up to {plan.batch_tokens} tokens" if plan.batch_tokens else f"{plan.batch_size} {objective.unit}"
+    if plan.batch_from == "the CUDA default":
         per_process += " (the CUDA default; --batch_tokens 0 for --batch_size)"
     log(f"Batches: {per_process} per process x {dist.world_size} process(es) x {config.grad_accum_steps} "
         f"accumulated per optimizer step; {optim.total_steps} steps")
-    run = Run(config, prepared, tokenizer, splits, optim, fingerprint, batching, objective, dist, lr_search=searched)
+    run = Run(config, plan, prepared, tokenizer, splits, optim, fingerprint, batching, objective, dist,
+              lr_search=searched)
     if restored is not None:
         restore(run, restored, log)
     objective.prepare(run, log)
     if dist.is_main:
-        mark_output_dir(out, fingerprint, config, splits.statistics)
+        mark_output_dir(out, fingerprint, run_config(config, plan), splits.statistics)
         warn_if_disk_short(run, steps, log)
     return run
 
 
-def pin_store_snapshot(config: TrainConfig, dist: Dist) -> None:
-    """A store --data_path: the rows this run reads, pinned once by rank 0 (core/data/store_reader.py) and kept as
-    the run's data_path in train_config.json; a resumed run reads the snapshot of the run it resumes."""
-    if is_store_path(config.data_path):
-        pinned = pin(config.data_path, config.objective, resumed_data_path(config)) if dist.is_main else None
-        config.data_path = distributed.from_main(dist, pinned)
+def pin_store_snapshot(config: TrainConfig, dist: Dist) -> TrainConfig:
+    """A store --data_path: the rows this run reads, pinned once by rank 0 (core/data/store_reader.py) into a new
+    request whose data_path names the snapshot (train_config.json keeps it); a resumed run reads the snapshot of the
+    run it resumes. A file's request comes back as it is."""
+    if not is_store_path(config.data_path):
+        return config
+    pinned = pin(config.data_path, config.objective, resumed_data_path(config)) if dist.is_main else None
+    return config.restated(data_path=distributed.from_main(dist, pinned))
 
 
 def resumed_data_path(config: TrainConfig) -> str | None:
@@ -216,29 +180,19 @@ def setup_output_dir(config: TrainConfig, out: Path, fingerprint: dict, dist: Di
     return restored
 
 
-def choose_lr(config: TrainConfig, restored: Restored | None, total_steps: int, first_epoch_steps: int,
-              trial_run: Callable[[float, int], Run], log) -> dict | None:
-    """--lr auto: set config.lr to the rate a resumed run chose at its start, or search for it now (and return
-    the search's metrics.jsonl entry). The optimizer is built after this, at that rate."""
+def choose_lr(config: TrainConfig, plan: Plan, restored: Restored | None, total_steps: int, first_epoch_steps: int,
+              trial_run: Callable[[float, int], Run], log) -> tuple[Plan, dict | None]:
+    """--lr auto: the plan at the rate a resumed run's plan holds (chosen at its start), or at the rate searched for
+    now, with the search's metrics.jsonl entry. The optimizer is built after this, at that rate."""
     if restored is not None:
-        config.lr = searched_rate(restored.path)
-        log(f"Learning rate: {config.lr:.3g}, chosen by --lr auto when this run started ({restored.path.name}/"
+        lr = saved_plan(restored.path)["lr"]
+        log(f"Learning rate: {lr:.3g}, chosen by --lr auto when this run started ({restored.path.name}/"
             f"{CONFIG_FILE}); not searched again")
-        return None
-    plan = plan_search(config, total_steps, first_epoch_steps)
-    log(plan.describe())
-    searched = search_lr(plan, trial_run, log)
-    config.lr = searched["chosen_lr"]
-    return searched
-
-
-def searched_rate(checkpoint: Path) -> float:
-    """The rate --lr auto chose, as the run's config beside the checkpoint holds it."""
-    lr = json.loads((checkpoint / CONFIG_FILE).read_text()).get("lr")
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
-        raise CheckpointError(f"{checkpoint / CONFIG_FILE}: its 'lr' ({lr!r}) is not the positive rate --lr auto "
-                              "chose; pass --lr with the rate to resume at")
-    return float(lr)
+        return with_lr(plan, lr, f"--lr auto, searched when this run started ({restored.path.name})"), None
+    search = plan_search(config, total_steps, first_epoch_steps)
+    log(search.describe())
+    searched = search_lr(search, trial_run, log)
+    return with_lr(plan, searched["chosen_lr"], "--lr auto, searched before training"), searched
 
 
 def check_target_modules(model, value: str) -> None:
@@ -293,14 +247,15 @@ def warn_if_disk_short(run: Run, steps: list[int], log) -> None:
         log(warning)
 
 
-def setup_optimization(model, config: TrainConfig, total_steps: int, device: torch.device, amp_dtype: torch.dtype,
-                       dist: Dist) -> Optimization:
-    """AdamW without weight decay on biases and norm weights (fused on CUDA and CPU), its schedule and scaler."""
+def setup_optimization(model, config: TrainConfig, lr: float, total_steps: int, device: torch.device,
+                       amp_dtype: torch.dtype, dist: Dist) -> Optimization:
+    """AdamW at peak rate `lr` (the plan's) without weight decay on biases and norm weights (fused on CUDA and CPU),
+    its schedule and scaler."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device.type in ("cuda", "cpu") and distributed.fused_optimizer_ok(dist)
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=fused, foreach=None if fused else True)
+    optimizer = torch.optim.AdamW(groups, lr=lr, fused=fused, foreach=None if fused else True)
     schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_scheduler]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,9 +19,7 @@ import torch
 from core.data.batching import epoch_batches, eval_batches
 from core.train import distributed
 from core.train.objectives import Batch
-
-if TYPE_CHECKING:  # run_setup imports this module (through core/train/lr_search.py)
-    from core.train.run_setup import Run
+from core.train.run import Run
 
 
 @dataclass

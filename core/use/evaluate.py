@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.config import AdapterOptions, FormatOptions, HardwareOptions, LoadOptions, check_options, option
+from core.config import AdapterOptions, FormatOptions, HardwareOptions, LoadOptions, check_options, option, option_group
 from core.data.batching import BatchSize, collate, eval_batches, pack
+from core.data.conversations import load_conversations
 from core.data.files import data_files, data_inputs
 from core.data.roleplay_metrics import METRIC_NOTES, ROLE_JUDGE_METHOD, reply_metrics, role_judge, summarise
 from core.data.tokenized import tokenize_file
-from core.dataset import data_options, load_conversations
 from core.errors import ConfigError
 from core.labels import perplexity
 from core.model.generation import Sampling, generate_replies
@@ -159,7 +159,7 @@ def write_evaluation(config: EvaluateConfig) -> int:
     model, tokenizer = load_for_chat(config.model, config)
     if config.conversations:
         return self_play(config, model, tokenizer)
-    options = data_options(config)
+    options = option_group(FormatOptions, config)
     data = tokenize_file(config.data_path, tokenizer, options, config.max_length, default_cache_dir(config.cache_dir))
     records = data.prompts(range(len(data.hashes)))
     greedy = Sampling(max_new_tokens=config.max_new_tokens, greedy=True)
@@ -201,7 +201,7 @@ def judge_line(judge) -> str:
 
 def self_play(config: EvaluateConfig, model, tokenizer) -> int:
     """Answer every user turn of each conversation in the bot's own running context; metrics per turn number."""
-    conversations = [c.as_chat() for c in load_conversations(config.conversations, data_options(config))]
+    conversations = [c.as_chat() for c in load_conversations(config.conversations, option_group(FormatOptions, config))]
     records = []
     for chat in conversations:
         last = max(i for i, m in enumerate(chat) if m["role"] == "assistant")

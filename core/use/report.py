@@ -34,6 +34,8 @@ def write_report(output_dir: Path) -> Path:
     metrics = read_jsonl(output_dir / METRICS_FILE)
     summary = read_json(output_dir / SUMMARY_FILE)
     samples = read_jsonl(output_dir / SAMPLES_FILE)
+    options = read_json(output_dir / CONFIG_FILE)
+    plan = options.pop("plan", {})  # what the run resolved from its options (core/train/plan.py)
     loss_png = plot_losses(metrics, output_dir / "loss_curves.png")
     training_png = plot_training(metrics, output_dir / "training_curves.png")
     preference_png = plot_preferences(metrics, output_dir / "preference_curves.png")
@@ -49,8 +51,8 @@ def write_report(output_dir: Path) -> Path:
         "<h2>Roleplay metrics: base against fine-tuned</h2>" + metrics_table(samples, summary),
         "<h2>Replies to validation prompts: base against fine-tuned</h2>"
         + comparison(samples, summary.get("best_step")),
-        "<h2>Options</h2><details><summary>train_config.json</summary>"
-        + table(read_json(output_dir / CONFIG_FILE).items()) + "</details>",
+        "<h2>Plan</h2>" + table((k.replace("_", " "), v) for k, v in plan.items()),
+        "<h2>Options</h2><details><summary>train_config.json</summary>" + table(options.items()) + "</details>",
     ]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(output_dir.name)}: training report"
             f"</title><style>{STYLE}</style></head><body><h1>Training report: {esc(str(output_dir))}</h1>"

@@ -611,11 +611,11 @@ def test_r2_6_a_50_mb_record_tokenises_in_bounded_memory(tmp_path, tiny_qwen_1k_
         import resource
         from pathlib import Path
         from core.data.tokenized import tokenize_file
-        from core.dataset import DataOptions
+        from core.config import FormatOptions
         from core.model.load import load_tokenizer
         tokenizer = load_tokenizer({str(tiny_qwen_1k_dir)!r})
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        data = tokenize_file({str(data)!r}, tokenizer, DataOptions(), 64, Path({str(tmp_path / "cache")!r}), False)
+        data = tokenize_file({str(data)!r}, tokenizer, FormatOptions(), 64, Path({str(tmp_path / "cache")!r}), False)
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
         print(grown // 1024, len(data), len(data.ids), data.summary["format"]["replies_cut"])
         """)
@@ -667,10 +667,10 @@ def test_unclear_special_token_text_is_refused_or_trained_as_text(args, tmp_path
     assert code == 0, output[-2000:]
     assert "special-token text in messages: trained as plain text in 1 messages (--special_tokens text)" in output
     assert "Call <tool_call> now" in output
+    from core.config import FormatOptions
     from core.data.tokenized import tokenize_file
-    from core.dataset import DataOptions
     tokenizer = qwen_tokenizer
-    data = tokenize_file(tmp_path / "data.jsonl", tokenizer, DataOptions(special_tokens="text"), 512,
+    data = tokenize_file(tmp_path / "data.jsonl", tokenizer, FormatOptions(special_tokens="text"), 512,
                          tmp_path / "cache", progress=False)
     ids = data.sequence(3)[0]
     assert tokenizer.convert_tokens_to_ids("<tool_call>") not in ids.tolist()  # text, never the control token

@@ -18,9 +18,8 @@ from contextlib import redirect_stderr, redirect_stdout
 import pytest
 
 from core.cli import report_errors
-from core.config import TrainConfig, parse_args
+from core.config import FormatOptions, TrainConfig, parse_args
 from core.data.tokenized import tokenize_file
-from core.dataset import DataOptions
 
 SEED = 20261128
 VALID_RECORDS = [
@@ -135,7 +134,7 @@ def test_mutated_data_files_are_accepted_or_refused_in_one_line(tmp_path, qwen_1
         path, _ = data_case(rng, index, tmp_path)
 
         def inspect_file(path=path):
-            tokenize_file(path, qwen_1k_tokenizer, DataOptions(), 128, tmp_path / "cache", progress=False)
+            tokenize_file(path, qwen_1k_tokenizer, FormatOptions(), 128, tmp_path / "cache", progress=False)
             return 0
 
         code, output = quietly(inspect_file)
@@ -228,7 +227,7 @@ def test_mutated_transcript_files_are_accepted_or_refused_in_one_line(tmp_path, 
             assert path.read_bytes().startswith(before) and output.startswith("Saved")
 
         def train_on(path=path):
-            tokenize_file(path, qwen_1k_tokenizer, DataOptions(), 128, tmp_path / "cache", progress=False)
+            tokenize_file(path, qwen_1k_tokenizer, FormatOptions(), 128, tmp_path / "cache", progress=False)
             return 0
         check(*quietly(train_on), (str(path),))
     assert refused_by_save > 10
@@ -258,8 +257,8 @@ def test_mutated_feedback_files_are_accepted_or_refused_in_one_line(tmp_path, qw
         objective = rng.choice(("dpo", "kto"))
 
         def read(path=path, objective=objective):
-            count_usable(path, objective, DataOptions())
-            tokenize_preferences(path, qwen_1k_tokenizer, DataOptions(), 128, tmp_path / "cache")
+            count_usable(path, objective, FormatOptions())
+            tokenize_preferences(path, qwen_1k_tokenizer, FormatOptions(), 128, tmp_path / "cache")
             return 0
         code, output = quietly(read)
         check(code, output, (str(path),))

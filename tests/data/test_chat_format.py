@@ -3,8 +3,9 @@
 import pytest
 from conftest import QWEN3_TEMPLATE, SMOLLM2_TEMPLATE, load_qwen_tokenizer
 
+from core.config import FormatOptions
 from core.data.chat_format import ChatEncoder
-from core.dataset import DataOptions, parse_record
+from core.dataset import parse_record
 
 PERSONA = "You are Dana, IT director at a 200-person logistics firm; budget is frozen until Q3."
 
@@ -33,7 +34,7 @@ RECORDS = {
 
 
 def chat_of(record):
-    conversation, _ = parse_record("test line 1", record, DataOptions())
+    conversation, _ = parse_record("test line 1", record, FormatOptions())
     return conversation.as_chat()
 
 
@@ -53,7 +54,7 @@ def trained_spans(sequence):
 
 def check_exact_masking(tokenizer, record):
     """Trained tokens = each reply's tokens + <|im_end|>; what precedes each = apply_chat_template(history, True)."""
-    conversation, _ = parse_record("test line 1", record, DataOptions())
+    conversation, _ = parse_record("test line 1", record, FormatOptions())
     encoded = ChatEncoder(tokenizer, 4096).encode(conversation)
     chat = conversation.as_chat()
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -97,7 +98,7 @@ def test_single_turn_labels_on_qwen(qwen_tokenizer):
 
 
 def test_last_assistant_only(qwen_tokenizer):
-    conversation, _ = parse_record("t", RECORDS["multi_turn"], DataOptions(train_on="last_assistant"))
+    conversation, _ = parse_record("t", RECORDS["multi_turn"], FormatOptions(train_on="last_assistant"))
     (sequence,) = ChatEncoder(qwen_tokenizer, 4096).encode(conversation).sequences
     (span,) = trained_spans(sequence)
     assert qwen_tokenizer.decode(span) == "Then send me a proposal.<|im_end|>"
@@ -106,25 +107,25 @@ def test_last_assistant_only(qwen_tokenizer):
 def test_train_false_excludes_a_turn(qwen_tokenizer):
     record = {"messages": [dict(m) for m in RECORDS["multi_turn"]["messages"]]}
     record["messages"][4]["train"] = False
-    conversation, _ = parse_record("t", record, DataOptions())
+    conversation, _ = parse_record("t", record, FormatOptions())
     (sequence,) = ChatEncoder(qwen_tokenizer, 4096).encode(conversation).sequences
     texts = [qwen_tokenizer.decode(s) for s in trained_spans(sequence)]
     assert texts == ["Hi Sam. What is this about?<|im_end|>", "Then send me a proposal.<|im_end|>"]
 
 
 def test_system_prompt_option_fills_missing_persona(qwen_tokenizer):
-    conversation, _ = parse_record("t", RECORDS["single_turn"], DataOptions(system_prompt=PERSONA))
+    conversation, _ = parse_record("t", RECORDS["single_turn"], FormatOptions(system_prompt=PERSONA))
     assert conversation.system_added
     (sequence,) = ChatEncoder(qwen_tokenizer, 4096).encode(conversation).sequences
     assert PERSONA in qwen_tokenizer.decode(sequence.input_ids)
-    with_own, _ = parse_record("t", RECORDS["single_turn_system"], DataOptions(system_prompt="other"))
+    with_own, _ = parse_record("t", RECORDS["single_turn_system"], FormatOptions(system_prompt="other"))
     assert not with_own.system_added and with_own.messages[0].content == PERSONA
 
 
 def test_history_rewriting_template_falls_back_to_one_sequence_per_turn():
     """Qwen3's template drops reasoning from earlier turns: one sequence per trained turn, each exact."""
     tokenizer = load_qwen_tokenizer(QWEN3_TEMPLATE)
-    conversation, _ = parse_record("t", RECORDS["multi_turn"], DataOptions())
+    conversation, _ = parse_record("t", RECORDS["multi_turn"], FormatOptions())
     encoded = ChatEncoder(tokenizer, 4096).encode(conversation)
     chat = conversation.as_chat()
     replies = [i for i, m in enumerate(chat) if m["role"] == "assistant"]
@@ -150,10 +151,10 @@ def long_conversation(turns: int = 8):
 
 def test_truncation_keeps_system_and_last_reply_and_drops_oldest_turns(qwen_tokenizer):
     record = long_conversation()
-    full = ChatEncoder(qwen_tokenizer, 100_000).encode(parse_record("t", record, DataOptions())[0])
+    full = ChatEncoder(qwen_tokenizer, 100_000).encode(parse_record("t", record, FormatOptions())[0])
     full_length = len(full.sequences[0].input_ids)
     limit = full_length // 2
-    conversation, _ = parse_record("t", record, DataOptions())
+    conversation, _ = parse_record("t", record, FormatOptions())
     encoded = ChatEncoder(qwen_tokenizer, limit).encode(conversation)
     (sequence,) = encoded.sequences
     text = qwen_tokenizer.decode(sequence.input_ids)
@@ -172,7 +173,7 @@ def test_truncation_keeps_system_and_last_reply_and_drops_oldest_turns(qwen_toke
 def test_single_turn_too_long_keeps_the_end_of_the_question(qwen_tokenizer):
     record = {"system": PERSONA, "input": "Opening remark. " + "blah " * 300 + "so what is your budget?",
               "output": "We have no budget."}
-    encoded = ChatEncoder(qwen_tokenizer, 120).encode(parse_record("t", record, DataOptions())[0])
+    encoded = ChatEncoder(qwen_tokenizer, 120).encode(parse_record("t", record, FormatOptions())[0])
     (sequence,) = encoded.sequences
     text = qwen_tokenizer.decode(sequence.input_ids)
     assert len(sequence.input_ids) <= 120 and encoded.shortened == 1 and encoded.replies_cut == 0
@@ -182,7 +183,7 @@ def test_single_turn_too_long_keeps_the_end_of_the_question(qwen_tokenizer):
 
 def test_reply_longer_than_max_length_is_cut_and_counted(qwen_tokenizer):
     record = {"input": "Tell me everything.", "output": "word " * 400}
-    encoded = ChatEncoder(qwen_tokenizer, 64).encode(parse_record("t", record, DataOptions())[0])
+    encoded = ChatEncoder(qwen_tokenizer, 64).encode(parse_record("t", record, FormatOptions())[0])
     (sequence,) = encoded.sequences
     assert len(sequence.input_ids) == 64 and encoded.replies_cut == 1 and encoded.shortened == 1
     assert "Tell me everything." in qwen_tokenizer.decode(sequence.input_ids)  # the prompt is kept whole
@@ -194,6 +195,6 @@ def test_stop_tokens_are_only_end_of_turn_tokens_even_when_a_reply_is_cut(qwen_t
     """A reply cut by --max_length ends on an ordinary token, which must not become a stop token."""
     encoder = ChatEncoder(qwen_tokenizer, 64)
     record = {"input": "Tell me everything.", "output": "word " * 400}
-    (sequence,) = encoder.encode(parse_record("t", record, DataOptions())[0]).sequences
+    (sequence,) = encoder.encode(parse_record("t", record, FormatOptions())[0]).sequences
     assert sequence.trained[-1] and sequence.input_ids[-1] not in encoder.end_of_turn_ids
     assert encoder.end_of_turn_ids == {qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")}

@@ -8,14 +8,15 @@ import sys
 import pytest
 from conftest import ROOT, write_jsonl
 
-from core.dataset import DataOptions, load_conversations
+from core.config import FormatOptions
+from core.data.conversations import load_conversations
 from core.errors import DataError
 
 GOOD = {"input": "Hi", "output": "Hello."}
 
 
 def load(path, **options):
-    return list(load_conversations(path, DataOptions(**options)))
+    return list(load_conversations(path, FormatOptions(**options)))
 
 
 def error_of(path, **options) -> str:
@@ -100,7 +101,7 @@ def test_merge_consecutive_is_an_option_and_counted(tmp_path):
         {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
                       {"role": "assistant", "content": "c"}]}, GOOD])
     stats = LoadStats()
-    conversations = list(load_conversations(path, DataOptions(merge_consecutive=True), stats))
+    conversations = list(load_conversations(path, FormatOptions(merge_consecutive=True), stats))
     assert [m.content for m in conversations[0].messages] == ["a\n\nb", "c"]
     assert stats.merged_records == 1 and stats.records == 2
 
@@ -108,7 +109,7 @@ def test_merge_consecutive_is_an_option_and_counted(tmp_path):
 def test_special_token_in_content_is_refused(tmp_path, qwen_tokenizer):
     from core.data.chat_format import ChatEncoder
     from core.dataset import parse_record
-    conversation, _ = parse_record("f line 4", {"input": "hi<|im_end|>", "output": "x"}, DataOptions())
+    conversation, _ = parse_record("f line 4", {"input": "hi<|im_end|>", "output": "x"}, FormatOptions())
     with pytest.raises(DataError, match=r"f line 4: message 0 contains the special token '<\|im_end\|>'"):
         ChatEncoder(qwen_tokenizer, 512).encode(conversation)
 

@@ -5,11 +5,10 @@ import sys
 
 from conftest import ROOT, write_jsonl
 
-from core.cli import InspectConfig
-from core.config import parse_args
+from core.config import FormatOptions, parse_args
 from core.data.statistics import data_statistics
 from core.data.tokenized import tokenize_file
-from core.dataset import DataOptions
+from core.use.inspect import InspectConfig
 
 PITCH = "Our platform cuts route planning time in half for fleets like yours. " * 8
 RECORDS = [
@@ -28,7 +27,7 @@ REPLIES = ["Go away.", "Go away.", "Who is this?", "Not interested.", "No.", "ok
 
 def test_statistics_match_a_hand_count(tmp_path, tiny_qwen_dir, cache_dir, qwen_tokenizer):
     path = write_jsonl(tmp_path / "hand.jsonl", RECORDS)
-    data = tokenize_file(path, qwen_tokenizer, DataOptions(), 64, cache_dir, progress=False)
+    data = tokenize_file(path, qwen_tokenizer, FormatOptions(), 64, cache_dir, progress=False)
     stats = data_statistics(data, eval_split=0.4, seed=1)
     assert stats["records"] == 5 and stats["sequences"] == 5
     assert stats["formats"] == {"input/output": 3, "messages": 1, "sharegpt": 1}
@@ -85,12 +84,12 @@ def test_inspect_accepts_the_training_config(tmp_path):
 def test_inspect_counts_and_shows_the_system_prompt_the_template_inserts(tmp_path, cache_dir, qwen_tokenizer):
     from conftest import SMOLLM2_TEMPLATE, load_qwen_tokenizer
     path = write_jsonl(tmp_path / "hand.jsonl", RECORDS)
-    data = tokenize_file(path, qwen_tokenizer, DataOptions(), 64, cache_dir, progress=False)
+    data = tokenize_file(path, qwen_tokenizer, FormatOptions(), 64, cache_dir, progress=False)
     stats = data_statistics(data, eval_split=0.4, seed=1, tokenizer=qwen_tokenizer)
     assert stats["template_system_added"] == 4  # five records, one with its own system message
     assert stats["template_system_prompt"] == "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
     smollm2 = data_statistics(data, eval_split=0.4, seed=1, tokenizer=load_qwen_tokenizer(SMOLLM2_TEMPLATE))
     assert smollm2["template_system_prompt"].startswith("You are a helpful AI assistant named SmolLM")
-    with_persona = data_statistics(tokenize_file(path, qwen_tokenizer, DataOptions(system_prompt="You are Dana."), 64,
+    with_persona = data_statistics(tokenize_file(path, qwen_tokenizer, FormatOptions(system_prompt="You are Dana."), 64,
                                                  cache_dir, progress=False), 0.4, 1, qwen_tokenizer)
     assert with_persona["template_system_added"] == 0

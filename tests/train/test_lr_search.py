@@ -44,7 +44,8 @@ def test_lr_auto_stays_within_its_bound_and_then_trains_exactly_as_the_chosen_ra
     assert "8 steps, 14.8% of the run's 54 (bound: 15%, 8 steps)" in plan, plan
     assert any(f"Learning rate: {chosen:.3g}, chosen by --lr auto" in line for line in lines)
     assert chosen == search["rates"][min(range(4), key=lambda i: search["eval_losses"][i])]
-    assert json.loads((auto_dir / "out" / "best_model" / "train_config.json").read_text())["lr"] == chosen
+    saved = json.loads((auto_dir / "out" / "best_model" / "train_config.json").read_text())
+    assert saved["lr"] == "auto" and saved["plan"]["lr"] == chosen == run.plan.lr  # the request, and its plan
     report = write_report(auto_dir / "out").read_text()
     assert "Learning rate: --lr auto" in report and "chosen" in report
 
@@ -61,13 +62,13 @@ def test_the_search_is_deterministic_with_the_seed_and_not_repeated_on_resume(tm
     again = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, lr="auto", save_steps=20, overwrite_output_dir=True,
                      **OPTIONS)
     assert first.lr_search["eval_losses"] == again.lr_search["eval_losses"]
-    assert first.config.lr == again.config.lr == first.lr_search["chosen_lr"]
+    assert first.plan.lr == again.plan.lr == first.lr_search["chosen_lr"]
 
     fit(again, log=lambda *_: None)
     lines = []
     resumed = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, log=lines.append, lr="auto", save_steps=20,
                        resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-20"), **OPTIONS)
-    assert resumed.lr_search is None and resumed.config.lr == first.config.lr
+    assert resumed.lr_search is None and resumed.plan.lr == first.plan.lr and resumed.config.lr == "auto"
     assert any("chosen by --lr auto when this run started" in line and "not searched again" in line for line in lines)
 
 

@@ -245,8 +245,9 @@ def test_resume_with_a_different_data_file_is_refused(tmp_path, tiny_qwen_1k_dir
     resumed = config_for(tmp_path, tiny_qwen_1k_dir, cache_dir, epochs=1, max_steps=4, resume_from_checkpoint="auto")
     with pytest.raises(CheckpointError, match=r"different inputs: data file .*--force_resume"):
         setup(resumed, **QUIET)
-    resumed.force_resume = True
-    assert setup(resumed, **QUIET).state.step == 4
+    forced = config_for(tmp_path, tiny_qwen_1k_dir, cache_dir, epochs=1, max_steps=4, resume_from_checkpoint="auto",
+                        force_resume=True)  # a new request: a validated one is fixed
+    assert setup(forced, **QUIET).state.step == 4
 
 
 def test_a_write_error_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, tiny_qwen_1k_dir, cache_dir,

@@ -25,8 +25,8 @@ def cuda_run(tmp_path, tiny_qwen_1k_dir, cache_dir):
     """A run whose model is prepared as on a GPU (SDPA packed attention, no lean CPU layers), with its optimizer."""
     run = make_run(tmp_path, tiny_qwen_1k_dir, cache_dir, log_steps=2, eval_steps=0, save_steps=0, batch_size=2)
     run.prepared = cuda_path(tiny_qwen_1k_dir)
-    run.optim = setup_optimization(run.prepared.model, run.config, run.optim.total_steps, run.prepared.device,
-                                   torch.float32, run.dist)
+    run.optim = setup_optimization(run.prepared.model, run.config, run.plan.lr, run.optim.total_steps,
+                                   run.prepared.device, torch.float32, run.dist)
     assert all(group["fused"] for group in run.optim.optimizer.param_groups)
     return run
 

@@ -13,7 +13,8 @@ import torch
 from conftest import ROOT
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core.dataset import DataOptions, load_conversations
+from core.config import FormatOptions
+from core.data.conversations import load_conversations
 from core.errors import ConfigError
 from core.model.generation import NoRepeatInReply, Sampling, generate_reply, stream_reply
 from core.use.chat import load_scenarios, repeated_sentence
@@ -106,7 +107,7 @@ def test_terminal_chat_turns_undo_new_persona_and_a_saved_record(tmp_path, tiny_
     assert "Saved this conversation" in terminal.send(f"/save {saved}")
     os.write(terminal.fd, b"/quit\n")
     assert terminal.process.wait(timeout=60) == 0
-    (conversation,) = load_conversations(saved, DataOptions())  # a valid training record
+    (conversation,) = load_conversations(saved, FormatOptions())  # a valid training record
     record = json.loads(saved.read_text())
     assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
     assert record["messages"][0]["content"] == "You are Tom, a plant manager."

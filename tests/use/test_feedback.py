@@ -14,8 +14,8 @@ from conftest import ROOT, cli, make_tiny_qwen
 from test_chat import Terminal
 from test_web import CHROMIUM, free_port, open_app_page
 
+from core.config import FormatOptions
 from core.data.preference import count_usable
-from core.dataset import DataOptions
 from core.use import feedback
 
 
@@ -93,7 +93,7 @@ def test_terminal_judgements_are_appended_and_train_with_dpo_and_kto(tmp_path, t
                line["meta"]["time"] for line in (good, bad, pair))
     (sft,) = read_lines(feedback.sft_file(path))
     assert sft["messages"] == pair["messages"] + [{"role": "assistant", "content": pair["chosen"]}]
-    assert count_usable(path, "dpo", DataOptions()) == {"pair": 1, "label": 2, "sft": 0}
+    assert count_usable(path, "dpo", FormatOptions()) == {"pair": 1, "label": 2, "sft": 0}
 
     for objective in ("dpo", "kto"):
         out = tmp_path / objective

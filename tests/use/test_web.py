@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import ROOT
 
-from core.dataset import DataOptions, load_conversations
+from core.config import FormatOptions
+from core.data.conversations import load_conversations
 from core.use.web_app import NONE, Practice, WebConfig, model_choices
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -94,7 +95,7 @@ def test_browser_chat_answers_compares_and_downloads_a_training_record(app, tmp_
     # the page shows the reply as HTML, which folds runs of whitespace
     assert record["messages"][2]["content"].split() == reply.split()
     assert "Frank Marquez" in record["messages"][0]["content"]
-    assert len(list(load_conversations(saved, DataOptions()))) == 1  # a valid training record
+    assert len(list(load_conversations(saved, FormatOptions()))) == 1  # a valid training record
     assert SCREENSHOT.stat().st_size > 10_000
 
 

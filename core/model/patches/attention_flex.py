@@ -13,7 +13,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from core.model.patches.packed_attention import Backend, sequence_ids
+from core.model.patches.attention_backend import Backend, sequence_ids
 
 
 def block_mask(inputs: dict) -> BlockMask:

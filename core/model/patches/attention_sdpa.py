@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from core.model.patches.packed_attention import Backend, sequence_ids
+from core.model.patches.attention_backend import Backend, sequence_ids
 
 
 def block_diagonal_mask(inputs: dict) -> torch.Tensor:

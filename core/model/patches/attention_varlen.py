@@ -13,7 +13,7 @@ import importlib.util
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from core.model.patches.packed_attention import Backend, boundaries
+from core.model.patches.attention_backend import Backend, boundaries
 
 
 def torch_varlen(query, key, value, cu, max_length: int, scaling: float | None):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
@@ -32,43 +31,14 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from core.data.batching import LENGTHS, LOSS_ROWS, LOSS_TARGETS
 from core.errors import ConfigError
+from core.model.patches.attention_backend import Backend, boundaries, registered_name
 
 # Measured by bench/attention_cpu.py (SmolLM2-135M forward + backward, 8 and 20 sequences per row):
 CPU_DEFAULT = "eager"
 MODEL_KEYS = ("input_ids", "position_ids", LOSS_ROWS, LOSS_TARGETS)
 
 
-@dataclass(frozen=True)
-class Backend:
-    name: str                                   # its --attn_implementation value
-    attend: Callable                            # a transformers attention function
-    step_argument: Callable[[dict], object]     # packed inputs -> the 4D object passed as `attention_mask`
-    host_keys: tuple[str, ...] = ()             # batch keys the attention function reads from its kwargs
-    kernel: str = ""                            # what runs, for the `Model:` line
-
-    @property
-    def registered_name(self) -> str:
-        return registered_name(self.name)
-
-
-def registered_name(backend_name: str) -> str:
-    """The name transformers knows a backend by (`model.config._attn_implementation`)."""
-    return f"packed_{backend_name}"
-
-
 ATTENTION = registered_name(CPU_DEFAULT)  # the attention of packed rows on the CPU by default
-
-
-def boundaries(inputs: dict) -> torch.Tensor:
-    """The packed row's `cu_seq_lens_q` shaped [1, 1, 1, sequences + 1]: a 4D tensor transformers leaves alone."""
-    return inputs["cu_seq_lens_q"].view(1, 1, 1, -1)
-
-
-def sequence_ids(inputs: dict) -> torch.Tensor:
-    """Which sequence each position of the row belongs to, computed on the device without a host read."""
-    cu = inputs["cu_seq_lens_q"]
-    positions = torch.arange(inputs["input_ids"].shape[1], device=cu.device, dtype=cu.dtype)
-    return torch.searchsorted(cu[1:], positions, right=True)
 
 
 def per_sequence_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -89,17 +59,28 @@ def per_sequence_attention(module, query, key, value, attention_mask, dropout: f
 EAGER = Backend("eager", per_sequence_attention, boundaries, (LENGTHS,), "causal SDPA per sequence")
 
 
-def backend(name: str) -> Backend:
-    if name == "eager":
-        return EAGER
-    if name == "sdpa":
-        from core.model.patches.attention_sdpa import SDPA
-        return SDPA
-    if name == "flex":
-        from core.model.patches.attention_flex import FLEX
-        return FLEX
+def _sdpa() -> Backend:
+    from core.model.patches.attention_sdpa import SDPA
+    return SDPA
+
+
+def _flex() -> Backend:
+    from core.model.patches.attention_flex import FLEX
+    return FLEX
+
+
+def _varlen() -> Backend:
     from core.model.patches.attention_varlen import varlen_backend
     return varlen_backend()
+
+
+# The backends by --attn_implementation value: each built on first use (flex and varlen import kernels that only
+# CUDA runs), each module importing only attention_backend.py, never this table.
+BACKENDS: dict[str, Callable[[], Backend]] = {"eager": lambda: EAGER, "sdpa": _sdpa, "flex": _flex, "varlen": _varlen}
+
+
+def backend(name: str) -> Backend:
+    return BACKENDS[name]()
 
 
 def varlen_available() -> bool:

@@ -9,7 +9,7 @@ for SFT, pairs for DPO, completions for KTO), counted on the host, so accumulati
 processes give exactly the update of one large batch. `Objective.best` names the validation metric
 that picks best_model/ and its direction.
 
-`objective_for(config)` builds the objective a run asked for (`--objective`).
+`objective_for(config)` (table.py) builds the objective a run asked for (`--objective`).
 """
 
 from __future__ import annotations
@@ -99,13 +99,3 @@ class Objective:
     def prepare(self, run, log) -> None:
         """Anything to do once the run is built and before training (reference log-probabilities)."""
 
-
-def objective_for(config) -> Objective:
-    if config.objective == "dpo":
-        from core.train.objectives.dpo import DPO
-        return DPO(config)
-    if config.objective == "kto":
-        from core.train.objectives.kto import KTO
-        return KTO(config)
-    from core.train.objectives.sft import SFT
-    return SFT()

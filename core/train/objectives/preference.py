@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.config import FormatOptions, option_group
 from core.data.batching import collate, pack
 from core.data.files import iter_raw_records
 from core.data.preference import SFT, count_usable, parse_judged, tokenize_preferences
 from core.data.tokenized import split_records
-from core.dataset import data_options
 from core.model.load import default_cache_dir
 from core.train.objectives import Batch, Best, Objective
 from core.train.objectives.reference import cached_reference, reference_model
@@ -67,10 +67,10 @@ class PreferenceObjective(Objective):
     # Data ----------------------------------------------------------------------------------------
 
     def check_data(self, config) -> None:
-        count_usable(config.data_path, self.name, data_options(config))
+        count_usable(config.data_path, self.name, option_group(FormatOptions, config))
 
     def load_data(self, config, tokenizer, data_hash: str, progress: bool = True):
-        return tokenize_preferences(config.data_path, tokenizer, data_options(config), config.max_length,
+        return tokenize_preferences(config.data_path, tokenizer, option_group(FormatOptions, config), config.max_length,
                                     default_cache_dir(config.cache_dir), data_hash=data_hash)
 
     def validation_prompts(self, config, data) -> SamplePrompts:
@@ -78,7 +78,7 @@ class PreferenceObjective(Objective):
         if not config.sample_prompts or not config.eval_split:
             return SamplePrompts()
         held_out = split_records(len(data.hashes), config.eval_split, config.seed)
-        options, prompts = data_options(config), []
+        options, prompts = option_group(FormatOptions, config), []
         for index, (where, raw) in enumerate(iter_raw_records(config.data_path)):
             judged = parse_judged(where, raw, options) if held_out[index] else None
             if judged is None or judged.kind == SFT:

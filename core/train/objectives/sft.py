@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from core.config import FormatOptions, option_group
 from core.data.batching import collate, pack
 from core.data.tokenized import tokenize_file
-from core.dataset import data_options
 from core.labels import perplexity
 from core.model.load import default_cache_dir
 from core.train.objectives import Batch, Best, Objective
@@ -60,7 +60,7 @@ class SFT(Objective):
         return f"loss {result['eval_loss']:.4f}, perplexity {result['eval_ppl']:.2f}"
 
     def load_data(self, config, tokenizer, data_hash: str, progress: bool = True):
-        return tokenize_file(config.data_path, tokenizer, data_options(config), config.max_length,
+        return tokenize_file(config.data_path, tokenizer, option_group(FormatOptions, config), config.max_length,
                              default_cache_dir(config.cache_dir), progress=progress, data_hash=data_hash)
 
     def validation_prompts(self, config, data) -> SamplePrompts:
