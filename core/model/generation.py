@@ -17,7 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TextIteratorStreamer
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TextIteratorStreamer,
+    TopPLogitsWarper,
+)
 
 
 @dataclass
@@ -80,6 +87,44 @@ class GreedyRows(LogitsProcessor):
         kept = rows.gather(-1, best)
         rows.fill_(-float("inf")).scatter_(-1, best, kept)
         return scores
+
+
+def row_processors(sampling: Sampling, prompt_length: int) -> LogitsProcessorList:
+    """What `model.generate` applies to one row's scores under `sampling.generate_kwargs`, in its order: the
+    repetition penalty, then NoRepeatInReply, then (sampling) temperature and top-p. The engine
+    (core/model/engine.py) decodes each row with these, so its tokens are generate's."""
+    processors = LogitsProcessorList()
+    if sampling.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
+    if sampling.no_repeat_ngram_size:
+        processors.append(NoRepeatInReply(sampling.no_repeat_ngram_size, prompt_length))
+    if not sampling.greedy:
+        if sampling.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(sampling.temperature))
+        if sampling.top_p < 1.0:
+            processors.append(TopPLogitsWarper(sampling.top_p))
+    return processors
+
+
+def pick_token(scores: torch.Tensor, greedy: bool, generator: torch.Generator | None) -> int:
+    """The next token from one row's processed scores, as generate picks it: argmax, or one multinomial draw
+    (from `generator`: a row's own seeded generator draws what the global RNG seeded alike would)."""
+    if greedy:
+        return int(torch.argmax(scores, dim=-1)[0])
+    return int(torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1, generator=generator)[0, 0])
+
+
+def end_of_turn_ids(model, tokenizer) -> set[int]:
+    """The tokens generate stops at: the model's generation config's end-of-sequence ids (else the tokenizer's)."""
+    eos = model.generation_config.eos_token_id
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return set(eos) if isinstance(eos, list) else {eos}
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The conversation rendered by the chat template with the generation prompt, as token ids."""
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                              return_dict=True)["input_ids"])
 
 
 def _inputs(model, tokenizer, messages: list[dict]) -> dict:
