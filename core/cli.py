@@ -228,17 +228,21 @@ def inspect(config: InspectConfig) -> int:
     It reads the same options as training (so `--config run.yaml` inspects exactly what that run
     would train), tokenises through the same cache, and needs only the tokenizer, not the weights.
     """
-    from core.data.files import data_files, data_inputs, data_sha256
+    from core.data.files import data_inputs, source_sha256
     from core.data.statistics import PLAIN_OFF, PLAIN_ON, data_statistics, format_statistics, render_sequence
+    from core.data.store_reader import describe_store, is_store_path, pin
     from core.model.load import default_cache_dir, load_tokenizer
     from core.outputs import check_cache_dir, local_inputs
     from core.train.objectives import objective_for
     objective = objective_for(config)  # --objective decides how records are read (SFT, or judged replies)
+    if is_store_path(config.data_path):  # a store: what it holds, and the snapshot a run would read now
+        config.data_path = pin(config.data_path, config.objective)
+        print(describe_store(config.data_path))
     objective.check_data(config)
     check_cache_dir(default_cache_dir(config.cache_dir),
                     data_inputs(config.data_path) + local_inputs("--model_name", config.model_name))
     tokenizer = load_tokenizer(config.model_name, config.cache_dir, config.trust_remote_code)
-    data = objective.load_data(config, tokenizer, data_sha256(data_files(config.data_path)), sys.stderr.isatty())
+    data = objective.load_data(config, tokenizer, source_sha256(config.data_path), sys.stderr.isatty())
     print(format_statistics(data_statistics(data, config.eval_split, config.seed, tokenizer), config))
     color = config.color == "always" or (config.color == "auto" and sys.stdout.isatty())
     legend = "highlighted" if color else f"between {PLAIN_ON} and {PLAIN_OFF}"
