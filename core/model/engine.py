@@ -236,15 +236,18 @@ class Engine:
 def events_of(submit: Callable[[Callable[[Event], None]], Request]) -> Iterator[Event]:
     """A request's events, for a caller in its own thread; the request is cancelled if the caller stops reading."""
     inbox: queue.Queue[Event] = queue.Queue()
-    request = submit(inbox.put)
-    try:
-        while True:
-            event = inbox.get()
-            yield event
-            if event.kind != "text":
-                return
-    finally:
-        request.cancel()
+    request = submit(inbox.put)  # now, so that a full queue raises here
+
+    def events() -> Iterator[Event]:
+        try:
+            while True:
+                event = inbox.get()
+                yield event
+                if event.kind != "text":
+                    return
+        finally:
+            request.cancel()
+    return events()
 
 
 class _Row:
@@ -267,24 +270,27 @@ class _Row:
         ids = torch.tensor([request.prompt + request.tokens], dtype=torch.long, device=scores.device)
         token = pick_token(self.processors(ids, scores), request.sampling.greedy, self.generator)
         if token in engine.stop_ids:
+            self._send(self._text(engine), final=True)
             self.finish(engine, "stop")
             return
         request.tokens.append(token)
-        text = engine.tokenizer.decode(request.tokens, skip_special_tokens=True)
+        text = self._text(engine)
         cut = min((at for at in (text.find(s) for s in request.stop) if at >= 0), default=-1)
         if cut >= 0:
-            self._send(text[:cut])
+            self._send(text[:cut], final=True)
             self.finish(engine, "stop")
-            return
-        if len(request.tokens) >= request.sampling.max_new_tokens:
-            self._send(text)
+        elif len(request.tokens) >= request.sampling.max_new_tokens:
+            self._send(text, final=True)
             self.finish(engine, "length")
-            return
-        self._send(text[:len(text) - _held_back(text, request.stop)])
+        else:
+            self._send(text[:len(text) - _held_back(text, request.stop)])
 
-    def _send(self, text: str) -> None:
-        """The new part of the reply, less an unfinished character (a token may end inside one)."""
-        text = text.rstrip("\ufffd") if not self.done else text
+    def _text(self, engine: Engine) -> str:
+        return engine.tokenizer.decode(self.request.tokens, skip_special_tokens=True)
+
+    def _send(self, text: str, final: bool = False) -> None:
+        """The new part of the reply; until the end, less an unfinished character (a token may end inside one)."""
+        text = text if final else text.rstrip("\ufffd")
         if len(text) > self.request.sent:
             self.request.sink(Event("text", text[self.request.sent:]))
             self.request.sent = len(text)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from core.errors import ModelLoadError, first_line
 from core.model.engine import Event, Request, events_of
 from core.model.generation import Sampling
+
+BUSY_RETRIES = 10  # a busy server (429 or 503) is asked again this many times, as its Retry-After says
 
 
 class RemoteModel:
@@ -63,24 +66,32 @@ class RemoteModel:
         finish, usage = "cancelled", {}
         try:
             body = self.body(messages, request.sampling, request.seed, request.stop)
-            with self.client.stream("POST", f"{self.url}/chat/completions", json=body) as response:
-                if response.status_code != 200:
-                    response.read()
-                    request.sink(Event("error", text=f"{self.url} answered {response.status_code}: "
-                                                     f"{_message(response.text)}"))
-                    return
-                for line in response.iter_lines():
-                    if request.cancelled:
-                        break
-                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                        continue
-                    chunk = json.loads(line[5:])
-                    usage = chunk.get("usage") or usage
-                    for choice in chunk.get("choices", [])[:1]:
-                        if (choice.get("delta") or {}).get("content"):
-                            request.tokens.append(0)
-                            request.sink(Event("text", choice["delta"]["content"]))
-                        finish = choice.get("finish_reason") or finish
+            for attempt in range(BUSY_RETRIES + 1):
+                with self.client.stream("POST", f"{self.url}/chat/completions", json=body) as response:
+                    if response.status_code in (429, 503) and attempt < BUSY_RETRIES and not request.cancelled:
+                        time.sleep(min(float(response.headers.get("retry-after", "1") or 1), 10))
+                        continue  # the server is busy: ask again as it says
+                    if response.status_code != 200:
+                        response.read()
+                        request.sink(Event("error", text=f"{self.url} answered {response.status_code}: "
+                                                         f"{_message(response.text)}"))
+                        return
+                    for line in response.iter_lines():
+                        if request.cancelled:
+                            break
+                        if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                            continue
+                        chunk = json.loads(line[5:])
+                        if "error" in chunk:
+                            request.sink(Event("error", text=f"{self.url}: {_message(line[5:])}"))
+                            return
+                        usage = chunk.get("usage") or usage
+                        for choice in chunk.get("choices", [])[:1]:
+                            if (choice.get("delta") or {}).get("content"):
+                                request.tokens.append(0)
+                                request.sink(Event("text", choice["delta"]["content"]))
+                            finish = choice.get("finish_reason") or finish
+                    break
         except (httpx.HTTPError, ValueError) as err:
             request.sink(Event("error", text=f"{self.url}: {first_line(err)}"))
             return

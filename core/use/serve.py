@@ -19,6 +19,7 @@ import asyncio
 import ipaddress
 import json
 import math
+import os
 import time
 import uuid
 from collections import deque
@@ -154,7 +155,7 @@ class Backend:
         self.config = config
         if config.engine == "openai":
             from core.model.remote import RemoteModel
-            self.remote, self.engine = RemoteModel(config.backend_url), None
+            self.remote, self.engine = RemoteModel(config.backend_url, os.environ.get("OPENAI_API_KEY", "")), None
             self.name = config.served_name or self.remote.name
             return
         from core.model.engine import Engine
@@ -313,11 +314,11 @@ def build_app(config: ServeConfig, backend: Backend, user_for_key=None):
     async def bug(_request, err: Exception):
         return error(ApiError(500, f"internal error ({type(err).__name__})", "server_error"))
 
-    def authorise(request: Request) -> None:
+    async def authorise(request: Request) -> None:
         if user_for_key is None:
             return
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip() or user_for_key(key.strip()) is None:
+        if scheme.lower() != "bearer" or not key.strip() or await asyncio.to_thread(user_for_key, key.strip()) is None:
             raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY; `train.py team` issues "
                                 "keys)", "authentication_error", "invalid_api_key")
 
@@ -327,19 +328,19 @@ def build_app(config: ServeConfig, backend: Backend, user_for_key=None):
 
     @app.get("/metrics")
     async def prometheus(request: Request):
-        authorise(request)
+        await authorise(request)
         return PlainTextResponse(metrics.text(backend.queued, backend.active),
                                  media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models(request: Request):
-        authorise(request)
+        await authorise(request)
         return {"object": "list", "data": [{"id": backend.name, "object": "model", "created": 0,
                                             "owned_by": "roleplay-tuner"}]}
 
     @app.post("/v1/chat/completions")
     async def completions(request: Request):
-        authorise(request)
+        await authorise(request)
         fields = parse_request(await read_body(request, config.max_body_bytes), config, backend.name)
         loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
 
