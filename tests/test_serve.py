@@ -14,7 +14,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import ROOT, cli, write_jsonl
+from conftest import ROOT, assert_error, cli, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.model.generation import Sampling, generate_reply
@@ -63,7 +63,7 @@ def test_the_openai_client_gets_the_replies_chat_would_give(server, tiny):
     model, tokenizer = tiny
     client = openai.OpenAI(base_url=server["url"], api_key=server["key"])
     assert [m.id for m in client.models.list().data] == [server["name"]]
-    assert "/" not in server["name"].split("/", 1)[1] and not os.path.isabs(server["name"])  # a name, not a path
+    assert server["name"] == "shared/tiny-qwen-1k"  # a name, not the model's path
     greedy = client.chat.completions.create(model=server["name"], messages=CHAT, temperature=0, max_tokens=8)
     assert greedy.choices[0].message.content == generate_reply(model, tokenizer, CHAT, GREEDY_8)
     assert greedy.usage.completion_tokens == 8 and greedy.choices[0].finish_reason == "length"
@@ -134,6 +134,7 @@ def test_beyond_the_queue_the_answer_is_429_and_a_client_that_leaves_frees_its_r
         {"status": "ok", "model": None, "queued": 0, "active": 0}
 
 
+@pytest.mark.slow(seconds=15)
 def test_chat_and_evaluate_practise_against_a_second_serve_in_front_and_it_drains_on_sigterm(
         server, tiny, tmp_path, monkeypatch):
     model, tokenizer = tiny
@@ -152,12 +153,12 @@ def test_chat_and_evaluate_practise_against_a_second_serve_in_front_and_it_drain
         assert code == 0, out
         said = out.split("prospect> ")[1].split("\nrep> ")[0]
         assert said.strip() == generate_reply(model, tokenizer, CHAT, GREEDY_8)
-        calls = write_jsonl(tmp_path / "calls.jsonl", [{"messages": [CHAT[0], CHAT[1], {"role": "assistant", "content":
-                            "Make it quick."}, {"role": "user", "content": f"Thanks. Question {i}?"},
-                            {"role": "assistant", "content": "Go on."}]} for i in range(3)])
+        calls = write_jsonl(tmp_path / "calls.jsonl", [{"messages": [
+            CHAT[0], {"role": "user", "content": f"Hi, call {i}."}, {"role": "assistant", "content": "Quick."},
+            {"role": "user", "content": "Thanks."}, {"role": "assistant", "content": "Go on."}]} for i in range(2)])
         for where, source in (("here", ["--model", server["dir"], "--batch_size", "1"]),
-                              ("served", ["--backend_url", url, "--batch_size", "3"])):
-            code, out = cli("evaluate", "--conversations", calls, "--max_new_tokens", "6", "--output",
+                              ("served", ["--backend_url", url, "--batch_size", "2"])):
+            code, out = cli("evaluate", "--conversations", calls, "--max_new_tokens", "4", "--output",
                             tmp_path / f"{where}.jsonl", *source)
             assert code == 0, out
         assert (tmp_path / "here.jsonl").read_text() == (tmp_path / "served.jsonl").read_text()
@@ -174,3 +175,10 @@ def test_chat_and_evaluate_practise_against_a_second_serve_in_front_and_it_drain
                                                     "flight were answered (up to --drain_seconds) before it stopped")
     finally:
         front.kill()
+
+
+def test_beyond_loopback_serve_needs_the_store_and_its_keys(tiny_qwen_1k_dir, tmp_path):
+    assert_error(cli("serve", "--model", tiny_qwen_1k_dir, "--host", "0.0.0.0"),
+                 r"--host 0.0.0.0 listens beyond this machine: pass --store", 2)
+    assert_error(cli("serve", "--model", tiny_qwen_1k_dir, "--host", "0.0.0.0", "--store", tmp_path / "none.db"),
+                 r"store", 2)

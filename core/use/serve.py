@@ -189,7 +189,7 @@ class Backend:
                 raise ApiError(400, str(err).replace("--special_tokens text", "serve --special_tokens text"),
                                code="invalid_messages") from None
 
-        low, high = 0, len(body) - 1  # the fewest turns dropped such that the prompt fits
+        low, high = 0, max(len(body) - 1, 0)  # the fewest turns dropped such that the prompt fits
         if len(prompt := ids(low)) <= self.config.max_length:
             return prompt
         if len(last := ids(high)) > self.config.max_length:
@@ -256,11 +256,14 @@ def parse_request(body: bytes, config: ServeConfig, model_name: str) -> dict:
         raise ApiError(400, "stop must be a string or a list of up to 4 strings")
     if not isinstance(request.get("stream", False), bool):
         raise ApiError(400, "stream must be true or false")
+    options = request.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise ApiError(400, "stream_options must be an object")
     sampling = Sampling(temperature=temperature or 1.0, top_p=top_p, repetition_penalty=config.repetition_penalty,
                         no_repeat_ngram_size=config.no_repeat_ngram_size, max_new_tokens=max_tokens,
                         greedy=temperature == 0)
     return {"messages": chat, "sampling": sampling, "seed": seed, "stop": stop,
-            "stream": request.get("stream", False)}
+            "stream": request.get("stream", False), "usage": options.get("include_usage") is True}
 
 
 def number(request: dict, name: str, default: float, low: float, high: float) -> float:
@@ -377,7 +380,8 @@ def build_app(config: ServeConfig, backend: Backend, user_for_key=None):
             return event
 
         if fields["stream"]:
-            return StreamingResponse(stream(next_event, handle, reply_id, created, backend.name),
+            return StreamingResponse(stream(next_event, handle, reply_id, created, backend.name,
+                                            prompt_tokens if fields["usage"] else None),
                                      media_type="text/event-stream")
         text, event = "", None
         try:
@@ -405,11 +409,14 @@ def build_app(config: ServeConfig, backend: Backend, user_for_key=None):
     return app
 
 
-async def stream(next_event, handle, reply_id: str, created: int, name: str):
-    """Server-sent events in OpenAI's chunk format; a client that goes away cancels the reply (its row is freed)."""
-    def chunk(delta: dict, finish: str | None = None) -> str:
+async def stream(next_event, handle, reply_id: str, created: int, name: str, usage_prompt: int | None):
+    """Server-sent events in OpenAI's chunk format; a client that goes away cancels the reply (its row is freed).
+    `usage_prompt` (stream_options.include_usage): a last chunk with the usage and no choices."""
+    def chunk(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
         body = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        if usage is not None:
+            body["usage"] = usage
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     try:
@@ -420,6 +427,10 @@ async def stream(next_event, handle, reply_id: str, created: int, name: str):
             yield f"data: {json.dumps({'error': {'message': event.text, 'type': 'server_error'}})}\n\n"
         else:
             yield chunk({}, event.finish_reason)
+            if usage_prompt is not None:
+                prompt = event.prompt_tokens or usage_prompt
+                yield chunk(None, usage={"prompt_tokens": prompt, "completion_tokens": event.completion_tokens,
+                                         "total_tokens": prompt + event.completion_tokens})
         yield "data: [DONE]\n\n"
     finally:
         handle.cancel()
