@@ -10,6 +10,7 @@ aggregate tokens/s at 8 reps over a lone rep's.
     python bench/load_test.py --model smollm2                    # starts `serve` itself on a free port
     python bench/load_test.py --url http://127.0.0.1:8000/v1     # a server already running (loopback only)
     python bench/load_test.py --model smollm2 --target web       # the Gradio web app (`train.py web`), before
+    python bench/load_test.py --model smollm2 --threads 1        # one torch thread: steadier on a shared machine
 
 It talks only to 127.0.0.1, sends at most levels x reps x --requests requests, and stops by itself after
 --max_seconds whatever is left (the unfinished level is reported as such).
@@ -47,8 +48,8 @@ def start(args, port: int) -> subprocess.Popen:
     verb = ["serve", "--max_batch", "8"] if args.target == "serve" else ["web"]
     command = [sys.executable, str(ROOT / "train.py"), *verb, "--model", args.model, "--port", str(port),
                "--max_new_tokens", str(args.max_tokens)] + (["--cache_dir", args.cache_dir] if args.cache_dir else [])
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} | ({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     health = f"http://127.0.0.1:{port}/" + ("health" if args.target == "serve" else "")
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -141,6 +142,8 @@ def main() -> None:
     parser.add_argument("--max_tokens", type=int, default=48, help="tokens per reply (web: --max_new_tokens)")
     parser.add_argument("--max_seconds", type=float, default=1800, help="stop after this long, whatever is left")
     parser.add_argument("--cache_dir", default="", help="passed to the server it starts (where smollm2 is converted)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of the server it starts (0: torch's "
+                        "default); 1 is steadier on a machine shared with others")
     parser.add_argument("--json", default="", help="also write the results to this file")
     args = parser.parse_args()
     process = None

@@ -70,3 +70,17 @@ def test_queue_is_bounded_a_cancelled_request_frees_its_row_and_stop_strings_cut
         assert engine.reply(prompt, greedy, stop=[stop]) == whole[:whole.index(stop)].strip()
     finally:
         engine.close()
+
+
+def test_a_batched_practice_backend_streams_the_replies_of_the_unbatched_one(tiny_qwen_1k_dir, tiny):
+    """What a practice session with many callers (the web app) opens: the same replies through the engine."""
+    from core.config import LoadOptions
+    from core.use import backend
+    model, tokenizer = tiny
+    batched = backend.open_backend(str(tiny_qwen_1k_dir), "", LoadOptions(device="cpu"), batched=True)
+    try:
+        sampling = Sampling(max_new_tokens=6)
+        streamed = "".join(backend.stream(batched, HISTORIES[1], sampling, seed=5))
+        assert streamed.strip() == generate_reply(model, tokenizer, HISTORIES[1], sampling, seed=5)
+    finally:
+        batched.engine.close()
