@@ -5,7 +5,8 @@ A request joins the running batch at the next decoding step and leaves when it f
 does not hold back short ones. Each request keeps its own rows of the KV cache, its own sampling settings,
 seed and stop strings. It is decoded exactly as `core.model.generation` decodes a lone reply: its prompt is
 prefilled alone (the forward pass `generate` makes), and each step's scores pass through the same
-processors (`row_processors`) and the same pick (`pick_token`), the sampled ones drawn from a
+processors (`processed_scores`, row by row, rows of one sampling setting in one call) and the same
+pick (`pick_tokens`), the sampled ones drawn from a
 `torch.Generator` of its own seeded with its seed, which draws what `generate_reply(seed=...)` draws from
 the seeded global RNG. So a reply is the same, token for token, whatever else is decoded beside it
 (tests/test_engine.py); only the rounding of a batched matrix product differs, which can tip a near tie.
@@ -25,13 +26,13 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from core.model.generation import Sampling, end_of_turn_ids, pick_token, row_processors
+from core.model.generation import Sampling, end_of_turn_ids, pick_tokens, processed_scores
 
 
 class QueueFull(Exception):
@@ -182,7 +183,7 @@ class Engine:
             raise ValueError("the built-in engine batches full-attention caches only; serve this model with "
                              "--engine openai")
         row = _Row(request, self)
-        row.add(self, out.logits[:, -1].to(dtype=torch.float32))
+        self._pick([row], out.logits[:, -1].to(dtype=torch.float32))
         if row.done:
             return
         self._merge(cache, torch.ones_like(ids))
@@ -227,10 +228,21 @@ class Engine:
         out = self.model(input_ids=last, attention_mask=mask, position_ids=positions, cache_position=columns,
                          past_key_values=self._cache, use_cache=True)
         self._mask = mask
-        scores = out.logits[:, -1].to(dtype=torch.float32)
-        for i, row in enumerate(self._rows):
-            row.add(self, scores[i:i + 1])
+        self._pick(self._rows, out.logits[:, -1].to(dtype=torch.float32))
         self._leave()
+
+    def _pick(self, rows: list[_Row], scores: torch.Tensor) -> None:
+        """Each row's next token from its raw scores, rows of the same sampling settings processed together."""
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(astuple(row.request.sampling), []).append(i)
+        for members in groups.values():
+            group = [rows[i] for i in members]
+            sampling = group[0].request.sampling
+            processed = processed_scores(scores[members], [r.request.prompt + r.request.tokens for r in group],
+                                         [len(r.request.prompt) for r in group], sampling)
+            for row, token in zip(group, pick_tokens(processed, sampling.greedy, [r.generator for r in group])):
+                row.add(self, token)
 
 
 def events_of(submit: Callable[[Callable[[Event], None]], Request]) -> Iterator[Event]:
@@ -255,7 +267,6 @@ class _Row:
 
     def __init__(self, request: Request, engine: Engine):
         self.request, self.done = request, False
-        self.processors = row_processors(request.sampling, len(request.prompt))
         self.generator = None
         if not request.sampling.greedy:
             self.generator = torch.Generator(device=engine.model.device)
@@ -264,11 +275,9 @@ class _Row:
             else:
                 self.generator.seed()
 
-    def add(self, engine: Engine, scores: torch.Tensor) -> None:
-        """Pick the next token from this row's raw scores, send the text it completes, and finish when due."""
+    def add(self, engine: Engine, token: int) -> None:
+        """Take the next token, send the text it completes, and finish when due."""
         request = self.request
-        ids = torch.tensor([request.prompt + request.tokens], dtype=torch.long, device=scores.device)
-        token = pick_token(self.processors(ids, scores), request.sampling.greedy, self.generator)
         if token in engine.stop_ids:
             self._send(self._text(engine), final=True)
             self.finish(engine, "stop")

@@ -89,29 +89,35 @@ class GreedyRows(LogitsProcessor):
         return scores
 
 
-def row_processors(sampling: Sampling, prompt_length: int) -> LogitsProcessorList:
-    """What `model.generate` applies to one row's scores under `sampling.generate_kwargs`, in its order: the
-    repetition penalty, then NoRepeatInReply, then (sampling) temperature and top-p. The engine
-    (core/model/engine.py) decodes each row with these, so its tokens are generate's."""
-    processors = LogitsProcessorList()
+def processed_scores(scores: torch.Tensor, histories: list[list[int]], prompt_lengths: list[int],
+                     sampling: Sampling) -> torch.Tensor:
+    """What `model.generate` does to each row's scores under `sampling.generate_kwargs`, in its order, for rows
+    that share `sampling` (each with its own token history and prompt length): the repetition penalty, then
+    NoRepeatInReply, then (sampling) temperature and top-p. Every step is row by row, so a row's scores are
+    those it would have alone; the engine (core/model/engine.py) decodes with this, so its tokens are generate's."""
     if sampling.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
+        width = max(map(len, histories))  # rows padded with their own first token: a repeat changes nothing
+        ids = torch.tensor([h[:1] * (width - len(h)) + h for h in histories], device=scores.device)
+        scores = RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty)(ids, scores)
     if sampling.no_repeat_ngram_size:
-        processors.append(NoRepeatInReply(sampling.no_repeat_ngram_size, prompt_length))
+        for row, (history, prompt_length) in enumerate(zip(histories, prompt_lengths)):
+            NoRepeatInReply(sampling.no_repeat_ngram_size, prompt_length)(torch.tensor([history]), scores[row:row + 1])
     if not sampling.greedy:
         if sampling.temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(sampling.temperature))
+            scores = TemperatureLogitsWarper(sampling.temperature)(None, scores)
         if sampling.top_p < 1.0:
-            processors.append(TopPLogitsWarper(sampling.top_p))
-    return processors
+            scores = TopPLogitsWarper(sampling.top_p)(None, scores)
+    return scores
 
 
-def pick_token(scores: torch.Tensor, greedy: bool, generator: torch.Generator | None) -> int:
-    """The next token from one row's processed scores, as generate picks it: argmax, or one multinomial draw
-    (from `generator`: a row's own seeded generator draws what the global RNG seeded alike would)."""
+def pick_tokens(scores: torch.Tensor, greedy: bool, generators: list[torch.Generator | None]) -> list[int]:
+    """Each row's next token from its processed scores, as generate picks it: argmax, or one multinomial draw
+    from the row's own generator (seeded, it draws what the global RNG seeded alike would)."""
     if greedy:
-        return int(torch.argmax(scores, dim=-1)[0])
-    return int(torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1, generator=generator)[0, 0])
+        return torch.argmax(scores, dim=-1).tolist()
+    probs = torch.softmax(scores, dim=-1)
+    return [int(torch.multinomial(probs[row:row + 1], num_samples=1, generator=generator)[0, 0])
+            for row, generator in enumerate(generators)]
 
 
 def end_of_turn_ids(model, tokenizer) -> set[int]:
