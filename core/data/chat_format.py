@@ -206,6 +206,13 @@ class ChatEncoder:
         raise TemplateError(f"{where}: the chat template does not close assistant turns with a special "
                             "token, so the model could not learn to stop; use a chat model's template")
 
+    def prompt_ids(self, conversation: Conversation) -> list[int]:
+        """What the model sees before its next reply (the served API's prompt): the messages held to the rules of
+        training (over-long ones cut, special-token text refused or made plain) and rendered with the generation
+        prompt."""
+        self._prepare(conversation)
+        return self._tokenize([self._render(conversation.messages, True, conversation.where)])[0]
+
     def encode(self, conversation: Conversation) -> Encoded:
         return self.encode_many([conversation])[0]
 

@@ -17,7 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TextIteratorStreamer
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TextIteratorStreamer,
+    TopPLogitsWarper,
+)
 
 
 @dataclass
@@ -80,6 +87,50 @@ class GreedyRows(LogitsProcessor):
         kept = rows.gather(-1, best)
         rows.fill_(-float("inf")).scatter_(-1, best, kept)
         return scores
+
+
+def processed_scores(scores: torch.Tensor, histories: list[list[int]], prompt_lengths: list[int],
+                     sampling: Sampling) -> torch.Tensor:
+    """What `model.generate` does to each row's scores under `sampling.generate_kwargs`, in its order, for rows
+    that share `sampling` (each with its own token history and prompt length): the repetition penalty, then
+    NoRepeatInReply, then (sampling) temperature and top-p. Every step is row by row, so a row's scores are
+    those it would have alone; the engine (core/model/engine.py) decodes with this, so its tokens are generate's."""
+    if sampling.repetition_penalty != 1.0:
+        width = max(map(len, histories))  # rows padded with their own first token: a repeat changes nothing
+        ids = torch.tensor([h[:1] * (width - len(h)) + h for h in histories], device=scores.device)
+        scores = RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty)(ids, scores)
+    if sampling.no_repeat_ngram_size:
+        for row, (history, prompt_length) in enumerate(zip(histories, prompt_lengths)):
+            NoRepeatInReply(sampling.no_repeat_ngram_size, prompt_length)(torch.tensor([history]), scores[row:row + 1])
+    if not sampling.greedy:
+        if sampling.temperature != 1.0:
+            scores = TemperatureLogitsWarper(sampling.temperature)(None, scores)
+        if sampling.top_p < 1.0:
+            scores = TopPLogitsWarper(sampling.top_p)(None, scores)
+    return scores
+
+
+def pick_tokens(scores: torch.Tensor, greedy: bool, generators: list[torch.Generator | None]) -> list[int]:
+    """Each row's next token from its processed scores, as generate picks it: argmax, or one multinomial draw
+    from the row's own generator (seeded, it draws what the global RNG seeded alike would)."""
+    if greedy:
+        return torch.argmax(scores, dim=-1).tolist()
+    probs = torch.softmax(scores, dim=-1)
+    return [int(torch.multinomial(probs[row:row + 1], num_samples=1, generator=generator)[0, 0])
+            for row, generator in enumerate(generators)]
+
+
+def end_of_turn_ids(model, tokenizer) -> set[int]:
+    """The tokens generate stops at: the model's generation config's end-of-sequence ids (else the tokenizer's)."""
+    eos = model.generation_config.eos_token_id
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return set(eos) if isinstance(eos, list) else {eos}
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The conversation rendered by the chat template with the generation prompt, as token ids."""
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                              return_dict=True)["input_ids"])
 
 
 def _inputs(model, tokenizer, messages: list[dict]) -> dict:

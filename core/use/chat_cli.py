@@ -20,18 +20,21 @@ from pathlib import Path
 
 from core.config import option
 from core.errors import ConfigError
-from core.model.generation import stream_reply
 from core.outputs import Input, check_output, local_inputs
-from core.use import feedback
-from core.use.chat import ChatOptions, Scenario, as_record, load_for_chat, load_scenarios
+from core.use import backend, feedback
+from core.use.chat import ChatOptions, Scenario, as_record, load_scenarios
 from core.utils import stage
 
 
 @dataclass
 class ChatConfig(ChatOptions):
     seed: int = option(-1, "seed for sampling (-1: a different conversation every time)")
+    backend_url: str = option("", "an OpenAI-compatible server to practise against instead of --model: "
+                                  "its base URL, such as http://127.0.0.1:8000/v1 (serve, vLLM, llama-server, Ollama)")
 
     def validate(self) -> None:
+        if self.backend_url and not self.model:
+            self.model = self.backend_url  # what the banner and the judgements name
         super().validate()
         if not -1 <= self.seed < 2**62:
             raise ConfigError(f"--seed must be -1 (a random conversation) or from 0 to below 2**62, got {self.seed}")
@@ -133,19 +136,19 @@ class Session:
 def chat(config: ChatConfig) -> int:
     scenarios = load_scenarios(config.scenarios) if config.scenarios else []
     system = config.system_prompt or (scenarios[0].system if scenarios else "")
-    model, tokenizer = load_for_chat(config.model, config)
+    replier = backend.open_backend(config.model, config.backend_url, config)
     inputs = local_inputs("--model", config.model) + local_inputs("--scenarios", config.scenarios)
     feedback_path = Path(config.feedback_file) if config.feedback_file else feedback.default_feedback_file(config.model)
     session, sampling = Session(scenarios, system, inputs, config.model, feedback_path), config.sampling()
-    print(f"Practice call with {config.model}. You are the rep; /help lists the commands, /quit ends; "
+    print(f"Practice call with {replier.name}. You are the rep; /help lists the commands, /quit ends; "
           f"/good, /bad and /better judge a reply (into {feedback_path}).")
     if system:
         print(f"Persona: {system}")
     with stage("chatting", "nothing was saved (/save FILE appends a conversation)"):
-        return converse(config, session, model, tokenizer, sampling)
+        return converse(config, session, replier, sampling)
 
 
-def converse(config: ChatConfig, session: Session, model, tokenizer, sampling) -> int:
+def converse(config: ChatConfig, session: Session, replier: backend.Backend, sampling) -> int:
     while True:
         try:
             line = input("rep> ").strip()
@@ -160,12 +163,10 @@ def converse(config: ChatConfig, session: Session, model, tokenizer, sampling) -
         if not line:
             continue
         session.turns.append({"role": "user", "content": line})
-        if config.seed >= 0:
-            import torch
-            torch.manual_seed(config.seed + len(session.turns))
+        seed = config.seed + len(session.turns) if config.seed >= 0 else None
         print("prospect> ", end="", flush=True)
         reply = ""
-        for piece in stream_reply(model, tokenizer, session.messages(), sampling):
+        for piece in backend.stream(replier, session.messages(), sampling, seed):
             reply += piece
             sys.stdout.write(piece)
             sys.stdout.flush()

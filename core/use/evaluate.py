@@ -39,6 +39,7 @@ from core.model.load import default_cache_dir
 from core.model.patches.selective_head import token_losses
 from core.model.prepare import prepare_model
 from core.outputs import check_cache_dir, check_output, local_inputs
+from core.use import backend
 from core.use.chat import load_for_chat
 from core.utils import atomic_file, autocast, pick_precision, stage
 
@@ -50,12 +51,18 @@ class EvaluateConfig(LoadOptions, FormatOptions):
     model: str = option("", "the model to evaluate: a checkpoint directory, hub id, .gguf file or 'smollm2'; required")
     data_path: str = option("", "the records to evaluate on: a .jsonl or .json file (optionally .gz), a directory of them or a glob; required unless --conversations")
     conversations: str = option("", "self-play instead: a file of multi-turn conversations whose user turns the bot answers in its own running context; metrics per turn number")
+    backend_url: str = option("", "with --conversations: the bot's replies from this OpenAI-compatible server (serve, vLLM, llama-server, Ollama; its base URL, such as http://127.0.0.1:8000/v1) instead of loading --model")
     output: str = option("evaluation.jsonl", "where each record's reply, loss, perplexity and metrics go (JSONL); the means go to the same name with .summary.json")
     replies: bool = option(True, "generate each record's reply (greedy) and its roleplay metrics; off: losses only, much faster")
     max_new_tokens: int = option(64, "longest generated reply in tokens", at_least=1)
     batch_size: int = option(8, "sequences per loss batch (packed into one row) and replies generated at once", at_least=1)
 
     def validate(self) -> None:
+        if self.backend_url and not self.conversations:
+            raise ConfigError("--backend_url works with --conversations (self-play); the losses of --data_path need "
+                              "the model loaded here: pass --model instead")
+        if self.backend_url and not self.model:
+            self.model = self.backend_url  # what the summary names
         if not self.model or not (self.data_path or self.conversations):
             raise ConfigError("--model and --data_path (or --conversations) are required")
         check_options(self)
@@ -156,9 +163,9 @@ def evaluate(config: EvaluateConfig) -> int:
 
 
 def write_evaluation(config: EvaluateConfig) -> int:
-    model, tokenizer = load_for_chat(config.model, config)
     if config.conversations:
-        return self_play(config, model, tokenizer)
+        return self_play(config, backend.open_backend(config.model, config.backend_url, config))
+    model, tokenizer = load_for_chat(config.model, config)
     options = option_group(FormatOptions, config)
     data = tokenize_file(config.data_path, tokenizer, options, config.max_length, default_cache_dir(config.cache_dir))
     records = data.prompts(range(len(data.hashes)))
@@ -199,7 +206,7 @@ def judge_line(judge) -> str:
     return f"Role judge ({ROLE_JUDGE_METHOD}): accuracy {accuracy}"
 
 
-def self_play(config: EvaluateConfig, model, tokenizer) -> int:
+def self_play(config: EvaluateConfig, replier: backend.Backend) -> int:
     """Answer every user turn of each conversation in the bot's own running context; metrics per turn number."""
     conversations = [c.as_chat() for c in load_conversations(config.conversations, option_group(FormatOptions, config))]
     records = []
@@ -218,8 +225,8 @@ def self_play(config: EvaluateConfig, model, tokenizer) -> int:
                 running[c].append(user_turns[c][number][1])
             for start in range(0, len(active), config.batch_size):
                 chunk = active[start:start + config.batch_size]
-                for c, reply in zip(chunk, generate_replies(model, tokenizer, [running[c] for c in chunk], sampling,
-                                                            batch_size=config.batch_size)):
+                for c, reply in zip(chunk, backend.replies(replier, [running[c] for c in chunk], sampling,
+                                                           config.batch_size)):
                     at = user_turns[c][number][0]
                     reference = next((m["content"] for m in conversations[c][at + 1:at + 2]
                                       if m["role"] == "assistant"), "")
