@@ -25,9 +25,9 @@ from pathlib import Path
 
 import yaml
 
+from core.config import FormatOptions
 from core.data.files import iter_raw_records
 from core.data.preference import LABEL, PAIR, SFT, parse_judged
-from core.dataset import DataOptions
 from core.errors import ConfigError, first_line
 from core.outputs import Input, check_output
 from core.store import StoreError, User, open_store
@@ -213,7 +213,7 @@ def feedback_items(path: str) -> tuple[list[dict], int]:
     """Each judgement of a feedback file (core/use/feedback.py's formats), validated as training validates it."""
     items, sft = [], 0
     for where, raw in iter_raw_records(path):
-        judged = parse_judged(where, raw, DataOptions())
+        judged = parse_judged(where, raw, FormatOptions())
         if judged.kind == SFT:
             sft += 1
             continue
