@@ -1,0 +1,52 @@
+"""Training's faults of round three (issue 31): each ends in one `error:` line, a non-zero exit and an intact
+disk, found before the expensive work; run through the command line's entry point (`core.cli.main`).
+"""
+
+import hashlib
+
+import pytest
+from conftest import assert_error, cli, sample_data
+
+
+@pytest.fixture
+def args(tmp_path, tiny_qwen_1k_dir, cache_dir):
+    """Command-line arguments of a short run of the tiny model (data written to tmp_path/data.jsonl)."""
+    sample_data(tmp_path, 12)
+    return ["--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_1k_dir, "--cache_dir", cache_dir,
+            "--output_dir", tmp_path / "out", "--batch_size", "2", "--log_steps", "1", "--save_steps", "0",
+            "--eval_split", "0.25", "--lr", "1e-3", "--sample_prompts", "0"]
+
+
+def replace_arg(args, flag, value):
+    i = args.index(flag)
+    return [*args[:i + 1], value, *args[i + 2:]]
+
+
+def snapshot(root) -> dict[str, str]:
+    """Every path under `root` (links as their targets, unfollowed) with its file's sha256: to compare."""
+    return {str(p.relative_to(root)): (f"-> {p.readlink()}" if p.is_symlink() else
+                                       hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the model's weights are loaded: the refusal must come before."""
+    from core.train import run_setup
+    monkeypatch.setattr(run_setup, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("model loaded"))
+
+
+# Defect 4: "This is a bug" for a user's fault --------------------------------------------------------
+
+@pytest.mark.parametrize("where, pattern", [
+    ("loop", r"--output_dir .*loop: .*loop is a loop of symbolic links; fix it or choose another path"),
+    ("loop/run", r"--output_dir .*loop/run: .*loop is a loop of symbolic links"),
+    ("broken/d/run", r"--output_dir .*: .*broken is a broken symbolic link; fix it or choose another path")])
+def test_4_an_output_dir_through_a_symlink_loop_or_a_broken_link_is_one_line_before_the_model_loads(
+        args, tmp_path, no_model_load, where, pattern):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
+    (tmp_path / "broken").symlink_to(tmp_path / "nowhere")
+    before = snapshot(tmp_path)
+    assert_error(cli(*replace_arg(args, "--output_dir", tmp_path / where)), pattern, 2)
+    assert snapshot(tmp_path) == before
