@@ -3,8 +3,10 @@ disk, found before the expensive work; run through the command line's entry poin
 """
 
 import hashlib
+import shutil
 
 import pytest
+import torch
 from conftest import assert_error, cli, sample_data
 
 
@@ -49,4 +51,40 @@ def test_4_an_output_dir_through_a_symlink_loop_or_a_broken_link_is_one_line_bef
     (tmp_path / "broken").symlink_to(tmp_path / "nowhere")
     before = snapshot(tmp_path)
     assert_error(cli(*replace_arg(args, "--output_dir", tmp_path / where)), pattern, 2)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.fixture
+def unsafe_model(tmp_path, tiny_qwen_1k_dir):
+    """The tiny model with its weights as a pickle that also carries an object whose loading writes a file."""
+    from safetensors.torch import load_file
+    model = tmp_path / "unsafe"
+    shutil.copytree(tiny_qwen_1k_dir, model)
+    weights = load_file(model / "model.safetensors")
+    (model / "model.safetensors").unlink()
+    weights["payload"] = Payload(str(tmp_path / "ran"))
+    torch.save(weights, model / "pytorch_model.bin")
+    return model
+
+
+class Payload:
+    """Loading it (unpickling) would create the file `path`."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.parametrize("command", ["train", "export"])
+def test_4_a_model_of_unsafe_pickled_weights_is_refused_in_one_line_and_never_run(args, tmp_path, unsafe_model,
+                                                                                   command):
+    before = snapshot(tmp_path)
+    arguments = replace_arg(args, "--model_name", unsafe_model) if command == "train" else \
+        ["export", "--model", unsafe_model, "--output_dir", tmp_path / "out"]
+    assert_error(cli(*arguments), r"^error: model .*unsafe: .*pytorch_model.bin holds Python objects besides "
+                                  r"tensors \(Unsupported global: GLOBAL [\w.]*open\b.*\), which could run code "
+                                  r".* refused; .*save it as safetensors", 2)
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()
     assert snapshot(tmp_path) == before
