@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import assert_error, cli, sample_data
+from conftest import assert_error, cli, sample_data, write_jsonl
 
 
 @pytest.fixture
@@ -87,4 +87,28 @@ def test_4_a_model_of_unsafe_pickled_weights_is_refused_in_one_line_and_never_ru
                                   r"tensors \(Unsupported global: GLOBAL [\w.]*open\b.*\), which could run code "
                                   r".* refused; .*save it as safetensors", 2)
     assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()
+    assert snapshot(tmp_path) == before
+
+
+# Unclear: preference records where conversations are read, and evaluate's self-play -------------------
+
+PAIRS = [{"messages": [{"role": "user", "content": f"Hi, this is Sam from Acme, call {i}."}],
+          "chosen": f"I'm busy. What is it about? ({i})", "rejected": f"Sure, tell me everything! ({i})"}
+         for i in range(4)]
+TRL_LABELLED = [{"prompt": [{"role": "user", "content": "Got a minute?"}],
+                 "completion": [{"role": "assistant", "content": "No."}], "label": True}]
+
+
+@pytest.mark.parametrize("records, key", [(PAIRS, "chosen"), (TRL_LABELLED, "completion")], ids=["pair", "trl"])
+@pytest.mark.parametrize("command", ["train", "inspect", "evaluate"])
+def test_unclear_a_preference_file_read_as_conversations_names_objective(args, tmp_path, no_model_load, records,
+                                                                          key, command):
+    write_jsonl(tmp_path / "data.jsonl", records)
+    arguments = {"train": args, "inspect": ["inspect", *args[:6]],
+                 "evaluate": ["evaluate", "--model", args[3], "--conversations", tmp_path / "data.jsonl",
+                              "--output", tmp_path / "out.jsonl", "--cache_dir", args[5]]}[command]
+    before = snapshot(tmp_path)
+    line = assert_error(cli(*arguments), rf"data.jsonl line 1: '{key}' makes this a preference record .*pass "
+                                         r"--objective dpo \(pairs\) or --objective kto", 2)
+    assert "--allow_extra_keys" not in line
     assert snapshot(tmp_path) == before
