@@ -112,3 +112,20 @@ def test_unclear_a_preference_file_read_as_conversations_names_objective(args, t
                                          r"--objective dpo \(pairs\) or --objective kto", 2)
     assert "--allow_extra_keys" not in line
     assert snapshot(tmp_path) == before
+
+
+def test_unclear_evaluate_conversations_with_nothing_to_play_or_beside_data_path_is_refused(args, tmp_path,
+                                                                                           monkeypatch):
+    from core.use import evaluate
+    monkeypatch.setattr(evaluate, "load_for_chat", lambda *a, **k: pytest.fail("model loaded"))
+    bot_only = write_jsonl(tmp_path / "bot_only.jsonl", [{"messages": [
+        {"role": "system", "content": "You are Dana."}, {"role": "assistant", "content": "Hello? Who is this?"}]}])
+    evaluate_args = ["evaluate", "--model", args[3], "--cache_dir", args[5]]
+    before = snapshot(tmp_path)
+    assert_error(cli(*evaluate_args, "--conversations", bot_only, "--output", tmp_path / "e.jsonl"),
+                 r"--conversations .*bot_only.jsonl: none of its 1 conversations has a user turn .*nothing to play", 2)
+    assert_error(cli(*evaluate_args, "--conversations", args[1], "--data_path", args[1], "--output",
+                     tmp_path / "e.jsonl"), r"--data_path .* and --conversations .* pass one of them", 2)
+    assert_error(cli(*evaluate_args, "--conversations", args[1], "--output", args[1]),
+                 r"--output .*data.jsonl is also the input --conversations; .*choose another --output", 2)
+    assert snapshot(tmp_path) == before
