@@ -129,3 +129,21 @@ def test_unclear_evaluate_conversations_with_nothing_to_play_or_beside_data_path
     assert_error(cli(*evaluate_args, "--conversations", args[1], "--output", args[1]),
                  r"--output .*data.jsonl is also the input --conversations; .*choose another --output", 2)
     assert snapshot(tmp_path) == before
+
+
+def test_unclear_pairs_made_identical_by_max_length_are_counted_and_refused_when_nothing_else_is_left(args,
+                                                                                                        tmp_path):
+    common = "Well, I am rather busy right now, but go on, what is it about exactly? " * 3
+    pairs = [{"messages": [{"role": "system", "content": "You are Dana."}, {"role": "user", "content": f"Hi {i}"}],
+              "chosen": common + "No.", "rejected": common + "Yes."} for i in range(4)]
+    write_jsonl(tmp_path / "data.jsonl", pairs)
+    dpo = [*args, "--objective", "dpo", "--max_length", "64"]
+    code, output = cli("inspect", *dpo[:6], *dpo[-4:], "--examples", "0")
+    assert code == 0 and "WARNING: 4 of 4 pairs have the same chosen and rejected sequence once cut to " \
+                         "--max_length 64" in output, output
+    assert_error(cli(*dpo), r"data.jsonl: all 4 pairs are the same sequence for chosen and rejected once cut to "
+                            r"--max_length 64 .*--objective dpo would learn nothing; raise --max_length", 2)
+    assert not (tmp_path / "out").exists()
+    write_jsonl(tmp_path / "data.jsonl", pairs[:3] + [{**pairs[3], "rejected": "Yes."}])  # one pair stays apart
+    code, output = cli("inspect", *dpo[:6], *dpo[-4:], "--examples", "0")
+    assert code == 0 and "WARNING: 3 of 4 pairs have the same chosen" in output, output

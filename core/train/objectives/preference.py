@@ -15,7 +15,7 @@ import torch
 
 from core.data.batching import collate, pack
 from core.data.files import iter_raw_records
-from core.data.preference import SFT, count_usable, parse_judged, tokenize_preferences
+from core.data.preference import SFT, count_usable, parse_judged, refuse_pairs_cut_alike, tokenize_preferences
 from core.data.tokenized import split_records
 from core.dataset import data_options
 from core.model.load import default_cache_dir
@@ -72,6 +72,9 @@ class PreferenceObjective(Objective):
     def load_data(self, config, tokenizer, data_hash: str, progress: bool = True):
         return tokenize_preferences(config.data_path, tokenizer, data_options(config), config.max_length,
                                     default_cache_dir(config.cache_dir), data_hash=data_hash)
+
+    def check_loaded(self, config, data) -> None:
+        refuse_pairs_cut_alike(data, self.name, config.max_length, config.data_path)
 
     def validation_prompts(self, config, data) -> SamplePrompts:
         """The first held-out judged records, each as its context and its good reply (or, labelled bad, none)."""
