@@ -147,3 +147,13 @@ def test_unclear_pairs_made_identical_by_max_length_are_counted_and_refused_when
     write_jsonl(tmp_path / "data.jsonl", pairs[:3] + [{**pairs[3], "rejected": "Yes."}])  # one pair stays apart
     code, output = cli("inspect", *dpo[:6], *dpo[-4:], "--examples", "0")
     assert code == 0 and "WARNING: 3 of 4 pairs have the same chosen" in output, output
+
+
+@pytest.mark.parametrize("beta", ["1e300", "11", "0", "-0.1", "nan", "inf"])
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_unclear_beta_outside_its_range_is_refused_with_the_range_before_anything_loads(args, tmp_path, beta,
+                                                                                      objective):
+    write_jsonl(tmp_path / "data.jsonl", PAIRS)
+    assert_error(cli(*args, "--objective", objective, "--beta", beta),
+                 r"--beta (must be in \(0, 10\] \(typical: 0.01 to 0.5.*got|must be a finite number)", 2)
+    assert not (tmp_path / "out").exists()
