@@ -3,6 +3,7 @@ disk, found before the expensive work; run through the command line's entry poin
 """
 
 import hashlib
+import re
 import shutil
 
 import pytest
@@ -157,3 +158,12 @@ def test_unclear_beta_outside_its_range_is_refused_with_the_range_before_anythin
     assert_error(cli(*args, "--objective", objective, "--beta", beta),
                  r"--beta (must be in \(0, 10\] \(typical: 0.01 to 0.5.*got|must be a finite number)", 2)
     assert not (tmp_path / "out").exists()
+
+
+def test_unclear_the_dpo_reference_pass_says_what_it_computes_and_shows_progress(args, tmp_path):
+    write_jsonl(tmp_path / "data.jsonl", PAIRS)
+    code, output = cli(*args, "--objective", "dpo", "--eval_split", "0", "--max_steps", "1", "--no-report")
+    assert code == 0, output[-2000:]
+    assert "Reference log-probabilities: each of the 8 replies' log-probability under the model as it is before " \
+           "training" in output
+    assert re.search(r"reference log-probabilities \(the model before training\): 100%.*8/8", output), output

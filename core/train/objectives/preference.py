@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from core.data.batching import collate, pack
 from core.data.files import iter_raw_records
@@ -111,10 +112,12 @@ class PreferenceObjective(Objective):
         model, out = run.prepared.model, np.zeros(len(data), dtype=np.float64)
         per_batch = max(2, run.config.batch_size * 2)
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), tqdm(total=len(data), desc="reference log-probabilities (the model before training)",
+                                   unit=" replies", mininterval=1.0, disable=not run.dist.is_main) as bar:
             for start in range(0, len(data), per_batch):
                 sequences = np.arange(start, min(start + per_batch, len(data)))
                 out[sequences] = summed_log_probs(run, model_input(run, data, sequences)).double().cpu().numpy()
+                bar.update(len(sequences))
         model.train()
         return out
 
