@@ -3,8 +3,11 @@ disk, found before the expensive work; run through the command line's entry poin
 """
 
 import hashlib
+import os
 import re
 import shutil
+import signal
+import time
 
 import pytest
 import torch
@@ -167,3 +170,23 @@ def test_unclear_the_dpo_reference_pass_says_what_it_computes_and_shows_progress
     assert "Reference log-probabilities: each of the 8 replies' log-probability under the model as it is before " \
            "training" in output
     assert re.search(r"reference log-probabilities \(the model before training\): 100%.*8/8", output), output
+
+
+def test_unclear_sigterm_while_a_compile_run_compiles_its_first_step_stops_at_once(args, tmp_path, monkeypatch):
+    """torch.compile on the CPU takes minutes in the first step; a SIGTERM there ends the run within seconds
+    (nothing is done yet to save). The compiler is stood in for by a first step that takes 60 s."""
+    from core.train import step
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: None)
+    first = step.accumulate_gradients
+
+    def compiling(run, *a, **k):
+        if run.state.step == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(60)
+        return first(run, *a, **k)
+    monkeypatch.setattr(step, "accumulate_gradients", compiling)
+    started = time.monotonic()
+    assert_error(cli(*args, "--compile", "--eval_split", "0", "--no-report"),
+                 r"^error: interrupted by SIGTERM while training; no checkpoint was written", 128 + signal.SIGTERM)
+    assert time.monotonic() - started < 50
+    assert not list((tmp_path / "out").glob("checkpoint-*")) and not (tmp_path / "out" / "best_model").exists()
