@@ -177,7 +177,7 @@ class ObjectiveOptions:
     """What training optimises: supervised replies (sft), or preferences between replies (dpo, kto)."""
 
     objective: str = option("sft", "sft: learn the replies in the data; dpo: prefer each pair's chosen reply to its rejected one (Rafailov et al. 2023); kto: make replies labelled good likelier and bad ones less likely (Ethayarajh et al. 2024)", ("sft", "dpo", "kto"), changes_run=True)
-    beta: float = option(0.1, "dpo and kto: how far the tuned model may move from the reference model (higher: closer to it; at most 10)", changes_run=True)
+    beta: float = option(0.1, "dpo and kto: how far the tuned model may move from the reference model (higher: closer to it)", changes_run=True)
     desirable_weight: float = option(1.0, "kto: weight of the loss on replies labelled good", changes_run=True, at_least=0)
     undesirable_weight: float = option(1.0, "kto: weight of the loss on replies labelled bad", changes_run=True, at_least=0)
 
