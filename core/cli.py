@@ -9,6 +9,8 @@ traceback was written.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import re
 import shlex
@@ -171,6 +173,8 @@ def train(argv: list[str]) -> int:
     from core.train.run_setup import setup
     from core.trainer import fit
     config = parse_args(argv, TrainConfig, description=USAGE)
+    if config.compile:
+        skip_final_collection()
     out = Path(config.output_dir)
     try:
         with stage("preparing the run (loading the model and the data)", "no checkpoint was written"):
@@ -196,6 +200,13 @@ def train(argv: list[str]) -> int:
         print(f"Done: {summary['steps']} steps ({summary['stopped']}), best validation loss "
               f"{best if best is not None else 'n/a'}; model in {summary['best_model']}")
     return 0
+
+
+def skip_final_collection() -> None:
+    """Leave out the garbage collector's pass at interpreter exit: after torch.compile on the CPU it ran for 20 s
+    after a stopped run's last line (bench/bench_compile_cpu.py), and the system frees the memory anyway."""
+    atexit.unregister(gc.freeze)  # once, however often `train` runs in this process
+    atexit.register(gc.freeze)
 
 
 def checkpoints_on_disk(out: Path) -> str:

@@ -25,6 +25,7 @@ from core.errors import ConfigError, first_line
 # Adapters start at zero and change the model only through their low-rank product: at a full fine-tune's
 # rate (2e-5) they barely move. 2e-4 is the rate PEFT's and TRL's LoRA recipes use.
 LORA_LR = 2e-4
+MAX_BETA = 10.0  # --beta: DPO and KTO use 0.01 to 0.5; at 10 a margin of a few nats already saturates the loss
 AUTO = "auto"  # --lr auto: the rate is chosen by a short search before training (core/train/lr_search.py)
 
 
@@ -243,8 +244,9 @@ class TrainConfig(ObjectiveOptions, AdapterOptions, HardwareOptions, SampleOptio
             raise ConfigError("--load_in_4bit trains adapters on a frozen 4-bit model: add --lora")
         if self.lora and self.distributed == "fsdp":
             raise ConfigError("--lora is not supported with --distributed fsdp (the adapters are small: use ddp)")
-        if self.beta <= 0:
-            raise ConfigError(f"--beta must be positive, got {self.beta}")
+        if not 0 < self.beta <= MAX_BETA:
+            raise ConfigError(f"--beta must be in (0, {MAX_BETA:g}] (typical: 0.01 to 0.5; higher keeps the model "
+                              f"closer to the reference), got {self.beta:g}")
         if self.objective == "kto" and not (self.desirable_weight or self.undesirable_weight):
             raise ConfigError("--desirable_weight and --undesirable_weight are both 0: KTO would learn nothing")
         if self.early_stopping_patience and not self.eval_split:

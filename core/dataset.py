@@ -23,6 +23,7 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
 # The keys each format defines; anything else is refused unless extra keys are allowed (a typo such as
 # "sytem" or "trian" would otherwise be ignored and silently change what is trained).
 RECORD_KEYS = {"output": ("input", "output", "system"), "messages": ("messages",), "conversations": ("conversations",)}
+PREFERENCE_KEYS = ("chosen", "rejected", "completion", "label")  # core/data/preference.py reads these
 TURN_KEYS = {"messages": ("role", "content", "train"), "conversations": ("from", "value", "train")}
 
 
@@ -63,6 +64,11 @@ def parse_record(where: str, record: object, options: FormatOptions) -> tuple[Co
     if not isinstance(record, dict):
         raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
     formats = [key for key in ("messages", "conversations", "output") if key in record]
+    judged = [key for key in PREFERENCE_KEYS if key in record]
+    if judged and not (options.allow_extra_keys and formats):
+        raise DataError(f"{where}: {judged[0]!r} makes this a preference record (a pair of replies, or a reply "
+                        "labelled good or bad), which only a preference objective trains: pass --objective dpo "
+                        "(pairs) or --objective kto to train on it, or give a file of conversations here")
     if "input" in record and "output" not in record:
         raise DataError(f"{where}: missing 'output' (the bot's reply)")
     if len(formats) > 1:

@@ -9,6 +9,7 @@ the option, the path and what to do. Replacing a previous output stays the comma
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ def check_output(option: str, output: Path, inputs: Iterable[Input], is_previous
         kind = "directory" if target.is_dir() else "file"
         raise ConfigError(f"{option} {output} is an existing {kind} that is not {what}; it is left as it is: "
                           f"choose a new {option} (or an empty directory)")
-    check_writable(option, target)
+    check_writable(option, output)
 
 
 def check_cache_dir(cache_dir: Path, inputs: Iterable[Input]) -> None:
@@ -68,17 +69,26 @@ def check_cache_dir(cache_dir: Path, inputs: Iterable[Input]) -> None:
 def check_writable(option: str, path: Path) -> None:
     """The path (or the nearest directory above it that exists) can be written: under a file, a read-only
     mount or a directory without write permission is refused now, not after the model has loaded."""
-    existing = _absolute(path)
+    given = existing = Path(os.path.abspath(Path(path).expanduser()))  # unresolved: a broken link on the way
     while not existing.exists():
         if existing.is_symlink():
-            raise ConfigError(f"{option} {path}: {existing} is a broken symbolic link; fix it or choose another path")
+            what = "a loop of symbolic links" if _loops(existing) else "a broken symbolic link"
+            raise ConfigError(f"{option} {path}: {existing} is {what}; fix it or choose another path")
         existing = existing.parent
-    if existing != _absolute(path) and not existing.is_dir():
+    if existing != given and not existing.is_dir():
         raise ConfigError(f"{option} {path} cannot be created: {existing} is a file, not a directory")
     directory = existing if existing.is_dir() else existing.parent
     if not os.access(directory, os.W_OK | os.X_OK):
         reason = "is on a read-only file system" if _read_only(directory) else "is not writable by this user"
         raise ConfigError(f"{option} {path} cannot be written: {directory} {reason}; choose another {option}")
+
+
+def _loops(link: Path) -> bool:
+    try:
+        os.stat(link)
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    return False
 
 
 def _read_only(directory: Path) -> bool:

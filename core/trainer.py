@@ -69,11 +69,13 @@ def fit(run: Run, log=tqdm.write) -> dict:
                    trackers=tracked) as run_log:
         if run.lr_search is not None:  # chosen during setup, before the log was open
             run_log.record(run.lr_search)
+        stop.at_once = run.config.compile  # until the first step, which compiles, is done
         while stop_reason is None and state.epoch < config.epochs and not finished_between_epochs(run):
             batches = train_batches(run, state.epoch)
             with Prefetcher(partial(step_batches, run), step_groups(run, batches), run.prepared.device) as ahead:
                 for group, built in ahead:
                     result = train_step(run, group, built)
+                    stop.at_once = False
                     state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + len(group)
                     state.tokens_seen += result.real_tokens
                     run_log.step_done(run.optim.scheduler.get_last_lr()[0], result.real_tokens)

@@ -56,18 +56,17 @@ def data_files(data_path: str | Path) -> list[Path]:
     return files
 
 
-def data_inputs(data_path: str | Path) -> list[Input]:
-    """What `--data_path` reads, for the output checks: a directory as a whole (every file that appears under it
-    is read), a file, or a pattern's files (and, for a recursive `**` pattern, the folder it searches)."""
+def data_inputs(data_path: str | Path, option: str = "--data_path") -> list[Input]:
+    """What `--data_path` (or `option`) reads, for the output checks: a directory as a whole (every file that
+    appears under it is read), a file, or a pattern's files (and, for a recursive `**` pattern, its folder)."""
     if is_store_path(data_path):
         file = store_file(data_path)
-        return [Input("--data_path", file)] if file is not None else []
+        return [Input(option, file)] if file is not None else []
     path = Path(data_path)
     if any(c in str(data_path) for c in "*?[") and not path.exists():
         root = Path(str(data_path).split("**")[0]) if "**" in str(data_path) else None
-        return [Input("--data_path", p) for p in data_files(data_path)] + (
-            [Input("--data_path", root)] if root is not None else [])
-    return [Input("--data_path", path)]
+        return [Input(option, p) for p in data_files(data_path)] + ([Input(option, root)] if root is not None else [])
+    return [Input(option, path)]
 
 
 def _check_file(path: Path) -> None:

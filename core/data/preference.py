@@ -40,7 +40,7 @@ from core.dataset import (
 from core.errors import DataError
 from core.utils import atomic_directory
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: summary counts the pairs the cut made identical
 PAIR, LABEL, SFT = "pair", "label", "sft"
 KEYS = {PAIR: ("messages", "prompt", "chosen", "rejected", "meta"),
         LABEL: ("messages", "prompt", "completion", "label", "meta")}
@@ -146,6 +146,17 @@ def count_usable(data_path: str | Path, objective: str, options: FormatOptions) 
     return counts
 
 
+def refuse_pairs_cut_alike(data: PreferenceData, objective: str, max_length: int, where: str) -> None:
+    """Pairs whose chosen and rejected sequences are the same once --max_length cut them (the replies differ
+    only past it) carry no preference: refused when they are all `objective` has (it would train to nothing)."""
+    p = data.summary["preferences"]
+    others = p["labelled"] if objective == "kto" else 0
+    if p["pairs"] and p["identical_pairs"] == p["pairs"] and not others:
+        raise DataError(f"{where}: all {p['pairs']} pairs are the same sequence for chosen and rejected once cut to "
+                        f"--max_length {max_length} (their replies differ only beyond it), so --objective "
+                        f"{objective} would learn nothing; raise --max_length until their differences fit")
+
+
 def tokenize_preferences(path: str | Path, tokenizer, options: FormatOptions, max_length: int, cache_root: Path,
                          data_hash: str | None = None) -> PreferenceData:
     """Load the cached arrays for this exact input, or build and cache them."""
@@ -171,7 +182,7 @@ def _write(path, tokenizer, options: FormatOptions, max_length: int, tmp: Path) 
     desirable, pairs = array("b"), array("q")
     kinds = {PAIR: 0, LABEL: 0, SFT: 0}
     roles: dict[str, int] = {}
-    stats = {"merged_records": 0, "system_added": 0, "multi_turn": 0}
+    stats = {"merged_records": 0, "system_added": 0, "multi_turn": 0, "identical_pairs": 0}
     with open(tmp / "ids.bin", "wb") as ids_out, open(tmp / "trained.bin", "wb") as trained_out:
         raw_records = iter_raw_records(path)
         while chunk := [parse_judged(where, raw, options) for where, raw in islice(raw_records, CHUNK_RECORDS)]:
@@ -184,6 +195,7 @@ def _write(path, tokenizer, options: FormatOptions, max_length: int, tmp: Path) 
                 hashes.append(int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little"))
                 if judged.kind == PAIR:
                     pairs.append(len(offsets) - 1)
+                written = []
                 for index, (conversation, good) in enumerate(judged.replies):
                     if index == 0:
                         for message in conversation.messages:
@@ -199,6 +211,8 @@ def _write(path, tokenizer, options: FormatOptions, max_length: int, tmp: Path) 
                     offsets.append(offsets[-1] + len(sequence.input_ids))
                     records.append(record)
                     desirable.append(good)
+                    written.append((list(sequence.input_ids), list(sequence.trained)))
+                stats["identical_pairs"] += judged.kind == PAIR and written[0] == written[1]
     for name, values, dtype in (("offsets", offsets, np.int64), ("records", records, np.int64),
                                 ("hashes", hashes, np.uint64), ("desirable", desirable, np.int8),
                                 ("pairs", pairs, np.int64)):
@@ -213,5 +227,6 @@ def _write(path, tokenizer, options: FormatOptions, max_length: int, tmp: Path) 
                "format": fmt, "messages_by_role": roles, "multi_turn_records": stats["multi_turn"],
                "max_length": max_length,
                "preferences": {"pairs": kinds[PAIR], "labelled": kinds[LABEL], "sft_records": kinds[SFT],
-                               "good_replies": good, "bad_replies": len(desirable) - good}}
+                               "good_replies": good, "bad_replies": len(desirable) - good,
+                               "identical_pairs": stats["identical_pairs"]}}
     (tmp / "summary.json").write_text(json.dumps(summary, indent=1))

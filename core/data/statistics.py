@@ -126,8 +126,12 @@ def preference_lines(stats: dict, config: TrainConfig) -> list[str]:
         return []
     unused = (f"; {p['sft_records']} SFT records are not used by --objective {config.objective}"
               if p["sft_records"] else "")
+    identical = p.get("identical_pairs", 0)
     return [f"Judgements: {p['pairs']} pairs (dpo, kto), {p['labelled']} labelled replies (kto); "
-            f"{p['good_replies']} good and {p['bad_replies']} bad replies in all{unused}"]
+            f"{p['good_replies']} good and {p['bad_replies']} bad replies in all{unused}"] + (
+        [f"WARNING: {identical} of {p['pairs']} pairs have the same chosen and rejected sequence once cut to "
+         f"--max_length {config.max_length} (the replies differ only beyond it): they carry no preference. Raise "
+         "--max_length to keep them apart"] if identical else [])
 
 
 def render_sequence(tokenizer, ids, trained, color: bool) -> str:

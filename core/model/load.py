@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import pickle
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -60,6 +62,7 @@ def load_model_and_tokenizer(name: str, cache_dir: str = "", trust_remote_code: 
     which must be a CUDA GPU.
     """
     path, tokenizer = _load_tokenizer(name, cache_dir, trust_remote_code)
+    refuse_unsafe_weights(Path(path), name)
     extra = _four_bit(device) if load_in_4bit else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code,
@@ -68,6 +71,30 @@ def load_model_and_tokenizer(name: str, cache_dir: str = "", trust_remote_code: 
         reason = first_line(err)
         raise ModelLoadError(f"model {name}: cannot load the model ({reason})") from None
     return model, tokenizer
+
+
+def refuse_unsafe_weights(directory: Path, name: str) -> None:
+    """A directory whose weights are pickle files (pytorch_model*.bin, no safetensors) loads only if each holds
+    tensors alone, as transformers' own weights-only load requires: checked here, before the model is built,
+    so that a file carrying other Python objects (code that would run on loading) is one line, not a bug."""
+    if not directory.is_dir() or any(directory.glob("*.safetensors")):
+        return
+    for weights in sorted(directory.glob("pytorch_model*.bin")):
+        try:
+            torch.load(weights, map_location="meta", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as err:
+            raise ModelLoadError(
+                f"model {name}: {weights} holds Python objects besides tensors ({_first_words(err)}), which "
+                "could run code when loaded, so it is refused; if you trust its source, load it yourself and "
+                "save it as safetensors (model.save_pretrained(DIR)), then pass DIR") from None
+        except (OSError, RuntimeError, EOFError) as err:  # damaged or not a torch file
+            raise ModelLoadError(f"model {name}: cannot read {weights} ({first_line(err)})") from None
+
+
+def _first_words(err: BaseException) -> str:
+    """The cause torch names in a refused weights-only load ("Unsupported global: GLOBAL os.system ...")."""
+    found = re.search(r"Unsupported \w+: (GLOBAL )?\S+", str(err))
+    return found.group(0) if found else first_line(err)
 
 
 def _four_bit(device: torch.device | None) -> dict:

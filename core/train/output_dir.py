@@ -59,7 +59,7 @@ _held: dict[Path, tuple[int, bool]] = {}  # output directory -> (its lock file's
 def lock_output_dir(output_dir: Path) -> None:
     """Hold an exclusive lock on `output_dir` until `unlock_output_dir` or the process ends (the kernel releases
     it, even after kill -9). A second run gets one line naming the process that holds it."""
-    key = output_dir.resolve()
+    key = _key(output_dir)
     if key in _held:
         return
     created = not output_dir.exists()
@@ -79,10 +79,16 @@ def lock_output_dir(output_dir: Path) -> None:
 
 def unlock_output_dir(output_dir: Path) -> None:
     """Release the lock; a directory this run created and left with nothing but the lock file is removed."""
-    fd, created = _held.pop(output_dir.resolve(), (None, False))
+    fd, created = _held.pop(_key(output_dir), (None, False))
     if fd is not None:
         _remove_if_unused(output_dir, created)
         os.close(fd)
+
+
+def _key(output_dir: Path) -> Path:
+    """The directory's real path; never raises (a symbolic-link loop, refused by `check_output_dir`, stays as
+    it is, so that releasing after that refusal does not replace its one line by a traceback)."""
+    return Path(os.path.realpath(output_dir))
 
 
 def _remove_if_unused(output_dir: Path, created: bool) -> None:

@@ -213,6 +213,7 @@ def check_target_modules(model, value: str) -> None:
 
 def setup_data(config: TrainConfig, objective: Objective, tokenizer, data_hash: str, log) -> Splits:
     data = objective.load_data(config, tokenizer, data_hash)
+    objective.check_loaded(config, data)
     is_eval = split_records(len(data.hashes), config.eval_split, config.seed)[objective.unit_records(data)]
     train_idx, eval_idx = np.flatnonzero(~is_eval), np.flatnonzero(is_eval)
     if len(train_idx) == 0:

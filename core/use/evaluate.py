@@ -32,7 +32,7 @@ from core.data.conversations import load_conversations
 from core.data.files import data_files, data_inputs
 from core.data.roleplay_metrics import METRIC_NOTES, ROLE_JUDGE_METHOD, reply_metrics, role_judge, summarise
 from core.data.tokenized import tokenize_file
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 from core.labels import perplexity
 from core.model.generation import Sampling, generate_replies
 from core.model.load import default_cache_dir
@@ -65,6 +65,9 @@ class EvaluateConfig(LoadOptions, FormatOptions):
             self.model = self.backend_url  # what the summary names
         if not self.model or not (self.data_path or self.conversations):
             raise ConfigError("--model and --data_path (or --conversations) are required")
+        if self.data_path and self.conversations:
+            raise ConfigError("--data_path (loss and a reply per record) and --conversations (self-play) are two "
+                              "evaluations: pass one of them, and run evaluate once for each")
         check_options(self)
         output = Path(self.output)
         if output.is_dir():
@@ -148,7 +151,7 @@ def check_paths(config: EvaluateConfig) -> None:
         inputs += data_inputs(config.data_path)
     if config.conversations:
         data_files(config.conversations)
-        inputs += data_inputs(config.conversations)
+        inputs += data_inputs(config.conversations, "--conversations")
     output = Path(config.output)
     for path in (output, output.with_suffix(".summary.json")):
         check_output("--output", path, inputs, is_evaluation, "an earlier evaluation's output")
@@ -164,7 +167,7 @@ def evaluate(config: EvaluateConfig) -> int:
 
 def write_evaluation(config: EvaluateConfig) -> int:
     if config.conversations:
-        return self_play(config, backend.open_backend(config.model, config.backend_url, config))
+        return self_play(config, playable(config), backend.open_backend(config.model, config.backend_url, config))
     model, tokenizer = load_for_chat(config.model, config)
     options = option_group(FormatOptions, config)
     data = tokenize_file(config.data_path, tokenizer, options, config.max_length, default_cache_dir(config.cache_dir))
@@ -206,9 +209,19 @@ def judge_line(judge) -> str:
     return f"Role judge ({ROLE_JUDGE_METHOD}): accuracy {accuracy}"
 
 
-def self_play(config: EvaluateConfig, replier: backend.Backend) -> int:
-    """Answer every user turn of each conversation in the bot's own running context; metrics per turn number."""
+def playable(config: EvaluateConfig) -> list[list[dict]]:
+    """The conversations of --conversations, read before the model loads; refused when no user turn is there for
+    the bot to answer (a file of the bot's turns alone would play nothing)."""
     conversations = [c.as_chat() for c in load_conversations(config.conversations, option_group(FormatOptions, config))]
+    if not any(m["role"] == "user" for chat in conversations for m in chat):
+        raise DataError(f"--conversations {config.conversations}: none of its {len(conversations)} conversations has "
+                        "a user turn for the bot to answer, so there is nothing to play; give conversations with "
+                        "the rep's (user) turns")
+    return conversations
+
+
+def self_play(config: EvaluateConfig, conversations: list[list[dict]], replier: backend.Backend) -> int:
+    """Answer every user turn of each conversation in the bot's own running context; metrics per turn number."""
     records = []
     for chat in conversations:
         last = max(i for i, m in enumerate(chat) if m["role"] == "assistant")

@@ -187,6 +187,9 @@ def export(config: ExportConfig) -> int:
 
 def write_export(config: ExportConfig, source: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.model.load import refuse_unsafe_weights
+    refuse_unsafe_weights(source, str(source))
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     if type(model).__name__ not in ARCHITECTURES:
         raise ConfigError(f"export supports {', '.join(ARCHITECTURES)}; {source} is a {type(model).__name__}")

@@ -92,6 +92,9 @@ class Objective:
         """The run's tokenised data (core/data/), from the cache when it holds this exact input."""
         raise NotImplementedError
 
+    def check_loaded(self, config, data) -> None:
+        """Refuse, once tokenised, data on which this objective would train to nothing."""
+
     def validation_prompts(self, config, data) -> SamplePrompts:
         """The held-out prompts whose replies samples.jsonl follows (core/train/samples.py)."""
         raise NotImplementedError

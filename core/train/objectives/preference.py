@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from core.config import FormatOptions, option_group
 from core.data.batching import collate, pack
 from core.data.files import iter_raw_records
-from core.data.preference import SFT, count_usable, parse_judged, tokenize_preferences
+from core.data.preference import SFT, count_usable, parse_judged, refuse_pairs_cut_alike, tokenize_preferences
 from core.data.tokenized import split_records
 from core.model.load import default_cache_dir
 from core.train.objectives import Batch, Best, Objective
@@ -73,6 +74,9 @@ class PreferenceObjective(Objective):
         return tokenize_preferences(config.data_path, tokenizer, option_group(FormatOptions, config), config.max_length,
                                     default_cache_dir(config.cache_dir), data_hash=data_hash)
 
+    def check_loaded(self, config, data) -> None:
+        refuse_pairs_cut_alike(data, self.name, config.max_length, config.data_path)
+
     def validation_prompts(self, config, data) -> SamplePrompts:
         """The first held-out judged records, each as its context and its good reply (or, labelled bad, none)."""
         if not config.sample_prompts or not config.eval_split:
@@ -108,10 +112,12 @@ class PreferenceObjective(Objective):
         model, out = run.prepared.model, np.zeros(len(data), dtype=np.float64)
         per_batch = max(2, run.config.batch_size * 2)
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), tqdm(total=len(data), desc="reference log-probabilities (the model before training)",
+                                   unit=" replies", mininterval=1.0, disable=not run.dist.is_main) as bar:
             for start in range(0, len(data), per_batch):
                 sequences = np.arange(start, min(start + per_batch, len(data)))
                 out[sequences] = summed_log_probs(run, model_input(run, data, sequences)).double().cpu().numpy()
+                bar.update(len(sequences))
         model.train()
         return out
 

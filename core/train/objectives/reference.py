@@ -73,7 +73,10 @@ def cached_reference(run, sets: dict[str, list[np.ndarray]], compute, log) -> di
         raise CheckpointError(f"the reference log-probabilities of this run ({path}) are no longer in the cache, "
                               "and a resumed model cannot recompute them; start afresh (--overwrite_output_dir)")
     else:
-        log("Reference log-probabilities: one pass over the data with the model before training")
+        replies = sum(len(arrays[-1]) - 1 for arrays in sets.values())
+        log(f"Reference log-probabilities: each of the {replies} replies' log-probability under the model as it "
+            "is before training (the reference the tuned model is measured against), in one pass without "
+            f"gradients; cached in {path}")
         values = {name: compute(name) for name in sets}
         if run.dist.is_main:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import numpy as np
 import torch
 
 from core.config import FormatOptions, option_group
 from core.data.batching import collate, pack
+from core.data.files import iter_raw_records
 from core.data.tokenized import tokenize_file
+from core.dataset import parse_record
 from core.labels import perplexity
 from core.model.load import default_cache_dir
 from core.train.objectives import Batch, Best, Objective
@@ -58,6 +62,15 @@ class SFT(Objective):
 
     def describe_eval(self, result: dict) -> str:
         return f"loss {result['eval_loss']:.4f}, perplexity {result['eval_ppl']:.2f}"
+
+    def check_data(self, config) -> None:
+        """The first record, before the model loads: a preference file given without --objective dpo|kto (or
+        any other fault of that record) is named now; the rest are checked as they are tokenised."""
+        records = iter_raw_records(config.data_path)
+        with closing(records):
+            first = next(records, None)
+        if first is not None:
+            parse_record(*first, option_group(FormatOptions, config))
 
     def load_data(self, config, tokenizer, data_hash: str, progress: bool = True):
         return tokenize_file(config.data_path, tokenizer, option_group(FormatOptions, config), config.max_length,
