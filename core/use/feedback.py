@@ -98,7 +98,6 @@ def append_line(path: Path, record: dict) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
     finally:
         os.close(fd)  # releases the lock
 
