@@ -13,6 +13,7 @@ appended at once to --feedback_file (core/use/feedback.py). Each browser page ho
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import shutil
 import socket
@@ -117,11 +118,7 @@ class Practice:
         return current
 
     def close(self, page: dict) -> None:
-        """A page was closed: end its call and remove its transcript."""
-        if page.get("session") is not None:
-            page["session"].close()
-        if page.get("key"):
-            shutil.rmtree(self.transcripts / page["key"], ignore_errors=True)
+        close_page(self.transcripts, page)
 
     def send(self, message: str, history_a, history_b, system, name_a, name_b, page=None):
         if not message.strip():
@@ -196,6 +193,15 @@ class Practice:
         self._remove()
 
 
+def close_page(transcripts: Path, page: dict) -> None:
+    """A page was closed: end its call and remove its transcript. (Gradio copies a State's callback with the
+    app's config, so the callback holds the folder, never the app and its models.)"""
+    if page.get("session") is not None:
+        page["session"].close()
+    if page.get("key"):
+        shutil.rmtree(transcripts / page["key"], ignore_errors=True)
+
+
 def gradio_cache() -> str:
     """Gradio's own file folder: a download there is served as it is, not copied once per content."""
     try:
@@ -219,7 +225,7 @@ def build_app(config: WebConfig, practice: Practice):
     for name in filter(None, (config.model, config.compare_model)):
         practice.model(name)  # fail now, with one line, rather than at the first message
     with gr.Blocks(title="Roleplay practice", analytics_enabled=False) as app:
-        page = gr.State({}, delete_callback=practice.close)  # this browser tab's session and transcript
+        page = gr.State({}, delete_callback=functools.partial(close_page, practice.transcripts))  # this tab's
         gr.Markdown("## Practise a sales call\nYou are the rep; the model plays the prospect.")
         with gr.Row():
             name_a = gr.Dropdown(model_choices(config), value=config.model, label="Model", elem_id="model")
@@ -291,16 +297,28 @@ def serve(config: WebConfig) -> int:
         raise ConfigError("train.py web needs Gradio: pip install -e '.[web]'") from None
     check_port(config.host, config.port)
     practice = Practice(config, load_scenarios(config.scenarios) if config.scenarios else [])
+    app = None
     try:
         app = build_app(config, practice)
+        launch(app, config)
+        with stage("serving the practice app", f"every judgement made is in {practice.feedback_path}"):
+            print(f"Practice app on http://{config.host}:{config.port} (Ctrl-C to stop)", flush=True)
+            while True:  # until a signal: SIGINT and SIGTERM end here, as in every command
+                time.sleep(1)
+    finally:
+        if app is not None:
+            app.close(verbose=False)
+        practice.stop()
+
+
+def launch(app, config: WebConfig) -> None:
+    """Start the server on its own threads; Gradio's check that this machine reaches it is one line when it fails."""
+    try:
         app.queue().launch(server_name=config.host, server_port=config.port, show_error=True, quiet=True,
                            prevent_thread_lock=True)
-        try:
-            with stage("serving the practice app", f"every judgement made is in {practice.feedback_path}"):
-                print(f"Practice app on http://{config.host}:{config.port} (Ctrl-C to stop)", flush=True)
-                while True:  # until a signal: SIGINT and SIGTERM end here, as in every command
-                    time.sleep(1)
-        finally:
-            app.close(verbose=False)
-    finally:
-        practice.stop()
+    except ValueError as err:
+        if "localhost is not accessible" not in str(err):
+            raise
+        raise ConfigError(f"--host {config.host} --port {config.port}: the app started but did not answer this "
+                          "machine's own request within Gradio's check (3 s): a proxy for localhost, or a machine "
+                          "too busy; unset the proxy or try again") from None
