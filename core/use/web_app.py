@@ -300,8 +300,8 @@ def serve(config: WebConfig) -> int:
     app = None
     try:
         app = build_app(config, practice)
-        launch(app, config)
         with stage("serving the practice app", f"every judgement made is in {practice.feedback_path}"):
+            launch(app, config)
             print(f"Practice app on http://{config.host}:{config.port} (Ctrl-C to stop)", flush=True)
             while True:  # until a signal: SIGINT and SIGTERM end here, as in every command
                 time.sleep(1)
