@@ -65,6 +65,15 @@ class FormatStats:
         self.special_text += encoded.special_text
 
 
+def special_token_text(tokenizer) -> re.Pattern | None:
+    """What spells one of the tokenizer's added or special tokens in text (`<|im_end|>`, `<tool_call>`): the
+    text `--special_tokens refuse` refuses in training data, and the practice apps in what they record."""
+    special = set(tokenizer.all_special_ids) | {i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}
+    added = {tok.content for tok in tokenizer.added_tokens_decoder.values()}  # matched in text, special or not
+    names = sorted(added | {tokenizer.convert_ids_to_tokens(i) for i in special}, key=len, reverse=True)
+    return re.compile("|".join(re.escape(n) for n in names)) if names else None
+
+
 class ChatEncoder:
     """Holds the tokenizer and what is derived from it once: special ids and a guard against injected tokens.
 
@@ -78,9 +87,7 @@ class ChatEncoder:
         self.end_of_turn_ids: set[int] = set()
         self.special_ids = set(tokenizer.all_special_ids) | {
             i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}
-        added = {tok.content for tok in tokenizer.added_tokens_decoder.values()}  # matched in text, special or not
-        names = sorted(added | {tokenizer.convert_ids_to_tokens(i) for i in self.special_ids}, key=len, reverse=True)
-        self._special_text = re.compile("|".join(re.escape(n) for n in names)) if names else None
+        self._special_text = special_token_text(tokenizer)
         self._max_message_chars: int | None = None
 
     @property
@@ -212,6 +219,13 @@ class ChatEncoder:
         prompt."""
         self._prepare(conversation)
         return self._tokenize([self._render(conversation.messages, True, conversation.where)])[0]
+
+    def chat_prompt_ids(self, chat: list[dict]) -> list[int]:
+        """What the model reads before its next reply (the template's generation prompt), with special-token text
+        in the messages tokenised as plain text under `--special_tokens text`, exactly as training reads it."""
+        if self.special_tokens == "text" and self._special_text is not None:
+            chat = [{**m, "content": self._as_text(m["content"])} for m in chat]
+        return self._tokenize([self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)])[0]
 
     def encode(self, conversation: Conversation) -> Encoded:
         return self.encode_many([conversation])[0]

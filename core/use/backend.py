@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from core.config import LoadOptions
+from core.data.chat_format import ChatEncoder
 from core.model.engine import Engine
 from core.model.generation import Sampling, generate_replies, prompt_ids, stream_reply
 from core.model.remote import RemoteModel
@@ -38,13 +39,17 @@ def open_backend(model: str, backend_url: str, load: LoadOptions, batched: bool 
     return Backend(model, loaded, tokenizer, engine=Engine(loaded, tokenizer) if batched else None)
 
 
-def stream(backend: Backend, messages: list[dict], sampling: Sampling, seed: int | None = None) -> Iterator[str]:
-    """The next reply, piece by piece."""
+def stream(backend: Backend, messages: list[dict], sampling: Sampling, seed: int | None = None,
+           special_tokens: str = "refuse") -> Iterator[str]:
+    """The next reply, piece by piece; under `special_tokens="text"` control-token text in the messages is read as
+    plain text, as training reads it (a server behind --backend_url applies its own template)."""
     if backend.remote is not None:
         yield from backend.remote.stream(messages, sampling, seed)
         return
     if backend.engine is not None:
-        for event in backend.engine.events(prompt_ids(backend.tokenizer, messages), sampling, seed):
+        ids = (ChatEncoder(backend.tokenizer, 1, "text").chat_prompt_ids(messages) if special_tokens == "text"
+               else prompt_ids(backend.tokenizer, messages))
+        for event in backend.engine.events(ids, sampling, seed):
             if event.kind == "error":
                 raise RuntimeError(f"the reply failed: {event.text}")
             yield event.text
@@ -52,7 +57,7 @@ def stream(backend: Backend, messages: list[dict], sampling: Sampling, seed: int
     if seed is not None:
         import torch
         torch.manual_seed(seed)
-    yield from stream_reply(backend.model, backend.tokenizer, messages, sampling)
+    yield from stream_reply(backend.model, backend.tokenizer, messages, sampling, special_tokens)
 
 
 def replies(backend: Backend, conversations: list[list[dict]], sampling: Sampling, batch_size: int) -> list[str]:
