@@ -36,7 +36,8 @@ from core.model.generation import Sampling, generate_replies, generate_reply  # 
 from core.train.run_setup import setup  # noqa: E402
 from core.train.step import validate  # noqa: E402
 from core.trainer import fit  # noqa: E402
-from core.use.chat import load_for_chat, repeated_sentence  # noqa: E402
+from core.use.backend import load_for_chat  # noqa: E402
+from core.use.chat import repeated_sentence  # noqa: E402
 from core.use.report import read_jsonl, write_report  # noqa: E402
 
 DEMO_DEFAULTS = ["--data_path", "data/roleplay_conversations.jsonl", "--model_name", "smollm2", "--output_dir",

@@ -24,7 +24,7 @@ from core.data.tokenized import split_records, tokenize_file
 from core.model.load import default_cache_dir
 from core.train.run_setup import setup
 from core.train.step import validate
-from core.use.chat import load_for_chat
+from core.use.backend import load_for_chat
 from core.use.evaluate import record_losses
 
 

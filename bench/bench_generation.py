@@ -20,7 +20,7 @@ import torch
 
 from core.config import LoadOptions
 from core.model.generation import Sampling, left_padded, pad_id
-from core.use.chat import load_for_chat
+from core.use.backend import load_for_chat
 
 OPENERS = ["Hi, this is Nate from Tidewater. Do you have a minute to talk about payroll?",
            "I saw your team is hiring. How do you handle onboarding today?",

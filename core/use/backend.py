@@ -14,11 +14,23 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import torch
+
 from core.config import LoadOptions
 from core.data.chat_format import ChatEncoder
 from core.model.engine import Engine
 from core.model.generation import Sampling, generate_replies, prompt_ids, stream_reply
 from core.model.remote import RemoteModel
+
+
+def load_for_chat(name: str, load: LoadOptions):
+    """(model, tokenizer) ready to generate: a checkpoint directory, hub id, .gguf file or 'smollm2'."""
+    from core.model.load import load_model_and_tokenizer
+    from core.utils import pick_device
+    model, tokenizer = load_model_and_tokenizer(name, load.cache_dir, load.trust_remote_code)
+    target = pick_device(load.device)
+    model.to(target, dtype=torch.bfloat16 if target.type == "cuda" else torch.float32).eval()
+    return model, tokenizer
 
 
 @dataclass
@@ -34,7 +46,6 @@ def open_backend(model: str, backend_url: str, load: LoadOptions, batched: bool 
     if backend_url:
         remote = RemoteModel(backend_url, os.environ.get("OPENAI_API_KEY", ""))  # as OpenAI's clients read it
         return Backend(f"{remote.name} at {remote.url}", remote=remote)
-    from core.use.chat import load_for_chat
     loaded, tokenizer = load_for_chat(model, load)
     return Backend(model, loaded, tokenizer, engine=Engine(loaded, tokenizer) if batched else None)
 

@@ -9,7 +9,6 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import torch
 import yaml
 
 from core.config import LoadOptions, check_options, option
@@ -83,16 +82,6 @@ def feedback_recorder(config: ChatOptions, inputs: list[Input]) -> FeedbackFile:
     path = Path(config.feedback_file).expanduser() if config.feedback_file else default_feedback_file(config.model)
     check_feedback_file(path, inputs)
     return FeedbackFile(path)
-
-
-def load_for_chat(name: str, load: LoadOptions):
-    """(model, tokenizer) ready to generate: a checkpoint directory, hub id, .gguf file or 'smollm2'."""
-    from core.model.load import load_model_and_tokenizer
-    from core.utils import pick_device
-    model, tokenizer = load_model_and_tokenizer(name, load.cache_dir, load.trust_remote_code)
-    target = pick_device(load.device)
-    model.to(target, dtype=torch.bfloat16 if target.type == "cuda" else torch.float32).eval()
-    return model, tokenizer
 
 
 @dataclass

@@ -40,7 +40,7 @@ from core.model.patches.selective_head import token_losses
 from core.model.prepare import prepare_model
 from core.outputs import check_cache_dir, check_output, local_inputs
 from core.use import backend
-from core.use.chat import load_for_chat
+from core.use.backend import load_for_chat
 from core.utils import atomic_file, autocast, pick_precision, stage
 
 

@@ -159,7 +159,7 @@ class Backend:
             self.name = config.served_name or self.remote.name
             return
         from core.model.engine import Engine
-        from core.use.chat import load_for_chat
+        from core.use.backend import load_for_chat
         model, self.tokenizer = load_for_chat(config.model, config)
         try:
             self.engine, self.remote = Engine(model, self.tokenizer, config.max_batch, config.max_queue), None
