@@ -240,7 +240,7 @@ def test_one_session_records_each_message_and_judgement_once(tmp_path):
         def __init__(self, name, text):
             self.name, self.text = name, text
 
-        def stream(self, messages):
+        def stream(self, messages, seed=None):
             yield from self.text.split(" ")
 
     log = Log()
