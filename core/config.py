@@ -184,7 +184,7 @@ class ObjectiveOptions:
 class GrpoOptions:
     """--objective grpo: calls rolled out against a simulated rep and their reward (docs/grpo.md)."""
 
-    generations: int = option(4, "grpo: calls rolled out per scenario, whose rewards are compared within the group (at least 2)", changes_run=True, at_least=2)
+    generations: int = option(4, "grpo: calls rolled out per scenario, whose rewards are compared within the group (at least 2)", changes_run=True, at_least=1)
     bot_turns: int = option(2, "grpo: most bot turns per call (the rep opens, then bot and rep take turns)", changes_run=True, at_least=1)
     rollout_max_new_tokens: int = option(32, "grpo: longest bot or rep turn in tokens", changes_run=True, at_least=1)
     rollout_temperature: float = option(1.0, "grpo: the bot's sampling temperature in rollouts", changes_run=True)

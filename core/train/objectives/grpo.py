@@ -8,13 +8,15 @@ scenario's group of calls, (reward - group mean) / (group standard deviation + 1
 every bot token of a call (its turns laid out by the chat template exactly as training lays them out; the
 rep's turns are context, as TRL's `tool_mask` makes them),
 
-    -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon) * A) + beta * KL,
+    -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon) * A) + beta * ratio * KL,
     KL = exp(ref - logp) - (ref - logp) - 1     (the k3 estimate of KL(policy || reference)),
 
 where ratio is the policy over the rollout policy (one update per rollout, so 1, with the gradient of
 logp), averages it over the call's bot tokens, and sums over calls; the loop divides by the step's calls.
-This is TRL's GRPOTrainer loss with loss_type="grpo", scale_rewards="group", importance_sampling_level="token",
-num_iterations=1 (tests/test_grpo.py). The reference is the model with its LoRA adapters off (--lora is
+The KL term is weighted by the ratio (its value 1, its gradient
+that of the unbiased reverse KL: DeepSeek-V3.2). This is TRL's GRPOTrainer loss with loss_type="grpo",
+scale_rewards="group", importance_sampling_level="token", use_bias_correction_kl=True, num_iterations=1
+(tests/test_grpo.py). The reference is the model with its LoRA adapters off (--lora is
 required: no second copy of the model is kept). best_model/ is picked by the mean reward of held-out
 scenarios' calls (eval_reward, higher is better); each evaluation also writes three of its calls to
 sample_calls.jsonl, and reports the role kept by a judge fitted on the held-out turns alone (held_out_role)
@@ -41,6 +43,7 @@ from core.dataset import data_options, load_conversations
 from core.errors import ConfigError, DataError
 from core.model.generation import Sampling
 from core.model.load import load_model_and_tokenizer
+from core.run_files import SAMPLE_CALLS_FILE
 from core.train.objectives import Batch, Best
 from core.train.objectives.preference import model_input
 from core.train.objectives.reference import reference_model
@@ -48,7 +51,6 @@ from core.train.objectives.rewards import RewardFailure, RewardTable, load_rewar
 from core.train.objectives.sft import SFT, move
 from core.train.rollouts import PromptedRep, ReplayedRep, as_conversation, roll_out, scenarios_from, seed_for
 
-SAMPLE_CALLS_FILE = "sample_calls.jsonl"
 SAMPLE_CALLS = 3
 
 
@@ -72,7 +74,7 @@ def token_terms(policy: torch.Tensor, reference: torch.Tensor, advantages: torch
     ratio = torch.exp(policy - policy.detach())
     clipped_ratio = torch.clamp(ratio, 1 - epsilon, 1 + epsilon)
     kl = per_token_kl(policy, reference)
-    loss = -torch.min(ratio * advantages, clipped_ratio * advantages) + beta * kl
+    loss = -torch.min(ratio * advantages, clipped_ratio * advantages) + beta * kl * ratio  # ratio: unbiased KL gradient
     clipped = ((ratio < 1 - epsilon) & (advantages < 0)) | ((ratio > 1 + epsilon) & (advantages > 0))
     return loss, kl, clipped
 
