@@ -102,7 +102,7 @@ def trl_grpo_trainer(tmp_path, model, tokenizer, peft_config):
                        train_dataset=placeholder, processing_class=tokenizer, peft_config=peft_config)
 
 
-@pytest.mark.slow(seconds=25)
+@pytest.mark.slow(seconds=10)
 def test_grpo_loss_and_gradients_equal_trl(tmp_path, tiny_qwen_1k_dir, cache_dir, packing=True):
     run = setup(grpo_config(tmp_path, tiny_qwen_1k_dir, cache_dir, packing=packing, precision="fp32",
                             reward_funcs=toy_reward(tmp_path)), **QUIET)
@@ -170,17 +170,49 @@ def trained_rewards(out) -> list[float]:
             if e["type"] == "train"]
 
 
-@pytest.mark.slow(seconds=30)
-def test_a_verifiable_reward_rises(tmp_path, tiny_qwen_1k_dir, cache_dir):
-    """Reply length in words, alone in the reward: GRPO makes the bot's turns longer within a few steps."""
+REPLY_CHARS = '''
+def reply_chars(prompts, completions, **kwargs):
+    return [sum(len(m["content"]) for m in c if m["role"] == "assistant") / 10 for c in completions]
+'''
+
+
+@pytest.fixture(scope="module")
+def learnable_tiny_dir(tmp_path_factory):
+    """The tiny Qwen2 on the 1k tokenizer, its weights drawn wider (std 0.2, not 0.02): with the default's
+    embeddings, logits span a few tenths whatever the hidden state, so no adapter could make a reply likelier."""
+    from conftest import built_once, small_vocab_qwen_tokenizer
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    def build(directory):
+        tokenizer = small_vocab_qwen_tokenizer()
+        torch.manual_seed(0)
+        config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                             tie_word_embeddings=True, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                             pad_token_id=tokenizer.pad_token_id, bos_token_id=None, initializer_range=0.2)
+        model = Qwen2ForCausalLM(config)
+        model.generation_config = GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    return built_once(tmp_path_factory, "tiny-qwen-1k-learnable", build)
+
+
+@pytest.mark.slow(seconds=10)
+def test_a_verifiable_reward_rises(tmp_path, learnable_tiny_dir, cache_dir):
+    """One-token replies rewarded by their length in characters, alone in the reward: within eight steps GRPO makes
+    the bot pick longer tokens."""
+    module = tmp_path / "chars.py"
+    module.write_text(REPLY_CHARS)
     zero = ",".join(f"{name}=0" for name in ("role", "persona_named", "persona_kept", "no_repetition", "length"))
-    config = grpo_config(tmp_path, tiny_qwen_1k_dir, cache_dir, reward_funcs=toy_reward(tmp_path), reward_weights=zero,
-                         bot_turns=1, rollout_max_new_tokens=8, batch_size=2, epochs=3, max_steps=8, log_steps=1,
-                         lr=3e-2, lr_scheduler="constant", beta=0.01, lora_r=8)
+    two = conversations(tmp_path, 2, "two.jsonl")
+    config = grpo_config(tmp_path, learnable_tiny_dir, cache_dir, data_path=str(two),
+                         reward_funcs=f"{module}:reply_chars", reward_weights=zero, generations=16, bot_turns=1,
+                         rollout_max_new_tokens=1, batch_size=2, epochs=8, max_steps=8, log_steps=1, lr=3e-2,
+                         lr_scheduler="constant", warmup_ratio=0.0, beta=0.001, lora_r=8)
     fit(setup(config, **QUIET), **QUIET)
     rewards = trained_rewards(tmp_path / "out")
     assert len(rewards) == 8
-    assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 1.0, rewards
+    assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.1, rewards  # a character longer on average
 
 
 def interrupt_during_step(step: int):
@@ -190,7 +222,7 @@ def interrupt_during_step(step: int):
     return on_event
 
 
-@pytest.mark.slow(seconds=30)
+@pytest.mark.slow(seconds=12)
 def test_sigterm_then_resume_rolls_out_the_same_calls(tmp_path, tiny_qwen_1k_dir, cache_dir):
     from safetensors.torch import load_file
     shape = dict(generations=2, bot_turns=2, rollout_max_new_tokens=4, batch_size=1, max_steps=3, log_steps=1,
