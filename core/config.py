@@ -81,6 +81,7 @@ class FormatOptions:
     merge_consecutive: bool = option(False, "merge consecutive messages of one role instead of rejecting the record", changes_run=True)
     allow_extra_keys: bool = option(False, "accept record and message keys the formats do not define (metadata such as 'id'); by default they are refused, so that a misspelt key is not silently ignored")
     special_tokens: str = option("refuse", "text in a message that spells one of the tokenizer's special tokens (<|im_end|>, <tool_call>): refuse names the record; text trains it as plain text, never as the control token", ("refuse", "text"), changes_run=True)
+    train_role: str = option("bot", "whose turns are trained: bot (the prospect, the assistant turns); rep (the sales rep's turns, briefed from the persona, with the roles swapped): a rep simulator for --objective grpo's --rep_model", ("bot", "rep"), changes_run=True)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.data.files import iter_raw_records
+from core.data.rep_side import rep_view
 from core.errors import DataError
 
 ROLES = ("system", "user", "assistant")
@@ -57,12 +58,13 @@ class DataOptions:
     train_on: str = "all_assistant"
     allow_extra_keys: bool = False
     special_tokens: str = "refuse"  # or "text": special-token text in messages is trained as plain text
+    train_role: str = "bot"  # or "rep": the rep's turns are trained, briefed from the persona (core/data/rep_side.py)
 
 
 def data_options(config) -> DataOptions:
     """The data-handling options of a TrainConfig (or anything with the same fields)."""
     return DataOptions(config.system_prompt, config.merge_consecutive, config.train_on, config.allow_extra_keys,
-                       config.special_tokens)
+                       config.special_tokens, getattr(config, "train_role", "bot"))
 
 
 @dataclass
@@ -91,9 +93,21 @@ def parse_record(where: str, record: object, options: DataOptions) -> tuple[Conv
         messages = _pair_messages(where, record)
     else:
         messages = chat_messages(where, record[kind], kind, options.allow_extra_keys)
+    if options.train_role == "rep":
+        messages = rep_messages(where, messages, options.system_prompt)
     conversation = Conversation(messages, where)
     check_structure(conversation, options)
     return conversation, {"output": "input/output", "messages": "messages", "conversations": "sharegpt"}[kind]
+
+
+def rep_messages(where: str, messages: list[Message], default_persona: str) -> list[Message]:
+    """--train_role rep: the conversation as the rep sees it (core/data/rep_side.py), the rep's turns trained."""
+    persona = messages[0].content if messages and messages[0].role == "system" else default_persona
+    if not persona.strip():
+        raise DataError(f"{where}: no persona (a system message) to brief the rep from (--train_role rep); add one, "
+                        "or pass --system_prompt")
+    turns = [{"role": m.role, "content": m.content} for m in messages if m.role != "system"]
+    return [Message(m["role"], m["content"]) for m in rep_view([{"role": "system", "content": persona}, *turns])]
 
 
 def refuse_unknown_keys(where: str, mapping: dict, known: tuple[str, ...]) -> None:

@@ -21,9 +21,10 @@ import torch
 from conftest import assert_error, cli, make_config, write_jsonl
 from test_preference import assert_close_gradients, grads, perturb, stock_model
 
+from core.data.rep_side import rep_view
 from core.errors import TrainingStopped
 from core.train.objectives.grpo import group_advantages, per_token_kl, token_terms
-from core.train.rollouts import Call, PromptedRep, Scenario, as_conversation, rep_view
+from core.train.rollouts import Call, PromptedRep, Scenario
 from core.train.run_setup import setup
 from core.trainer import fit
 
@@ -256,10 +257,11 @@ def test_sigterm_then_resume_rolls_out_the_same_calls(tmp_path, tiny_qwen_1k_dir
 
 # The rep simulator ---------------------------------------------------------------------------------
 
-def test_the_rep_sees_the_call_as_training_renders_it(tiny_qwen_1k_dir, qwen_1k_tokenizer):
+def test_the_rep_sees_the_call_as_train_role_rep_trains_it(tiny_qwen_1k_dir, qwen_1k_tokenizer):
     from transformers import AutoModelForCausalLM
 
     from core.data.chat_format import ChatEncoder
+    from core.dataset import DataOptions, parse_record
     from core.model.generation import Sampling
     call = [{"role": "system", "content": "You are Ada Park, CFO at Birch Labs, 40 people."},
             {"role": "user", "content": "Hi Ada, Sam from Lumen here."},
@@ -269,9 +271,11 @@ def test_the_rep_sees_the_call_as_training_renders_it(tiny_qwen_1k_dir, qwen_1k_
     view = rep_view(call)
     assert [m["role"] for m in view] == ["system", "assistant", "user", "assistant", "user"]
     assert "Ada Park" in view[0]["content"] and view[1]["content"] == call[1]["content"]
-    # Trained with the roles swapped, the rep's turns are the trained ones, and before each the exact prompt
-    # the rep generates from.
-    encoded = ChatEncoder(qwen_1k_tokenizer, 1024, "text").encode(as_conversation(view)).sequences
+    # Read by the training pipeline with --train_role rep, the rep's turns are the trained ones, and before each
+    # is the exact prompt the rep generates from at practice time.
+    conversation, _ = parse_record("call", {"messages": call}, DataOptions(train_role="rep"))
+    assert conversation.as_chat() == view
+    encoded = ChatEncoder(qwen_1k_tokenizer, 1024).encode(conversation).sequences
     assert len(encoded) == 1
     ids, trained = encoded[0].input_ids, encoded[0].trained
     starts = [i for i in range(1, len(ids)) if trained[i] and not trained[i - 1]]

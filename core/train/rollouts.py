@@ -6,11 +6,11 @@ opens with the first; then bot and rep take turns until the bot has spoken `bot_
 nothing more to say. Two simulated reps:
 
 - `ReplayedRep`: the scenario's own rep turns, in order (no model; what `evaluate --conversations` does too).
-- `PromptedRep`: a chat model (any, or one trained with the roles swapped) playing the rep from a brief built
-  from the persona. It sees the call through `rep_view`: the brief as system prompt, its own turns as the
-  assistant's and the bot's as the user's, rendered by its chat template with the generation prompt, which is
-  exactly the prefix a training run on the swapped conversation puts before each rep turn
-  (tests/test_grpo.py), sampled with its own settings.
+- `PromptedRep`: a chat model (any, or one trained with `--train_role rep`) playing the rep from a brief built
+  from the persona. It sees the call through `core.data.rep_side.rep_view`: the brief as system prompt, its own
+  turns as the assistant's and the bot's as the user's, rendered by its chat template with the generation
+  prompt, which is exactly the prefix a `--train_role rep` run puts before each rep turn (tests/test_grpo.py),
+  sampled with its own settings.
 
 Each batch of turns is sampled from a seed derived from (the run's seed, the step, the scenarios, the turn), so
 a resumed run rolls out the very calls an uninterrupted one would, with no generator state to restore.
@@ -22,6 +22,7 @@ import hashlib
 from dataclasses import dataclass
 
 from core.data.chat_format import ChatEncoder
+from core.data.rep_side import rep_view
 from core.dataset import Conversation, Message
 from core.errors import DataError
 from core.model.generation import Sampling, generate_replies
@@ -64,19 +65,6 @@ def scenarios_from(conversations) -> list[Scenario]:
 def seed_for(*parts) -> int:
     """A sampling seed from anything printable: the same parts, the same seed, in any process."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
-
-
-def rep_brief(system: str) -> str:
-    """The rep's instructions, built from the prospect's persona."""
-    return ("You are a sales rep on a practice call with a prospect. What you know of the prospect: "
-            f"{system} Speak only as the rep: one short turn at a time, ask questions, handle objections.")
-
-
-def rep_view(messages: list[dict]) -> list[dict]:
-    """The call as the rep sees it: the brief as system prompt, the rep's turns as the assistant's."""
-    swap = {"user": "assistant", "assistant": "user"}
-    return [{"role": "system", "content": rep_brief(messages[0]["content"])}] + [
-        {"role": swap[m["role"]], "content": m["content"]} for m in messages[1:]]
 
 
 def as_conversation(messages: list[dict], where: str = "rollout") -> Conversation:
