@@ -8,6 +8,7 @@ of the SFT model's; a GRPO step of 8 scenarios x 4 calls x 3 bot turns at most 6
 
     nice -n 10 python bench/bench_grpo.py                       # SFT 60 steps, GRPO 20 steps (about an hour)
     nice -n 10 python bench/bench_grpo.py --sft_steps 20 --grpo_steps 4 --work /tmp/grpo_bench
+    nice -n 10 python bench/bench_grpo.py --timing_only   # one GRPO step from SmolLM2 itself, setup included
 """
 
 from __future__ import annotations
@@ -53,10 +54,20 @@ def main() -> None:
     parser.add_argument("--sft_steps", type=int, default=60)
     parser.add_argument("--grpo_steps", type=int, default=20)
     parser.add_argument("--new_tokens", type=int, default=48)
+    parser.add_argument("--timing_only", action="store_true", help="one GRPO step from SmolLM2, no SFT, no evaluation")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     train, held = split(Path(args.data_path), work)
+    if args.timing_only:
+        started = time.perf_counter()
+        run("--objective", "grpo", "--data_path", train, "--output_dir", work / "timing", "--max_steps", 1,
+            "--batch_size", 8, "--generations", 4, "--bot_turns", 3, "--rollout_max_new_tokens", args.new_tokens,
+            "--model_name", "smollm2", "--lora", "--eval_split", "0", "--save_steps", "0", "--sample_prompts", "0",
+            "--no-report", "--overwrite_output_dir")
+        print(f"one GRPO step (8 scenarios x 4 calls x 3 bot turns, up to {args.new_tokens} tokens a turn), model "
+              f"loading and best_model/ included: {time.perf_counter() - started:.1f} s (target <= 60 s per step)")
+        return
     common = ["--lora", "--save_steps", "0", "--sample_prompts", "0", "--no-report",
               "--overwrite_output_dir", "--eval_split", "0.1"]
     run("--data_path", train, "--output_dir", work / "sft", "--max_steps", args.sft_steps, "--batch_size", 4,

@@ -169,7 +169,7 @@ class GRPO(SFT):
                 seed_for(run.config.seed, "eval", units)
             calls = roll_out(run.prepared.model, run.tokenizer, scenarios, self.generations, self.bot_turns, self.rep,
                              self.sampling, seed, max(len(scenarios) * self.generations, 1))
-            batch.extra.update(self.scored(run, calls, training and counted[index]))
+            batch.extra.update(self.scored(run, calls, training))
             if not training and counted[index] and len(self.eval_samples) < SAMPLE_CALLS:
                 self.eval_samples += [{"persona": c.scenario.system, "messages": c.messages[1:], "reward": r}
                                       for c, r in zip(calls, batch.extra["rewards"].tolist())]
