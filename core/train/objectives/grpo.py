@@ -94,7 +94,6 @@ class GRPO(SFT):
     best = Best("eval_reward", lower_is_better=False)
 
     def __init__(self, config):
-        self.config = config
         self.generations, self.bot_turns = config.generations, config.bot_turns
         self.beta, self.epsilon = config.beta, config.epsilon
         self.funcs = load_reward_funcs(config.reward_funcs)
@@ -113,6 +112,9 @@ class GRPO(SFT):
         if not config.lora:
             raise ConfigError("--objective grpo needs --lora: its KL penalty's reference is the model with its "
                               "adapters off, so no second copy of the model is kept")
+        if config.train_role != "bot":
+            raise ConfigError("--objective grpo trains the bot (the prospect): drop --train_role rep, which trains a "
+                              "rep model to pass as --rep_model")
         if self.generations < 2:
             raise ConfigError(f"--generations {self.generations}: GRPO compares each call with the others of its "
                               "scenario's group, so it needs at least 2")
