@@ -171,9 +171,17 @@ def trained_rewards(out) -> list[float]:
             if e["type"] == "train"]
 
 
-REPLY_CHARS = '''
-def reply_chars(prompts, completions, **kwargs):
-    return [sum(len(m["content"]) for m in c if m["role"] == "assistant") / 10 for c in completions]
+UP_SHARE = '''
+from transformers import AutoTokenizer
+TOKENIZER = AutoTokenizer.from_pretrained({model!r})
+UP = set({up!r})
+
+def up_share(prompts, completions, **kwargs):
+    shares = []
+    for call in completions:
+        ids = [t for m in call if m["role"] == "assistant" for t in TOKENIZER(m["content"])["input_ids"]]
+        shares.append(sum(t in UP for t in ids) / max(len(ids), 1))
+    return shares
 '''
 
 
@@ -198,22 +206,26 @@ def learnable_tiny_dir(tmp_path_factory):
     return built_once(tmp_path_factory, "tiny-qwen-1k-learnable", build)
 
 
-@pytest.mark.slow(seconds=10)
+@pytest.mark.slow(seconds=12)
 def test_a_verifiable_reward_rises(tmp_path, learnable_tiny_dir, cache_dir):
-    """One-token replies rewarded by their length in characters, alone in the reward: within eight steps GRPO makes
-    the bot pick longer tokens."""
-    module = tmp_path / "chars.py"
-    module.write_text(REPLY_CHARS)
+    """The reward: the share of the bot's tokens whose embedding has a positive first coordinate (half the
+    vocabulary, which one direction of the hidden state makes likelier), alone in the reward. GRPO raises it
+    within ten steps."""
+    from transformers import AutoModelForCausalLM
+    embeddings = AutoModelForCausalLM.from_pretrained(learnable_tiny_dir).get_input_embeddings().weight.detach()
+    up = sorted(int(i) for i in torch.nonzero(embeddings[:, 0] > 0)[:, 0])
+    module = tmp_path / "up_share.py"
+    module.write_text(UP_SHARE.format(model=str(learnable_tiny_dir), up=up))
     zero = ",".join(f"{name}=0" for name in ("role", "persona_named", "persona_kept", "no_repetition", "length"))
     two = conversations(tmp_path, 2, "two.jsonl")
     config = grpo_config(tmp_path, learnable_tiny_dir, cache_dir, data_path=str(two),
-                         reward_funcs=f"{module}:reply_chars", reward_weights=zero, generations=16, bot_turns=1,
-                         rollout_max_new_tokens=1, batch_size=2, epochs=8, max_steps=8, log_steps=1, lr=3e-2,
+                         reward_funcs=f"{module}:up_share", reward_weights=zero, generations=16, bot_turns=1,
+                         rollout_max_new_tokens=6, batch_size=2, epochs=10, max_steps=10, log_steps=1, lr=3e-2,
                          lr_scheduler="constant", warmup_ratio=0.0, beta=0.001, lora_r=8)
     fit(setup(config, **QUIET), **QUIET)
     rewards = trained_rewards(tmp_path / "out")
-    assert len(rewards) == 8
-    assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.1, rewards  # a character longer on average
+    assert len(rewards) == 10 and 0.4 < np.mean(rewards[:3]) < 0.6  # about half of the tokens at first
+    assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.04, rewards
 
 
 def interrupt_during_step(step: int):
@@ -253,6 +265,26 @@ def test_sigterm_then_resume_rolls_out_the_same_calls(tmp_path, tiny_qwen_1k_dir
     samples = [json.loads(line) for line in (reference / "sample_calls.jsonl").read_text().splitlines()]
     assert [s["step"] for s in samples] == [e["step"] for e in evals]
     assert all(len(s["calls"]) == 3 and s["calls"][0]["messages"][0]["role"] == "user" for s in samples)
+
+
+def test_accumulation_rolls_out_and_updates_as_one_larger_batch(tmp_path, tiny_qwen_1k_dir, cache_dir):
+    """Two micro-batches of one scenario each equal one batch of two: the same calls (seeded per scenario), the
+    same rewards, and the same update (the divisor is the step's calls)."""
+    from safetensors.torch import load_file
+    shape = dict(generations=2, bot_turns=1, rollout_max_new_tokens=4, max_steps=2, log_steps=1,
+                 reward_funcs=toy_reward(tmp_path), data_path=str(conversations(tmp_path, 4, "four.jsonl")))
+    outs = {}
+    for name, sizes in {"one": dict(batch_size=2), "accumulated": dict(batch_size=1, grad_accum_steps=2)}.items():
+        outs[name] = tmp_path / name
+        fit(setup(grpo_config(tmp_path, tiny_qwen_1k_dir, cache_dir, output_dir=str(outs[name]), **shape, **sizes),
+                  **QUIET), **QUIET)
+    one, accumulated = ([json.loads(line) for line in (outs[n] / "metrics.jsonl").read_text().splitlines()]
+                        for n in ("one", "accumulated"))
+    assert [e["reward"] for e in one] == [e["reward"] for e in accumulated] and len(one) == 2
+    for a, b in zip(one, accumulated):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7) and a["kl"] == pytest.approx(b["kl"], rel=1e-4)
+    mine, theirs = (load_file(outs[n] / "best_model" / "model.safetensors") for n in ("one", "accumulated"))
+    assert all(torch.allclose(mine[k], theirs[k], atol=1e-6) for k in theirs)
 
 
 # The rep simulator ---------------------------------------------------------------------------------

@@ -23,8 +23,10 @@ sample_calls.jsonl, and reports the role kept by a judge fitted on the held-out 
 beside the reward's judge, fitted on the training turns, so a reward that the judge alone believes shows.
 
 Rollouts are sampled from the policy as it is (temperature --rollout_temperature, no top-p, no
-repetition penalty) from seeds derived from the step and the scenarios: a resumed run rolls out the calls an
-uninterrupted one would.
+repetition penalty), each scenario's group of calls batched together from a seed derived from the step and
+the scenario: a resumed run rolls out the calls an uninterrupted one would, and how the scenarios are split
+into micro-batches (--grad_accum_steps) or across processes changes none of them, so with the divisor (the
+step's calls, counted on the host) accumulation and several processes give the update of one large batch.
 """
 
 from __future__ import annotations
@@ -167,10 +169,10 @@ class GRPO(SFT):
         for index, batch in enumerate(batches):
             units = [int(u) for u in batch.extra["units"]]
             scenarios = [self.scenarios[int(run.data.sequences.records[u])] for u in units]
-            seed = seed_for(run.config.seed, "train", run.state.step, index, units) if training else \
-                seed_for(run.config.seed, "eval", units)
-            calls = roll_out(run.prepared.model, run.tokenizer, scenarios, self.generations, self.bot_turns, self.rep,
-                             self.sampling, seed, max(len(scenarios) * self.generations, 1))
+            calls = [call for unit, scenario in zip(units, scenarios) for call in roll_out(
+                run.prepared.model, run.tokenizer, [scenario], self.generations, self.bot_turns, self.rep,
+                self.sampling, seed_for(run.config.seed, "train", run.state.step, unit) if training else
+                seed_for(run.config.seed, "eval", unit), self.generations)]
             batch.extra.update(self.scored(run, calls, training))
             if not training and counted[index] and len(self.eval_samples) < SAMPLE_CALLS:
                 self.eval_samples += [{"persona": c.scenario.system, "messages": c.messages[1:], "reward": r}
