@@ -12,8 +12,9 @@ nothing more to say. Two simulated reps:
   prompt, which is exactly the prefix a `--train_role rep` run puts before each rep turn (tests/test_grpo.py),
   sampled with its own settings.
 
-Each batch of turns is sampled from a seed derived from (the run's seed, the step, the scenarios, the turn), so
-a resumed run rolls out the very calls an uninterrupted one would, with no generator state to restore.
+`roll_out` samples each turn of its calls from a seed derived from the one it is given and the turn; GRPO gives
+each scenario's group a seed derived from the run's seed, the step and the scenario, so a resumed run rolls out
+the very calls an uninterrupted one would, with no generator state to restore.
 """
 
 from __future__ import annotations
