@@ -81,6 +81,7 @@ class FormatOptions:
     merge_consecutive: bool = option(False, "merge consecutive messages of one role instead of rejecting the record", changes_run=True)
     allow_extra_keys: bool = option(False, "accept record and message keys the formats do not define (metadata such as 'id'); by default they are refused, so that a misspelt key is not silently ignored")
     special_tokens: str = option("refuse", "text in a message that spells one of the tokenizer's special tokens (<|im_end|>, <tool_call>): refuse names the record; text trains it as plain text, never as the control token", ("refuse", "text"), changes_run=True)
+    train_role: str = option("bot", "whose turns are trained: bot (the prospect, the assistant turns); rep (the sales rep's turns, briefed from the persona, with the roles swapped): a rep simulator for --objective grpo's --rep_model", ("bot", "rep"), changes_run=True)
 
 
 @dataclass
@@ -175,17 +176,32 @@ class AdapterOptions:
 class ObjectiveOptions:
     """What training optimises: supervised replies (sft), or preferences between replies (dpo, kto)."""
 
-    objective: str = option("sft", "sft: learn the replies in the data; dpo: prefer each pair's chosen reply to its rejected one (Rafailov et al. 2023); kto: make replies labelled good likelier and bad ones less likely (Ethayarajh et al. 2024)", ("sft", "dpo", "kto"), changes_run=True)
-    beta: float = option(0.1, "dpo and kto: how far the tuned model may move from the reference model (higher: closer to it)", changes_run=True)
+    objective: str = option("sft", "sft: learn the replies in the data; dpo: prefer each pair's chosen reply to its rejected one (Rafailov et al. 2023); kto: make replies labelled good likelier and bad ones less likely (Ethayarajh et al. 2024); grpo: practise calls against a simulated rep, rewarded by the roleplay metrics (Shao et al. 2024; docs/grpo.md)", ("sft", "dpo", "kto", "grpo"), changes_run=True)
+    beta: float = option(0.1, "dpo, kto and grpo: how far the tuned model may move from the reference model (higher: closer to it; grpo: the KL penalty's weight)", changes_run=True)
     desirable_weight: float = option(1.0, "kto: weight of the loss on replies labelled good", changes_run=True, at_least=0)
     undesirable_weight: float = option(1.0, "kto: weight of the loss on replies labelled bad", changes_run=True, at_least=0)
 
-GROUPS = tuple(group for group in (DataOptions, FormatOptions, ModelOptions, LoadOptions, ScheduleOptions, CheckpointOptions, SampleOptions, HardwareOptions, AdapterOptions, ObjectiveOptions,))
+@dataclass
+class GrpoOptions:
+    """--objective grpo: calls rolled out against a simulated rep and their reward (docs/grpo.md)."""
+
+    generations: int = option(4, "grpo: calls rolled out per scenario, whose rewards are compared within the group (at least 2)", changes_run=True, at_least=1)
+    bot_turns: int = option(2, "grpo: most bot turns per call (the rep opens, then bot and rep take turns)", changes_run=True, at_least=1)
+    rollout_max_new_tokens: int = option(32, "grpo: longest bot or rep turn in tokens", changes_run=True, at_least=1)
+    rollout_temperature: float = option(1.0, "grpo: the bot's sampling temperature in rollouts", changes_run=True)
+    rep_model: str = option("", "grpo: the simulated rep: empty replays the scenario's own rep turns in order; a model directory or hub id (for example one trained with --train_role rep) plays the rep from a brief built from the persona", changes_run=True)
+    rep_temperature: float = option(0.7, "grpo: the rep model's sampling temperature", changes_run=True)
+    reward_weights: str = option("", "grpo: weights of the reward's components, name=number separated by commas (role, persona_named, persona_kept, no_repetition, length, and custom ones); unnamed components weigh 1", changes_run=True)
+    reward_funcs: str = option("", "grpo: extra reward components, module:function separated by commas; each is called as TRL's reward_funcs are, f(prompts, completions, **kwargs) -> one number per call", changes_run=True)
+    epsilon: float = option(0.2, "grpo: the clipping range of the policy ratio", changes_run=True)
+
+
+GROUPS = tuple(group for group in (DataOptions, FormatOptions, ModelOptions, LoadOptions, ScheduleOptions, CheckpointOptions, SampleOptions, HardwareOptions, AdapterOptions, ObjectiveOptions, GrpoOptions,))
 
 
 
 @dataclass
-class TrainConfig(ObjectiveOptions, AdapterOptions, HardwareOptions, SampleOptions, CheckpointOptions, ScheduleOptions, LoadOptions, ModelOptions, FormatOptions, DataOptions):
+class TrainConfig(GrpoOptions, ObjectiveOptions, AdapterOptions, HardwareOptions, SampleOptions, CheckpointOptions, ScheduleOptions, LoadOptions, ModelOptions, FormatOptions, DataOptions):
     """Every option of a training run: the groups combined, so the command line stays flat.
 
     (Dataclass fields follow the reverse order of the bases, so the groups appear in GROUPS' order.)

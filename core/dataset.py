@@ -82,9 +82,21 @@ def parse_record(where: str, record: object, options: FormatOptions) -> tuple[Co
         messages = _pair_messages(where, record)
     else:
         messages = chat_messages(where, record[kind], kind, options.allow_extra_keys)
+    if options.train_role == "rep":
+        messages = rep_messages(where, messages, options.system_prompt)
     conversation = Conversation(messages, where)
     check_structure(conversation, options)
     return conversation, {"output": "input/output", "messages": "messages", "conversations": "sharegpt"}[kind]
+
+
+def rep_messages(where: str, messages: list[Message], default_persona: str) -> list[Message]:
+    """--train_role rep: the conversation as the rep sees it (rep_view below), the rep's turns trained."""
+    persona = messages[0].content if messages and messages[0].role == "system" else default_persona
+    if not persona.strip():
+        raise DataError(f"{where}: no persona (a system message) to brief the rep from (--train_role rep); add one, "
+                        "or pass --system_prompt")
+    turns = [{"role": m.role, "content": m.content} for m in messages if m.role != "system"]
+    return [Message(m["role"], m["content"]) for m in rep_view([{"role": "system", "content": persona}, *turns])]
 
 
 def refuse_unknown_keys(where: str, mapping: dict, known: tuple[str, ...]) -> None:
@@ -184,3 +196,20 @@ def check_structure(conversation: Conversation, options: FormatOptions) -> None:
             message.train = False
     if not any(m.train for m in replies):
         raise DataError(f"{where}: every assistant message has 'train': false; nothing to train on")
+
+
+# The rep's side of a practice call: what a simulated rep sees (core/train/rollouts.py) and what `--train_role rep`
+# trains, one rendering for both. The roles swap: the rep's turns become the assistant's (trained), the prospect's
+# the user's, so a model trained on that view is a rep simulator whose practice-time prompts are its training prefixes.
+
+def rep_brief(persona: str) -> str:
+    """The rep's instructions, built from the prospect's persona."""
+    return ("You are a sales rep on a practice call with a prospect. What you know of the prospect: "
+            f"{persona} Speak only as the rep: one short turn at a time, ask questions, handle objections.")
+
+
+def rep_view(messages: list[dict]) -> list[dict]:
+    """A call (persona first, then rep and prospect turns) as the rep sees it: the brief, its own turns trained."""
+    swap = {"user": "assistant", "assistant": "user"}
+    return [{"role": "system", "content": rep_brief(messages[0]["content"])}] + [
+        {"role": swap[m["role"]], "content": m["content"]} for m in messages[1:]]

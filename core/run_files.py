@@ -17,7 +17,9 @@ DATA_FILE = "data_summary.json"
 SUMMARY_FILE = "summary.json"
 REFERENCE_FILE = "reference.json"  # preference tuning: where the reference model's log-probabilities are cached
 REPORT_FILE = "report.html"
+SAMPLE_CALLS_FILE = "sample_calls.jsonl"  # --objective grpo: three held-out practice calls at each evaluation
 LOCK_FILE = ".lock"  # holds the PID of the run writing the directory (core/train/output_dir.py)
 BEST_MODEL = "best_model"
-RUN_OUTPUTS = (RUN_FILE, CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, DATA_FILE, SUMMARY_FILE, REFERENCE_FILE, BEST_MODEL,
-               REPORT_FILE, "loss_curves.png", "training_curves.png", "preference_curves.png", "tensorboard")
+RUN_OUTPUTS = (RUN_FILE, CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, SAMPLE_CALLS_FILE, DATA_FILE, SUMMARY_FILE,
+               REFERENCE_FILE, BEST_MODEL, REPORT_FILE, "loss_curves.png", "training_curves.png",
+               "preference_curves.png", "tensorboard")

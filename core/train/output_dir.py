@@ -24,6 +24,7 @@ from core.run_files import (
     METRICS_FILE,
     RUN_FILE,
     RUN_OUTPUTS,
+    SAMPLE_CALLS_FILE,
     SAMPLES_FILE,
     SUMMARY_FILE,
 )
@@ -175,7 +176,7 @@ def truncate_logs(output_dir: Path, step: int, log=print) -> None:
 
     A last line cut short by a crash is dropped and reported; a damaged line before it is refused.
     """
-    for path in (output_dir / METRICS_FILE, output_dir / SAMPLES_FILE):
+    for path in (output_dir / METRICS_FILE, output_dir / SAMPLES_FILE, output_dir / SAMPLE_CALLS_FILE):
         if not path.is_file():
             continue
         kept, lines = [], path.read_text(encoding="utf-8", errors="replace").splitlines()

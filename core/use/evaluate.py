@@ -12,7 +12,8 @@ renamed when complete, so an interrupted evaluate leaves no half-written file.
 
 `--conversations FILE` replays each conversation's user turns: the bot answers each in its own running
 context (its earlier replies, not the reference ones), and the metrics are reported per turn number,
-so drift over a long call shows.
+so drift over a long call shows; and per conversation (scenario): role inversion, persona facts named and
+contradicted, repetition, mean reply length, beside the reward --objective grpo gives the call.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from core.config import AdapterOptions, FormatOptions, HardwareOptions, LoadOptions, check_options, option, option_group
 from core.data.batching import BatchSize, collate, eval_batches, pack
+from core.data.call_rewards import LengthRange, call_components, per_turn_rates
 from core.data.conversations import load_conversations
 from core.data.files import data_files, data_inputs
 from core.data.roleplay_metrics import METRIC_NOTES, ROLE_JUDGE_METHOD, reply_metrics, role_judge, summarise
@@ -258,15 +260,45 @@ def self_play(config: EvaluateConfig, conversations: list[list[dict]], replier: 
     for number in range(max(map(len, turns), default=0)):
         at = [t[number] for t in turns if len(t) > number]
         per_turn[number + 1] = summarise([t["metrics"] for t in at], [t["reply"] for t in at])
+    scenarios = per_scenario(conversations, turns, judge)
     summary = {"model": config.model, "conversations": config.conversations, "role_judge": judge.to_dict(),
                "overall": summarise([t["metrics"] for c in turns for t in c], [t["reply"] for c in turns for t in c]),
-               "per_turn": per_turn, "metric_notes": METRIC_NOTES}
+               "per_turn": per_turn, "per_scenario": scenarios, "metric_notes": METRIC_NOTES}
     write_whole(output.with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
     print(f"{config.model}: self-play over {len(conversations)} conversations of {config.conversations}; each "
           f"conversation's turns in {output}")
     print(judge_line(judge))
     print(turn_table(per_turn))
+    print(scenario_table(scenarios))
     return 0
+
+
+def per_scenario(conversations: list[list[dict]], turns: list[list[dict]], judge) -> list[dict]:
+    """Each conversation (scenario) as one practice call: the rates of its bot turns and, beside them, the reward
+    --objective grpo would give it with its default weights (core/data/call_rewards.py), so reward hacking shows."""
+    references = [m["content"] for chat in conversations for m in chat if m["role"] == "assistant"]
+    length = LengthRange.of(references)
+    rows = []
+    for chat, played in zip(conversations, turns):
+        system = chat[0]["content"] if chat and chat[0]["role"] == "system" else ""
+        replies = [t["reply"] for t in played]
+        components = call_components(replies, system, judge, length)
+        rows.append({"persona": system[:80], **per_turn_rates(replies, system, judge),
+                     "reward": sum(components.values()), "components": components})
+    return rows
+
+
+SCENARIO_COLUMNS = (("role_inversion", "inversion"), ("persona_named", "named"),
+                    ("persona_contradicted", "contradicts"), ("repetition", "repeats"), ("mean_words", "words"),
+                    ("reward", "reward"))
+
+
+def scenario_table(rows: list[dict]) -> str:
+    """One row per scenario: role inversion, persona facts named and contradicted, repetition, length, reward."""
+    lines = ["scenario " + " ".join(f"{label:>11}" for _, label in SCENARIO_COLUMNS)]
+    for number, row in enumerate(rows, start=1):
+        lines.append(f"{number:>8} " + " ".join(f"{row[name]:>11.3g}" for name, _ in SCENARIO_COLUMNS))
+    return "\n".join(lines)
 
 
 TURN_COLUMNS = (("replies", "replies"), ("role_consistency", "role"), ("repeated_sentence_share", "rep.within"),

@@ -80,3 +80,9 @@ def test_self_play_answers_in_its_own_running_context_with_metrics_per_turn(tmp_
     assert set(summary["per_turn"]) == {str(n) for n in range(1, max(map(len, users)) + 1)}
     assert summary["per_turn"]["2"]["repeated_from_earlier_share"] == 1.0
     assert printed.count("\n   1 ") == 1 and "rep.earlier" in printed and "Role judge (naive Bayes" in printed
+    scenarios = summary["per_scenario"]  # each conversation as one call: "We are fine." repeats from turn 2 on
+    assert [s["repetition"] for s in scenarios] == pytest.approx([(len(u) - 1) / len(u) for u in users])
+    assert all(s["mean_words"] == 6 and 0 <= s["role_inversion"] <= 1 for s in scenarios)
+    assert all(s["reward"] == pytest.approx(sum(s["components"].values())) for s in scenarios)
+    assert all(s["components"]["no_repetition"] == pytest.approx(1 - s["repetition"]) for s in scenarios)
+    assert "scenario   inversion" in printed

@@ -1,4 +1,4 @@
-"""The objective seam: what the loop asks of any training objective (SFT, DPO, KTO), and nothing else.
+"""The objective seam: what the loop asks of any training objective (SFT, DPO, KTO, GRPO), and nothing else.
 
 The loop (core/train/step.py, core/trainer.py) never knows which objective runs. It cuts batches from
 *units* (an SFT sequence, a DPO pair of sequences, a KTO completion) by their lengths, asks the
@@ -45,7 +45,7 @@ class Batch:
 
 
 class Objective:
-    """The interface; core/train/objectives/sft.py, dpo.py and kto.py implement it."""
+    """The interface; core/train/objectives/sft.py, dpo.py, kto.py and grpo.py implement it."""
 
     name: str
     unit: str  # what a unit is called in the log: sequences, pairs, replies

@@ -23,7 +23,12 @@ def _kto(config) -> Objective:
     return KTO(config)
 
 
-OBJECTIVES: dict[str, Callable[[object], Objective]] = {"sft": _sft, "dpo": _dpo, "kto": _kto}
+def _grpo(config) -> Objective:
+    from core.train.objectives.grpo import GRPO
+    return GRPO(config)
+
+
+OBJECTIVES: dict[str, Callable[[object], Objective]] = {"sft": _sft, "dpo": _dpo, "kto": _kto, "grpo": _grpo}
 
 
 def objective_for(config) -> Objective:
