@@ -65,6 +65,15 @@ class FormatStats:
         self.special_text += encoded.special_text
 
 
+def special_token_text(tokenizer) -> re.Pattern | None:
+    """What spells one of the tokenizer's added or special tokens in text (`<|im_end|>`, `<tool_call>`): the
+    text `--special_tokens refuse` refuses in training data, and the practice apps in what they record."""
+    special = set(tokenizer.all_special_ids) | {i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}
+    added = {tok.content for tok in tokenizer.added_tokens_decoder.values()}  # matched in text, special or not
+    names = sorted(added | {tokenizer.convert_ids_to_tokens(i) for i in special}, key=len, reverse=True)
+    return re.compile("|".join(re.escape(n) for n in names)) if names else None
+
+
 class ChatEncoder:
     """Holds the tokenizer and what is derived from it once: special ids and a guard against injected tokens.
 
@@ -78,9 +87,7 @@ class ChatEncoder:
         self.end_of_turn_ids: set[int] = set()
         self.special_ids = set(tokenizer.all_special_ids) | {
             i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}
-        added = {tok.content for tok in tokenizer.added_tokens_decoder.values()}  # matched in text, special or not
-        names = sorted(added | {tokenizer.convert_ids_to_tokens(i) for i in self.special_ids}, key=len, reverse=True)
-        self._special_text = re.compile("|".join(re.escape(n) for n in names)) if names else None
+        self._special_text = special_token_text(tokenizer)
         self._max_message_chars: int | None = None
 
     @property

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import stat
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,23 +198,49 @@ def _iter_json(path: Path) -> Iterator[tuple[str, object]]:
         yield f"{path} item {index}", value
 
 
+def cut_short(raw: bytes, first: bool = False) -> bool:
+    """A last line that is not complete JSON (or ends inside a UTF-8 character): what a killed write leaves."""
+    try:
+        text = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as err:
+        return err.reason == "unexpected end of data"  # only the last character is incomplete
+    if not text.strip():
+        return False
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return True
+    except RecursionError:
+        return False  # complete but too deep: parse_json names it
+    return False
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, object]]:
-    seen = False
+    """The records of a JSONL file. A last line with no end of line that is not complete JSON is a write cut
+    short (an appending program killed mid-line): it is skipped and reported, never read as a record."""
+    seen = cut = False
     number = 0
     try:
         with _open(path) as handle:  # bytes: a bad byte is then reported with its line, not as a traceback
             for number, raw in enumerate(handle, start=1):
-                line = _decode(raw, f"{path} line {number}", first=number == 1)
+                where = f"{path} line {number}"
+                if not raw.endswith(b"\n") and cut_short(raw, number == 1):
+                    print(f"note: {where}: skipped, cut short ({len(raw)} bytes with no end of line: a write was "
+                          "interrupted)", file=sys.stderr)
+                    cut = True
+                    break
+                line = _decode(raw, where, first=number == 1)
                 if not line.strip():
                     continue
                 try:
-                    value = parse_json(line, f"{path} line {number}")
+                    value = parse_json(line, where)
                 except json.JSONDecodeError as err:
-                    raise DataError(f"{path} line {number}: invalid JSON ({err.msg} at column {err.colno})") from None
+                    raise DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
                 seen = True
-                yield f"{path} line {number}", value
+                yield where, value
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path} line {number + 1}: cannot read the file "
                         f"({getattr(err, 'strerror', None) or err})") from None
     if not seen:
-        raise DataError(f"{path}: file is empty (only blank lines)")
+        raise DataError(f"{path}: " + ("no complete record: its only line is cut short (a write was interrupted)"
+                                       if cut else "file is empty (only blank lines)"))

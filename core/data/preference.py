@@ -45,6 +45,27 @@ PAIR, LABEL, SFT = "pair", "label", "sft"
 KEYS = {PAIR: ("messages", "prompt", "chosen", "rejected", "meta"),
         LABEL: ("messages", "prompt", "completion", "label", "meta")}
 CHUNK_RECORDS = 256
+JUDGEMENTS = ("good", "bad", "rewrite", "pick")
+
+
+def judgement_record(kind: str, context: list[dict], reply: str, meta: dict, text: str = "", other: str = "") -> dict:
+    """The record a practice judgement becomes, in the formats this module reads: the one schema of the feedback
+    file. good/bad: a labelled reply; rewrite: `text` chosen over the reply; pick: the reply chosen over `other`."""
+    if kind in ("good", "bad"):
+        return {"messages": context, "completion": reply, "label": kind == "good", "meta": meta}
+    if kind == "rewrite":
+        return {"messages": context, "chosen": text, "rejected": reply, "meta": meta}
+    if kind == "pick":
+        return {"messages": context, "chosen": reply, "rejected": other, "meta": meta}
+    raise ValueError(f"unknown judgement {kind!r}; the judgements are {', '.join(JUDGEMENTS)}")
+
+
+def is_judgement(record: object, options: DataOptions) -> bool:
+    """A pair or a labelled reply that preference tuning accepts (what every line of a feedback file is)."""
+    try:
+        return parse_judged("", record, options).kind != SFT
+    except DataError:
+        return False
 
 
 @dataclass(kw_only=True)
@@ -166,7 +187,7 @@ def tokenize_preferences(path: str | Path, tokenizer, options: DataOptions, max_
 
 
 def _write(path, tokenizer, options: DataOptions, max_length: int, tmp: Path) -> None:
-    encoder, format_stats = ChatEncoder(tokenizer, max_length), FormatStats()
+    encoder, format_stats = ChatEncoder(tokenizer, max_length, options.special_tokens), FormatStats()
     offsets, records, hashes = array("q", [0]), array("q"), array("Q")
     desirable, pairs = array("b"), array("q")
     kinds = {PAIR: 0, LABEL: 0, SFT: 0}

@@ -1,5 +1,6 @@
-"""What practising with the bot needs besides generation (core/model/generation.py): personas to play, a
-conversation as a training record, a model loaded for chatting, and a check for looping replies.
+"""What practising with the bot needs besides the session (core/use/practice.py) and generation
+(core/model/generation.py): personas to play, a model loaded for chatting, the options every practice
+client takes, and a check for looping replies.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import torch
 import yaml
 
 from core.config import LoadOptions, check_options, option
+from core.data.chat_format import special_token_text
 from core.errors import ConfigError, first_line
 from core.model.generation import Sampling
+from core.outputs import Input
+from core.use.feedback import FeedbackFile, check_feedback_file, default_feedback_file
+from core.use.practice import Answerer, NotRecorded, special_text_rule
 
 
 def repeated_sentence(text: str) -> str | None:
@@ -53,9 +58,29 @@ def load_scenarios(path: str) -> list[Scenario]:
     return scenarios
 
 
-def as_record(system: str, turns: list[dict]) -> dict:
-    """A conversation in this project's `messages` training format (the persona first, when there is one)."""
-    return {"messages": ([{"role": "system", "content": system}] if system else []) + list(turns)}
+def load_answerer(name: str, config: ChatOptions) -> Answerer:
+    """A model loaded to answer as the prospect with the client's sampling."""
+    model, tokenizer = load_for_chat(name, config)
+    return Answerer(name, model, tokenizer, config.sampling())
+
+
+def text_rule(answerer: Answerer, config: ChatOptions, scenarios: list[Scenario]):
+    """`--special_tokens` for this model's tokenizer; the personas given at the start are held to it now."""
+    rule = special_text_rule(special_token_text(answerer.tokenizer), config.special_tokens)
+    for what, text in [("--system_prompt", config.system_prompt)] + [
+            (f"--scenarios {config.scenarios}: scenario {s.name!r}", s.system) for s in scenarios]:
+        try:
+            rule(text, "the persona")
+        except NotRecorded as err:
+            raise ConfigError(f"{what}: {err}") from None
+    return rule
+
+
+def feedback_recorder(config: ChatOptions, inputs: list[Input]) -> FeedbackFile:
+    """The feedback file (--feedback_file, or feedback.jsonl beside the model), checked before any model loads."""
+    path = Path(config.feedback_file).expanduser() if config.feedback_file else default_feedback_file(config.model)
+    check_feedback_file(path, inputs)
+    return FeedbackFile(path)
 
 
 def load_for_chat(name: str, load: LoadOptions):
@@ -82,6 +107,7 @@ class ChatOptions(LoadOptions):
     max_new_tokens: int = option(Sampling.max_new_tokens, "longest reply in tokens", at_least=1)
     greedy: bool = option(False, "always the most likely reply (no sampling)")
     feedback_file: str = option("", "where judgements of replies are appended as JSON lines for preference tuning (--objective dpo or kto); default: feedback.jsonl beside --model")
+    special_tokens: str = option("refuse", "text that spells one of the tokenizer's special tokens (<|im_end|>) in a persona, a message or a rewrite: refuse it, as training does by default, or take it (and train the files with --special_tokens text)", ("refuse", "text"))
 
     def validate(self) -> None:
         if not self.model:

@@ -20,10 +20,9 @@ from pathlib import Path
 
 from core.config import option
 from core.errors import ConfigError
-from core.model.generation import stream_reply
 from core.outputs import Input, check_output, local_inputs
-from core.use import feedback
-from core.use.chat import ChatOptions, Scenario, as_record, load_for_chat, load_scenarios
+from core.use.chat import ChatOptions, Scenario, feedback_recorder, load_answerer, load_scenarios, text_rule
+from core.use.practice import DESCRIBED, Answerer, NotRecorded, PracticeSession, recorded
 from core.utils import stage
 
 
@@ -46,76 +45,53 @@ def is_transcript(path: Path) -> bool:
         return False
 
 
-class Session:
-    """One practice call: the persona and the turns so far."""
+class Commands:
+    """The slash commands of a terminal practice call, carried out on its session."""
 
-    def __init__(self, scenarios: list[Scenario], system: str, inputs: list[Input] = (), model: str = "",
-                 feedback_path: Path | None = None):
-        self.scenarios = scenarios
-        self.system = system
+    def __init__(self, session: PracticeSession, scenarios: list[Scenario], inputs: list[Input] = ()):
+        self.session, self.scenarios = session, scenarios
         self.inputs = list(inputs)  # what /save may not write over or into
-        self.turns: list[dict] = []
-        self.model, self.feedback_path = model, feedback_path
 
-    def messages(self) -> list[dict]:
-        return as_record(self.system, self.turns)["messages"]
-
-    def command(self, line: str) -> str:
+    def run(self, line: str) -> str:
         """Carry out a slash command; return what to tell the user."""
         name, _, argument = line[1:].partition(" ")
         argument = argument.strip()
         if name == "new":
-            self.turns = []
+            self.session.restart()
             return "New prospect: the conversation starts over."
         if name == "undo":
-            if not self.turns:
-                return "Nothing to undo."
-            self.turns = self.turns[:-2]
-            return "Took back your last message and the reply."
+            return "Took back your last message and the reply." if self.session.undo() else "Nothing to undo."
         if name == "personas":
             return "\n".join(f"  {i}: {s.name}" for i, s in enumerate(self.scenarios, 1)) or "No --scenarios given."
         if name == "persona":
             return self._switch(argument)
         if name == "save":
             return self._save(argument)
-        if name in ("good", "bad", "better"):
-            return self._judge(name, argument)
+        if name in ("good", "bad"):
+            return recorded(lambda: self.session.judge(name == "good"), DESCRIBED[name])
+        if name == "better":
+            if not argument:
+                return "Usage: /better TEXT (what a real prospect would have said)"
+            return recorded(lambda: self.session.rewrite(argument), DESCRIBED["rewrite"])
         return __doc__.split("\n\n", 1)[1].strip()
 
     def _switch(self, argument: str) -> str:
         if argument.isdigit() and 1 <= int(argument) <= len(self.scenarios):
             scenario = self.scenarios[int(argument) - 1]
-            self.system, self.turns = scenario.system, []
+            self.session.restart(scenario.system, scenario.name)
             return f"Persona: {scenario.name}. The conversation starts over."
         if not argument:
             return "Usage: /persona TEXT, or /persona N for scenario N (/personas lists them)."
-        self.system, self.turns = argument, []
-        return "New persona. The conversation starts over."
-
-    def _judge(self, name: str, argument: str) -> str:
-        """Append a judgement of the last reply to the feedback file."""
-        if self.feedback_path is None:
-            return "No feedback file."
-        if name == "better" and not argument:
-            return "Usage: /better TEXT (what a real prospect would have said)"
         try:
-            if name == "better":
-                feedback.rewrite(self.feedback_path, self.messages(), argument, self.model, "chat")
-                if self.turns:
-                    self.turns[-1] = {"role": "assistant", "content": argument}  # the call goes on from the rewrite
-            else:
-                feedback.judge(self.feedback_path, self.messages(), name == "good", self.model, "chat")
-        except ValueError as err:
-            return f"Nothing recorded: {err}."
-        except OSError as err:
-            return f"Could not write to {self.feedback_path}: {err.strerror or err}"
-        what = {"good": "a good reply", "bad": "a bad reply", "better": "a better reply (pair and SFT record)"}[name]
-        return f"Recorded {what} in {self.feedback_path}."
+            self.session.restart(argument)
+        except NotRecorded as err:
+            return f"Persona unchanged: {err}."
+        return "New persona. The conversation starts over."
 
     def _save(self, argument: str) -> str:
         if not argument:
             return "Usage: /save FILE.jsonl"
-        if not any(t["role"] == "assistant" for t in self.turns):
+        if not any(t["role"] == "assistant" for t in self.session.sides[0].turns):
             return "Nothing to save yet: the prospect has not replied."
         path = Path(argument).expanduser()
         try:
@@ -124,7 +100,7 @@ class Session:
             return f"Not saved: {err}"
         try:
             with path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(as_record(self.system, self.turns), ensure_ascii=False) + "\n")
+                handle.write(json.dumps(self.session.transcript(), ensure_ascii=False) + "\n")
         except OSError as err:
             return f"Could not save to {path}: {err.strerror}"
         return f"Saved this conversation to {path} as a training record."
@@ -132,20 +108,26 @@ class Session:
 
 def chat(config: ChatConfig) -> int:
     scenarios = load_scenarios(config.scenarios) if config.scenarios else []
-    system = config.system_prompt or (scenarios[0].system if scenarios else "")
-    model, tokenizer = load_for_chat(config.model, config)
     inputs = local_inputs("--model", config.model) + local_inputs("--scenarios", config.scenarios)
-    feedback_path = Path(config.feedback_file) if config.feedback_file else feedback.default_feedback_file(config.model)
-    session, sampling = Session(scenarios, system, inputs, config.model, feedback_path), config.sampling()
+    recorder = feedback_recorder(config, inputs)
+    answerer = load_answerer(config.model, config)
+    rule = text_rule(answerer, config, scenarios)
+    first = scenarios[0] if scenarios and not config.system_prompt else None
+    session = PracticeSession(recorder, config.system_prompt or (first.system if first else ""),
+                              first.name if first else None, source="chat", rule=rule)
     print(f"Practice call with {config.model}. You are the rep; /help lists the commands, /quit ends; "
-          f"/good, /bad and /better judge a reply (into {feedback_path}).")
-    if system:
-        print(f"Persona: {system}")
-    with stage("chatting", "nothing was saved (/save FILE appends a conversation)"):
-        return converse(config, session, model, tokenizer, sampling)
+          f"/good, /bad and /better judge a reply (into {recorder.path}).")
+    if session.persona:
+        print(f"Persona: {session.persona}")
+    try:
+        with stage("chatting", "nothing was saved (/save FILE appends a conversation)"):
+            return converse(config, Commands(session, scenarios, inputs), answerer)
+    finally:
+        session.close()
 
 
-def converse(config: ChatConfig, session: Session, model, tokenizer, sampling) -> int:
+def converse(config: ChatConfig, commands: Commands, answerer: Answerer) -> int:
+    session = commands.session
     while True:
         try:
             line = input("rep> ").strip()
@@ -155,19 +137,22 @@ def converse(config: ChatConfig, session: Session, model, tokenizer, sampling) -
         if line in ("/quit", "/exit"):
             return 0
         if line.startswith("/"):
-            print(session.command(line))
+            print(commands.run(line))
             continue
         if not line:
             continue
-        session.turns.append({"role": "user", "content": line})
+        try:
+            session.say(line)
+        except NotRecorded as err:
+            print(f"Not sent: {err}.")
+            continue
         if config.seed >= 0:
             import torch
-            torch.manual_seed(config.seed + len(session.turns))
+            torch.manual_seed(config.seed + len(session.sides[0].turns))
         print("prospect> ", end="", flush=True)
-        reply = ""
-        for piece in stream_reply(model, tokenizer, session.messages(), sampling):
-            reply += piece
-            sys.stdout.write(piece)
+        shown = ""
+        for reply in session.answer(0, answerer):
+            sys.stdout.write(reply[len(shown):])
             sys.stdout.flush()
+            shown = reply
         print()
-        session.turns.append({"role": "assistant", "content": reply.strip()})

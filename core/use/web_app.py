@@ -3,25 +3,32 @@
 Pick a checkpoint (the directories beside `--model` that hold a model are offered too) and a scenario,
 talk as the rep, regenerate the prospect's last reply, compare two models side by side on the same
 rep message (base against fine-tuned), and download the conversation as a training record. Judge the
-prospect's last reply as you go (core/use/feedback.py): thumbs up or down, "Rewrite" with what a real
-prospect would say (which then stands in the conversation), or, with two models, which one is more
-realistic; each judgement is appended at once to --feedback_file. It binds to 127.0.0.1;
+prospect's last reply as you go: thumbs up or down, "Rewrite" with what a real prospect would say (which
+then stands in the conversation), or, with two models, which one is more realistic; each judgement is
+appended at once to --feedback_file (core/use/feedback.py). Each browser page holds its own
+`PracticeSession` (core/use/practice.py); the models are loaded once and shared. It binds to 127.0.0.1;
 `--host 0.0.0.0` shares it on the team's network.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import socket
 import tempfile
+import time
+import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import option
 from core.errors import ConfigError
-from core.model.generation import stream_reply
-from core.use import feedback
-from core.use.chat import ChatOptions, as_record, load_for_chat, load_scenarios
+from core.outputs import local_inputs
+from core.use.chat import ChatOptions, feedback_recorder, load_answerer, load_scenarios, text_rule
+from core.use.practice import DESCRIBED, Answerer, NotRecorded, PracticeSession, recorded
+from core.utils import stage
 
 CUSTOM = "(your own persona)"
 NONE = "(none)"
@@ -59,101 +66,160 @@ def turns(history: list[dict]) -> list[dict]:
     return [{"role": m["role"], "content": text(m["content"])} for m in history]
 
 
+def refused(err: NotRecorded):
+    """A line the session would not take, shown in the page (Gradio's error toast)."""
+    import gradio as gr
+    return gr.Error(f"Not sent: {err}.")
+
+
 class Practice:
-    """The app's state and handlers: models loaded on first use (and kept), and the conversation actions."""
+    """The app: the models (loaded on first use, shared by every page), the feedback file, and the handlers.
 
-    def __init__(self, config: WebConfig):
-        self.sampling, self.loaded, self.config = config.sampling(), {}, config
-        self.feedback_path = Path(config.feedback_file) if config.feedback_file else \
-            feedback.default_feedback_file(config.model)
+    Each page's `PracticeSession` lives in its `page` state (a dict Gradio keeps per browser tab); the chats
+    the page shows are the truth, so a handler called without a page, or with chats the session does not hold
+    (a page cleared in the browser), starts a session from what is shown.
+    """
 
-    def model(self, name: str):
+    def __init__(self, config: WebConfig, scenarios=()):
+        self.config, self.loaded = config, {}
+        inputs = local_inputs("--scenarios", config.scenarios)
+        for name in model_choices(config):
+            inputs += local_inputs("--model", name)
+        self.recorder = feedback_recorder(config, inputs)
+        self.feedback_path = self.recorder.path
+        self.scenarios = list(scenarios)
+        self.rule = None  # --special_tokens, set once the first model's tokenizer is loaded
+        self.transcripts = Path(tempfile.mkdtemp(prefix="roleplay-transcripts-", dir=gradio_cache()))
+        self._remove = weakref.finalize(self, shutil.rmtree, self.transcripts, ignore_errors=True)
+
+    def model(self, name: str) -> Answerer:
         if name not in self.loaded:
-            config = self.config
-            self.loaded[name] = load_for_chat(name, config)
+            self.loaded[name] = load_answerer(name, self.config)
+            if self.rule is None:
+                self.rule = text_rule(self.loaded[name], self.config, self.scenarios)
         return self.loaded[name]
 
-    def respond(self, history: list[dict], system: str, name: str):
-        """The history with the prospect's reply, as it grows."""
-        model, tokenizer = self.model(name)
-        reply = ""
-        for piece in stream_reply(model, tokenizer, as_record(system, turns(history))["messages"], self.sampling):
-            reply += piece
-            yield history + [{"role": "assistant", "content": reply}]
+    def session(self, page, system, histories, names, sides: int | None = None) -> PracticeSession:
+        """The page's session if it holds the persona and the chats shown (side B's when given, None when the
+        handler does not see it) with `sides` sides; else a new one that does (the old call is closed)."""
+        shown = [turns(h) for h in histories if h is not None]
+        current = (page or {}).get("session")
+        if current is None or current.persona != system or len(current.sides) < len(shown) or \
+                (sides is not None and len(current.sides) != sides) or \
+                [side.turns for side in current.sides[:len(shown)]] != shown:
+            if current is not None:
+                current.close()
+            self.model(names[0])  # the first model's tokenizer gives the --special_tokens rule
+            current = PracticeSession(self.recorder, system, sides=sides or len(shown), source="web", rule=self.rule)
+            current.show(shown, names)
+            if page is not None:
+                page["session"] = current
+        return current
 
-    def send(self, message: str, history_a, history_b, system, name_a, name_b):
+    def close(self, page: dict) -> None:
+        """A page was closed: end its call and remove its transcript."""
+        if page.get("session") is not None:
+            page["session"].close()
+        if page.get("key"):
+            shutil.rmtree(self.transcripts / page["key"], ignore_errors=True)
+
+    def send(self, message: str, history_a, history_b, system, name_a, name_b, page=None):
         if not message.strip():
             yield history_a, history_b, message
             return
-        history_a_now = history_a = history_a + [{"role": "user", "content": message}]
-        history_b = history_b + [{"role": "user", "content": message}] if name_b != NONE else history_b
-        for history_a_now in self.respond(history_a, system, name_a):
-            yield history_a_now, history_b, ""
-        for history_b_now in self.respond(history_b, system, name_b) if name_b != NONE else ():
-            yield history_a_now, history_b_now, ""
+        names, compare = [name_a, name_b], name_b != NONE
+        try:
+            session = self.session(page, system, [history_a, history_b if compare else None], names, 1 + compare)
+            session.say(message)
+        except NotRecorded as err:
+            raise refused(err) from None
+        yield from self._answer(session, names, "")
 
-    def regenerate(self, history_a, history_b, system, name_a, name_b):
-        history_a, history_b = without_last_reply(history_a), without_last_reply(history_b)
-        history_a_now = history_a
-        for history_a_now in self.respond(history_a, system, name_a) if history_a else ():
-            yield history_a_now, history_b
-        for history_b_now in self.respond(history_b, system, name_b) if history_b and name_b != NONE else ():
-            yield history_a_now, history_b_now
+    def regenerate(self, history_a, history_b, system, name_a, name_b, page=None):
+        names, compare = [name_a, name_b], name_b != NONE
+        try:
+            session = self.session(page, system, [history_a, history_b if compare else None], names, 1 + compare)
+        except NotRecorded as err:
+            raise refused(err) from None
+        if not session.sides[0].turns:
+            yield history_a, history_b
+            return
+        session.take_back_replies()
+        yield from self._answer(session, names)
 
-    def thumbs(self, history, system, name, good: bool) -> str:
+    def _answer(self, session: PracticeSession, names, *rest):
+        """Each side's reply as it grows (side A, then side B), as the chats the page shows."""
+        shown = [list(side.turns) for side in session.sides] + [[]] * (2 - len(session.sides))
+        for index, name in enumerate(names[:len(session.sides)]):
+            for reply in session.answer(index, self.model(name)):
+                shown[index] = session.sides[index].turns + [{"role": "assistant", "content": reply}]
+                yield *shown, *rest
+            shown[index] = list(session.sides[index].turns)
+        yield *shown, *rest
+
+    def thumbs(self, history, system, name, good: bool, page=None) -> str:
         """Thumbs up or down on the last reply: a labelled reply in the feedback file."""
-        return self._record(lambda: feedback.judge(self.feedback_path, as_record(system, turns(history))["messages"],
-                                                   good, name, "web"), "a good reply" if good else "a bad reply")
+        return recorded(lambda: self.session(page, system, [history], [name]).judge(good),
+                        DESCRIBED["good" if good else "bad"])
 
-    def rewrite(self, history, system, name, better: str):
+    def rewrite(self, history, system, name, better: str, page=None):
         """The trainer's rewrite of the last reply: a pair and an SFT record; the rewrite stands in the chat."""
-        status = self._record(lambda: feedback.rewrite(self.feedback_path, as_record(system, turns(history))[
-            "messages"], better, name, "web"), "a rewrite (a pair and an SFT record)")
+        try:
+            session = self.session(page, system, [history], [name])
+        except NotRecorded as err:
+            return history, f"Nothing recorded: {err}.", better
+        status = recorded(lambda: session.rewrite(better), DESCRIBED["rewrite"])
         if status.startswith("Recorded"):
-            return without_last_reply(history) + [{"role": "assistant", "content": better.strip()}], status, ""
+            return list(session.sides[0].turns), status, ""
         return history, status, better
 
-    def prefer(self, history_a, history_b, system, name_a, name_b, picked_a: bool) -> str:
+    def prefer(self, history_a, history_b, system, name_a, name_b, picked_a: bool, page=None) -> str:
         """Of the two models' replies to the same message, the more realistic: a pair in the feedback file."""
-        a, b = as_record(system, turns(history_a))["messages"], as_record(system, turns(history_b))["messages"]
-        if name_b == NONE or len(a) < 2 or len(b) < 2 or a[-2] != b[-2]:
+        if name_b == NONE:
             return "Nothing recorded: compare two models' replies to the same message first."
-        (picked, picked_model), (other, other_model) = ((a, name_a), (b, name_b)) if picked_a else \
-            ((b, name_b), (a, name_a))
-        return self._record(lambda: feedback.prefer(self.feedback_path, picked[:-1], picked[-1]["content"],
-                                                    other[-1]["content"], picked_model, other_model, "web"),
-                            f"model {'A' if picked_a else 'B'} as the more realistic")
+        return recorded(lambda: self.session(page, system, [history_a, history_b], [name_a, name_b], 2).prefer(
+            0 if picked_a else 1), f"model {'A' if picked_a else 'B'}'s reply as the more realistic")
 
-    def _record(self, write, what: str) -> str:
+    def transcript(self, history, system, page=None) -> str:
+        """The conversation as a training record for the download button: one file per page, replaced."""
         try:
-            write()
-        except ValueError as err:
-            return f"Nothing recorded: {err}."
-        except OSError as err:
-            return f"Could not write to {self.feedback_path}: {err.strerror or err}"
-        return f"Recorded {what} in {self.feedback_path}."
-
-    @staticmethod
-    def transcript(history, system) -> str:
-        """The conversation as a training record in a JSONL file, for the download button."""
-        path = Path(tempfile.mkdtemp(prefix="roleplay-transcript-")) / "transcript.jsonl"
-        path.write_text(json.dumps(as_record(system, turns(history)), ensure_ascii=False) + "\n", encoding="utf-8")
+            session = self.session(page, system, [history], [self.config.model])
+        except NotRecorded as err:
+            raise refused(err) from None
+        key = page.setdefault("key", uuid.uuid4().hex) if page is not None else "no-page"
+        path = self.transcripts / key / "transcript.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(session.transcript(), ensure_ascii=False) + "\n", encoding="utf-8")
         return str(path)
+
+    def stop(self) -> None:
+        self._remove()
+
+
+def gradio_cache() -> str:
+    """Gradio's own file folder: a download there is served as it is, not copied once per content."""
+    try:
+        from gradio.utils import get_upload_folder
+    except ImportError:  # the handlers run without Gradio in tests of the session
+        return tempfile.gettempdir()
+    folder = Path(get_upload_folder())
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
 
 
 def without_last_reply(history: list[dict]) -> list[dict]:
     return history[:-1] if history and history[-1]["role"] == "assistant" else history
 
 
-def build_app(config: WebConfig):
+def build_app(config: WebConfig, practice: Practice):
     import gradio as gr
-    scenarios = load_scenarios(config.scenarios) if config.scenarios else []
-    by_name = {s.name: s.system for s in scenarios}
+    by_name = {s.name: s.system for s in practice.scenarios}
+    scenarios = practice.scenarios
     first = config.system_prompt or (scenarios[0].system if scenarios else "")
-    practice = Practice(config)
     for name in filter(None, (config.model, config.compare_model)):
         practice.model(name)  # fail now, with one line, rather than at the first message
     with gr.Blocks(title="Roleplay practice", analytics_enabled=False) as app:
+        page = gr.State({}, delete_callback=practice.close)  # this browser tab's session and transcript
         gr.Markdown("## Practise a sales call\nYou are the rep; the model plays the prospect.")
         with gr.Row():
             name_a = gr.Dropdown(model_choices(config), value=config.model, label="Model", elem_id="model")
@@ -184,17 +250,17 @@ def build_app(config: WebConfig):
         scenario.change(lambda name, text: (by_name.get(name, text), [], []), [scenario, system],
                         [system, chat_a, chat_b])
         name_b.change(lambda name: (gr.update(visible=name != NONE),) * 2, name_b, [chat_b, compare_row])
-        good_button.click(lambda *a: practice.thumbs(*a, True), [chat_a, system, name_a], status)
-        bad_button.click(lambda *a: practice.thumbs(*a, False), [chat_a, system, name_a], status)
-        rewrite_button.click(practice.rewrite, [chat_a, system, name_a, better], [chat_a, status, better])
+        good_button.click(lambda *a: practice.thumbs(*a[:3], True, a[3]), [chat_a, system, name_a, page], status)
+        bad_button.click(lambda *a: practice.thumbs(*a[:3], False, a[3]), [chat_a, system, name_a, page], status)
+        rewrite_button.click(practice.rewrite, [chat_a, system, name_a, better, page], [chat_a, status, better])
         for button, picked_a in ((prefer_a, True), (prefer_b, False)):
-            button.click(lambda *a, picked_a=picked_a: practice.prefer(*a, picked_a),
-                         [chat_a, chat_b, system, name_a, name_b], status)
+            button.click(lambda *a, picked_a=picked_a: practice.prefer(*a[:5], picked_a, a[5]),
+                         [chat_a, chat_b, system, name_a, name_b, page], status)
         for trigger in (send_button.click, message.submit):
-            trigger(practice.send, [message, chat_a, chat_b, system, name_a, name_b],
-                    [chat_a, chat_b, message]).then(practice.transcript, [chat_a, system], download)
-        regenerate_button.click(practice.regenerate, [chat_a, chat_b, system, name_a, name_b],
-                                [chat_a, chat_b]).then(practice.transcript, [chat_a, system], download)
+            trigger(practice.send, [message, chat_a, chat_b, system, name_a, name_b, page],
+                    [chat_a, chat_b, message]).then(practice.transcript, [chat_a, system, page], download)
+        regenerate_button.click(practice.regenerate, [chat_a, chat_b, system, name_a, name_b, page],
+                                [chat_a, chat_b]).then(practice.transcript, [chat_a, system, page], download)
         new_button.click(lambda: ([], []), None, [chat_a, chat_b])
     return app
 
@@ -211,6 +277,9 @@ def check_port(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(f"--host {host}: not an address of this machine ({err.strerror}); pass 127.0.0.1, "
+                                  "0.0.0.0 (every interface) or one of its addresses") from None
             raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); another program "
                               "is using it: pass another --port") from None
 
@@ -221,7 +290,17 @@ def serve(config: WebConfig) -> int:
     except ImportError:
         raise ConfigError("train.py web needs Gradio: pip install -e '.[web]'") from None
     check_port(config.host, config.port)
-    app = build_app(config)
-    print(f"Practice app on http://{config.host}:{config.port} (Ctrl-C to stop)", flush=True)
-    app.queue().launch(server_name=config.host, server_port=config.port, show_error=True, quiet=True)
-    return 0
+    practice = Practice(config, load_scenarios(config.scenarios) if config.scenarios else [])
+    try:
+        app = build_app(config, practice)
+        app.queue().launch(server_name=config.host, server_port=config.port, show_error=True, quiet=True,
+                           prevent_thread_lock=True)
+        try:
+            with stage("serving the practice app", f"every judgement made is in {practice.feedback_path}"):
+                print(f"Practice app on http://{config.host}:{config.port} (Ctrl-C to stop)", flush=True)
+                while True:  # until a signal: SIGINT and SIGTERM end here, as in every command
+                    time.sleep(1)
+        finally:
+            app.close(verbose=False)
+    finally:
+        practice.stop()

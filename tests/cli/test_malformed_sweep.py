@@ -211,15 +211,18 @@ def transcript_case(rng: random.Random, index: int, tmp_path):
 
 
 def test_mutated_transcript_files_are_accepted_or_refused_in_one_line(tmp_path, qwen_1k_tokenizer):
-    from core.use.chat_cli import Session
+    from core.use.chat_cli import Commands
+    from core.use.feedback import FeedbackFile
+    from core.use.practice import PracticeSession
     rng = random.Random(SEED + 11)
     refused_by_save = 0
     for index in range(60):
         path = transcript_case(rng, index, tmp_path)
         before = path.read_bytes()
-        session = Session([], "You are Dana.")
-        session.turns = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Yes?"}]
-        code, output = quietly(lambda path=path, session=session: print(session.command(f"/save {path}")) or 0)
+        session = PracticeSession(FeedbackFile(tmp_path / "feedback.jsonl"), "You are Dana.")
+        session.show([[{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Yes?"}]], ["m"])
+        commands = Commands(session, [])
+        code, output = quietly(lambda path=path, commands=commands: print(commands.run(f"/save {path}")) or 0)
         assert code == 0 and "Traceback" not in output, output
         if output.startswith("Not saved"):
             refused_by_save += 1
@@ -234,15 +237,34 @@ def test_mutated_transcript_files_are_accepted_or_refused_in_one_line(tmp_path, 
     assert refused_by_save > 10
 
 
+class Scripted:
+    """A model that says the given reply (the session's answering interface, without a model)."""
+
+    def __init__(self, name: str, reply: str):
+        self.name, self.reply = name, reply
+
+    def stream(self, messages):
+        yield self.reply
+
+
+def practised(path, rng: random.Random, index: int):
+    """A feedback file as the practice apps write it (core/use/practice.py: thumbs, rewrite, better of two)."""
+    from core.use.feedback import FeedbackFile
+    from core.use.practice import PracticeSession
+    session = PracticeSession(FeedbackFile(path), "You are Dana.", sides=2, source="web")
+    session.say("Hi.")
+    list(session.answer(0, Scripted("best_model", f"Who is this? {index}")))
+    list(session.answer(1, Scripted("base", "Sure, tell me everything!")))
+    session.judge(rng.random() < 0.5)
+    session.prefer(0)
+    session.rewrite("Dana here. What is it about?")
+    return session
+
+
 def feedback_case(rng: random.Random, index: int, tmp_path):
-    """A feedback file as the practice apps write it (core/use/feedback.py: thumbs, rewrite, better of two), mutated."""
-    from core.use import feedback
+    """A feedback file written by a practice session, mutated."""
     path = tmp_path / f"feedback{index}.jsonl"
-    chat = [{"role": "system", "content": "You are Dana."}, {"role": "user", "content": "Hi."},
-            {"role": "assistant", "content": f"Who is this? {index}"}]
-    feedback.judge(path, chat, rng.random() < 0.5, "best_model", "web")
-    feedback.rewrite(path, chat, "Dana here. What is it about?", "best_model", "chat")
-    feedback.prefer(path, chat[:2], "Make it quick.", "Sure, tell me everything!", "a", "b", "web")
+    practised(path, rng, index)
     records = [json.loads(line) for line in path.read_text().splitlines()]
     path.write_bytes(mutated_lines(rng, records, path.read_bytes()))
     return path
@@ -265,6 +287,29 @@ def test_mutated_feedback_files_are_accepted_or_refused_in_one_line(tmp_path, qw
         check(code, output, (str(path),))
         refused += code != 0
     assert refused > 10
+
+
+def test_feedback_files_cut_short_at_every_length_are_read_and_appended_to_whole(tmp_path):
+    """A kill can stop an append at any byte: the reader skips the line cut short (or refuses a file with no
+    whole record, in one line) and the next judgement starts on a fresh line, whole."""
+    from core.data.preference import count_usable
+    path = tmp_path / "feedback.jsonl"
+    session = practised(path, random.Random(SEED), 0)
+    written = path.read_bytes()
+    for length in range(len(written) + 1):
+        path.write_bytes(written[:length])
+        tail = written[:length].rsplit(b"\n", 1)[-1]  # the last line: whole (no end of line yet) or cut short
+        cut = bool(tail) and tail not in written.split(b"\n")
+        whole = written[:length].count(b"\n") + (bool(tail) and not cut)
+        code, output = quietly(lambda: count_usable(path, "kto", DataOptions()) and 0)
+        check(code, output, (str(path),))
+        assert (code == 0) == (whole > 0) and ("cut short" in output) == cut
+        session.judge(False)
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(records) == whole + 1 and records[-1]["label"] is False
+    sft = path.with_name("feedback.sft.jsonl")  # the rewrite's SFT sibling, appended the same way
+    assert [json.loads(line)["messages"][-1]["content"] for line in sft.read_text().splitlines()] == [
+        "Dana here. What is it about?"]
 
 
 CHECKPOINT_JSON = ["checkpoint-4/trainer_state.json", "checkpoint-4/train_config.json", "run.json", "summary.json",
