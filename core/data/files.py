@@ -1,8 +1,9 @@
 """The files a `--data_path` names, and the raw JSON values in them, each with where it came from.
 
-`--data_path` is one file, a directory (every data file under it, in sorted order) or a glob pattern
-(`shards/part-*.jsonl.gz`). A data file is `.jsonl` (one record per line, streamed) or `.json` (a list
-of records), either optionally gzip-compressed (`.gz`). Every problem is a `DataError` naming the file
+`--data_path` is one file, a directory (every data file under it, in sorted order), a glob pattern
+(`shards/part-*.jsonl.gz`), or a team store's URL (core/data/store_reader.py: no files, records from a
+snapshot). A data file is `.jsonl` (one record per line, streamed) or `.json` (a list of records), either
+optionally gzip-compressed (`.gz`). Every problem is a `DataError` naming the file
 (the shard) and the line or list item, so a bad line in one shard of thousands is found at once.
 """
 
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from core.data.store_reader import is_store_path, iter_store_records, store_file, store_sha256
 from core.errors import DataError
 from core.outputs import Input
 
@@ -37,6 +39,8 @@ def data_format(path: Path) -> str | None:
 
 def data_files(data_path: str | Path) -> list[Path]:
     """The data files `data_path` names, checked (known format, readable, not empty) before anything reads them."""
+    if is_store_path(data_path):
+        return []
     path = Path(data_path)
     if any(c in str(data_path) for c in "*?[") and not path.exists():
         files = sorted(Path(p) for p in glob.glob(str(data_path), recursive=True) if Path(p).is_file())
@@ -56,6 +60,9 @@ def data_files(data_path: str | Path) -> list[Path]:
 def data_inputs(data_path: str | Path) -> list[Input]:
     """What `--data_path` reads, for the output checks: a directory as a whole (every file that appears under it
     is read), a file, or a pattern's files (and, for a recursive `**` pattern, the folder it searches)."""
+    if is_store_path(data_path):
+        file = store_file(data_path)
+        return [Input("--data_path", file)] if file is not None else []
     path = Path(data_path)
     if any(c in str(data_path) for c in "*?[") and not path.exists():
         root = Path(str(data_path).split("**")[0]) if "**" in str(data_path) else None
@@ -88,6 +95,11 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: cannot read the file ({err.strerror})") from None
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
+
+
+def source_sha256(data_path: str | Path) -> str:
+    """The sha256 of what `data_path` holds: its files' bytes, or the records a store snapshot reads."""
+    return store_sha256(data_path) if is_store_path(data_path) else data_sha256(data_files(data_path))
 
 
 def data_sha256(files: list[Path]) -> str:
@@ -162,9 +174,13 @@ def _refuse_surrogates(value: object, where: str) -> None:
 
 
 def iter_raw_records(data_path: str | Path) -> Iterator[tuple[str, object]]:
-    """Yield (location, parsed JSON value) for each record of each file, streaming JSONL line by line."""
+    """Yield (location, parsed JSON value) for each record of each file, streaming JSONL line by line, or of a
+    store's snapshot."""
+    if is_store_path(data_path):
+        yield from iter_store_records(data_path)
+        return
     for path in data_files(data_path):
-        yield from (_iter_jsonl(path) if data_format(path) == ".jsonl" else _iter_json(path))
+        yield from READERS[data_format(path)](path)
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -244,3 +260,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, object]]:
     if not seen:
         raise DataError(f"{path}: " + ("no complete record: its only line is cut short (a write was interrupted)"
                                        if cut else "file is empty (only blank lines)"))
+
+
+
+READERS = {".jsonl": _iter_jsonl, ".json": _iter_json}  # by data_format; a store URL: core/data/store_reader.py

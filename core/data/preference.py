@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data.chat_format import ChatEncoder, FormatStats
-from core.data.files import data_files, data_format, data_sha256, iter_raw_records
+from core.data.files import data_files, data_format, iter_raw_records, source_sha256
 from core.data.tokenized import TokenizedData, tokenizer_fingerprint
 from core.dataset import (
     Conversation,
@@ -171,7 +171,7 @@ def tokenize_preferences(path: str | Path, tokenizer, options: DataOptions, max_
                          data_hash: str | None = None) -> PreferenceData:
     """Load the cached arrays for this exact input, or build and cache them."""
     files = data_files(path)
-    data_hash = data_hash or data_sha256(files)
+    data_hash = data_hash or source_sha256(path)
     key = hashlib.sha256(json.dumps({
         "data": data_hash, "formats": [data_format(f) for f in files], "tokenizer": tokenizer_fingerprint(tokenizer),
         "max_length": max_length, "options": asdict(options), "preference_version": FORMAT_VERSION},

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.data.chat_format import ChatEncoder, FormatStats
-from core.data.files import data_files, data_format, data_sha256
+from core.data.files import data_files, data_format, source_sha256
 from core.dataset import DataOptions, LoadStats, load_conversations
 from core.utils import atomic_directory, remove_stale_temporaries, stage
 
@@ -87,7 +87,7 @@ def tokenize_file(path: str | Path, tokenizer, options: DataOptions, max_length:
     `data_hash` is the file's sha256 where the caller has it already (a large file is read once).
     """
     files = data_files(path)
-    data_hash = data_hash or data_sha256(files)
+    data_hash = data_hash or source_sha256(path)
     key = hashlib.sha256(json.dumps({
         "data": data_hash, "formats": [data_format(f) for f in files], "tokenizer": tokenizer_fingerprint(tokenizer),
         "max_length": max_length,

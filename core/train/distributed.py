@@ -67,6 +67,15 @@ def barrier(dist: Dist) -> None:
         torch_dist.barrier()
 
 
+def from_main(dist: Dist, value):
+    """Rank 0's value on every rank (what must be decided once for all, such as a store's snapshot)."""
+    if not dist.active:
+        return value
+    box = [value]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 @contextmanager
 def main_first(dist: Dist):
     """Rank 0 runs the block first (filling a cache, say); the other ranks run it once rank 0 is done."""

@@ -23,8 +23,9 @@ from transformers.utils import logging as hf_logging
 
 from core.config import AUTO, TrainConfig, default_batch_tokens
 from core.data.batching import BatchSize, epoch_batches
-from core.data.files import data_files, data_inputs, data_sha256
+from core.data.files import data_inputs, source_sha256
 from core.data.statistics import data_statistics, format_statistics
+from core.data.store_reader import is_store_path, pin
 from core.data.tokenized import TokenizedData, split_records
 from core.errors import CheckpointError, ConfigError
 from core.model.load import default_cache_dir, load_model_and_tokenizer
@@ -113,7 +114,8 @@ def setup(config: TrainConfig, log=print) -> Run:
                                                                                    config.max_length)
     dist = distributed.init_distributed(config.distributed, device)
     device, log = distributed.local_device(dist, device), log if dist.is_main else (lambda *_: None)
-    data_hash = data_sha256(data_files(config.data_path))
+    pin_store_snapshot(config, dist)
+    data_hash = source_sha256(config.data_path)
     fingerprint = run_fingerprint(data_hash, config, dist.world_size)
     objective = objective_for(config)
     objective.check_data(config)
@@ -169,6 +171,29 @@ def setup(config: TrainConfig, log=print) -> Run:
         mark_output_dir(out, fingerprint, config, splits.statistics)
         warn_if_disk_short(run, steps, log)
     return run
+
+
+def pin_store_snapshot(config: TrainConfig, dist: Dist) -> None:
+    """A store --data_path: the rows this run reads, pinned once by rank 0 (core/data/store_reader.py) and kept as
+    the run's data_path in train_config.json; a resumed run reads the snapshot of the run it resumes."""
+    if is_store_path(config.data_path):
+        pinned = pin(config.data_path, config.objective, resumed_data_path(config)) if dist.is_main else None
+        config.data_path = distributed.from_main(dist, pinned)
+
+
+def resumed_data_path(config: TrainConfig) -> str | None:
+    """The data_path in the train_config.json of the checkpoint this run will resume from, if any."""
+    if not config.resume_from_checkpoint:
+        return None
+    if config.resume_from_checkpoint == "auto":
+        found = ckpt.complete_checkpoints(Path(config.output_dir))
+        path = found[-1][1] if found else None
+    else:
+        path = Path(config.resume_from_checkpoint)
+    try:
+        return json.loads((path / CONFIG_FILE).read_text()).get("data_path") if path else None
+    except (OSError, ValueError, AttributeError):
+        return None  # the resume itself says what is wrong with the checkpoint
 
 
 def setup_output_dir(config: TrainConfig, out: Path, fingerprint: dict, dist: Dist, log) -> Restored | None:
