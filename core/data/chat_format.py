@@ -213,6 +213,13 @@ class ChatEncoder:
         raise TemplateError(f"{where}: the chat template does not close assistant turns with a special "
                             "token, so the model could not learn to stop; use a chat model's template")
 
+    def prompt_ids(self, chat: list[dict]) -> list[int]:
+        """What the model reads before its next reply (the template's generation prompt), with special-token text
+        in the messages tokenised as plain text under `--special_tokens text`, exactly as training reads it."""
+        if self.special_tokens == "text" and self._special_text is not None:
+            chat = [{**m, "content": self._as_text(m["content"])} for m in chat]
+        return self._tokenize([self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)])[0]
+
     def encode(self, conversation: Conversation) -> Encoded:
         return self.encode_many([conversation])[0]
 

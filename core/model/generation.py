@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TextIteratorStreamer
 
+from core.data.chat_format import ChatEncoder
+
 
 @dataclass
 class Sampling:
@@ -82,7 +84,11 @@ class GreedyRows(LogitsProcessor):
         return scores
 
 
-def _inputs(model, tokenizer, messages: list[dict]) -> dict:
+def _inputs(model, tokenizer, messages: list[dict], special_tokens: str = "refuse") -> dict:
+    """The prompt; under `special_tokens="text"` text that spells a control token stays text (as in training)."""
+    if special_tokens == "text":
+        ids = torch.tensor([ChatEncoder(tokenizer, 1, "text").prompt_ids(messages)], dtype=torch.long)
+        return {"input_ids": ids.to(model.device), "attention_mask": torch.ones_like(ids).to(model.device)}
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                          return_dict=True).to(model.device)
 
@@ -146,11 +152,12 @@ def generate_reply(model, tokenizer, messages: list[dict], sampling: Sampling | 
     return generate_replies(model, tokenizer, [messages], sampling, seed)[0]
 
 
-def stream_reply(model, tokenizer, messages: list[dict], sampling: Sampling | None = None) -> Iterator[str]:
+def stream_reply(model, tokenizer, messages: list[dict], sampling: Sampling | None = None,
+                 special_tokens: str = "refuse") -> Iterator[str]:
     """The next reply, piece by piece as it is generated (generation runs in a background thread)."""
     sampling = sampling or Sampling()
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    inputs = _inputs(model, tokenizer, messages)
+    inputs = _inputs(model, tokenizer, messages, special_tokens)
     kwargs = {**inputs, **sampling.generate_kwargs(inputs["input_ids"].shape[1]), "streamer": streamer,
               "use_cache": True, "pad_token_id": pad_id(tokenizer)}
     thread = threading.Thread(target=model.generate, kwargs=kwargs, daemon=True)

@@ -61,7 +61,7 @@ def load_scenarios(path: str) -> list[Scenario]:
 def load_answerer(name: str, config: ChatOptions) -> Answerer:
     """A model loaded to answer as the prospect with the client's sampling."""
     model, tokenizer = load_for_chat(name, config)
-    return Answerer(name, model, tokenizer, config.sampling())
+    return Answerer(name, model, tokenizer, config.sampling(), config.special_tokens)
 
 
 def text_rule(answerer: Answerer, config: ChatOptions, scenarios: list[Scenario]):

@@ -26,13 +26,16 @@ import fcntl
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.data.files import cut_short, iter_raw_records
 from core.data.preference import is_judgement
 from core.dataset import DataOptions
 from core.errors import ConfigError, DataError
 from core.outputs import Input, check_output
-from core.use.practice import Judgement, PracticeSession
+
+if TYPE_CHECKING:  # the file is written without the model side loaded (an appending process stays light)
+    from core.use.practice import Judgement, PracticeSession
 
 FEEDBACK_FILE = "feedback.jsonl"
 CHUNK = 1 << 16

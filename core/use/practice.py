@@ -85,9 +85,10 @@ class Answerer:
     model: object
     tokenizer: object
     sampling: Sampling
+    special_tokens: str = "refuse"  # "text": control-token text in the conversation is read as plain text
 
     def stream(self, messages: list[dict]) -> Iterator[str]:
-        return stream_reply(self.model, self.tokenizer, messages, self.sampling)
+        return stream_reply(self.model, self.tokenizer, messages, self.sampling, self.special_tokens)
 
 
 @dataclass
