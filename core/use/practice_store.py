@@ -1,0 +1,144 @@
+"""The practice apps' record in the team's store (core/store): a `Recorder` beside the feedback file's.
+
+A session's call is opened in the store on its first message, each message is added as it is said (a reply
+with its model, its sampling and how long it took to write), each judgement with its author, and the call is
+closed when the session starts over or ends. The store commits every write before the method returns, so a
+judgement the app acknowledged survives the app being killed.
+
+By default the apps record only here (the store beside the model, `practice.db`); the JSONL feedback file is an
+export (`train.py team export`), written as well only when `--feedback_file` is given (`Both`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from core.errors import ConfigError
+from core.outputs import Input
+from core.store import Store, StoreError, User, default_store, open_store
+from core.use.feedback import FeedbackFile, is_model_directory
+from core.use.practice import Judgement, PracticeSession
+
+HEAD = 1 << 20  # bytes of each model file read into its fingerprint, from each end
+
+
+def open_practice_store(option: str, model: str, inputs: list[Input]) -> Store:
+    """The store the apps record into: `--store` (a path or URL), else `practice.db` beside the model; an SQLite
+    file is created on first use, but never as one of the command's inputs or inside a model directory."""
+    target = option or str(default_store(model))
+    if "://" not in target or target.startswith("sqlite:"):
+        path = Path(target.removeprefix("sqlite:///")).expanduser().resolve()
+        for given in inputs:
+            source = given.path.expanduser().resolve()
+            if path == source or source in path.parents:
+                raise ConfigError(f"--store {target} is {'also' if path == source else 'inside'} the input "
+                                  f"{given.option} {given.path}: choose a store outside it")
+        holder = next((d for d in path.parents if is_model_directory(d)), None)
+        if holder is not None:
+            raise ConfigError(f"--store {target} lies inside the model directory {holder}: choose a store outside it")
+    return open_store(target, create=True)
+
+
+def fingerprint(model: str) -> str:
+    """What identifies the model that answered: for a local model, a sha256 of its files' names, sizes and
+    first and last MiB (the weights' header and some of their values: a retrained model differs); for a hub
+    id or alias, its name."""
+    path = Path(model).expanduser()
+    files = sorted(p for p in (path.iterdir() if path.is_dir() else [path]) if p.is_file()) if path.exists() else []
+    if not files:
+        return f"name:{model}"
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.name}\0{size}\0".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(HEAD))
+            if size > 2 * HEAD:
+                handle.seek(-HEAD, 2)
+                digest.update(handle.read(HEAD))
+    return "sha256:" + digest.hexdigest()
+
+
+class StoreRecorder:
+    """One session's call in the store, made by `user` (None: the store's holder, a local single user).
+
+    `answering()` is called by the app just before it asks a model for a reply: the reply's latency is the time
+    from then until the reply is recorded. A store fault becomes an OSError (the session tells the user, and
+    the call goes on), as the Recorder protocol asks."""
+
+    def __init__(self, store: Store, user: User | None, models: list[str], sampling: dict, fingerprints: dict):
+        self.store, self.user, self.models = store, user, models
+        self.sampling, self.fingerprints = sampling, fingerprints
+        self.started: float | None = None
+
+    @property
+    def where(self) -> str:
+        return f"the team's store ({self.store.where})"
+
+    def answering(self) -> None:
+        self.started = time.monotonic()
+
+    def open_call(self, session: PracticeSession) -> int:
+        models = self.models[:len(session.sides)]
+        return faulted(lambda: self.store.open_call(self.user, session.scenario, session.persona, " vs ".join(models),
+                                                    " ".join(self.fingerprints[m] for m in models)))
+
+    def message(self, call: int, position: int, role: str, content: str, model: str | None) -> int:
+        latency = None
+        if role == "assistant" and self.started is not None:
+            latency, self.started = (time.monotonic() - self.started) * 1000, None
+        sampling = self.sampling if role == "assistant" else None
+        return faulted(lambda: self.store.add_message(call, position, role, content, model, sampling, latency))
+
+    def judgement(self, call: int, judgement: Judgement) -> str:
+        text = {"rewrite": judgement.text}.get(judgement.kind)
+        faulted(lambda: self.store.add_judgement(call, judgement.message, judgement.kind, judgement.user or self.user,
+                                                 text, judgement.other or None, judgement.other_model or None))
+        return self.where
+
+    def close_call(self, call: int) -> None:
+        faulted(lambda: self.store.close_call(call))
+
+
+class Both:
+    """The store and, when `--feedback_file` is given, the feedback file as well (the store first: it is the
+    record; the file is an export made as the judgements come)."""
+
+    def __init__(self, store: StoreRecorder, file: FeedbackFile):
+        self.store, self.file = store, file
+
+    @property
+    def where(self) -> str:
+        return f"{self.store.where} and {self.file.path}"
+
+    def answering(self) -> None:
+        self.store.answering()
+
+    def open_call(self, session: PracticeSession) -> int:
+        return self.store.open_call(session)
+
+    def message(self, call: int, position: int, role: str, content: str, model: str | None) -> int:
+        return self.store.message(call, position, role, content, model)
+
+    def judgement(self, call: int, judgement: Judgement) -> str:
+        where = self.store.judgement(call, judgement)
+        return f"{where} and {self.file.judgement(None, judgement)}"
+
+    def close_call(self, call: int) -> None:
+        self.store.close_call(call)
+
+
+def recorder_for(store: Store, user: User | None, models: list[str], sampling, fingerprints: dict,
+                 file: FeedbackFile | None):
+    recorder = StoreRecorder(store, user, models, asdict(sampling), fingerprints)
+    return Both(recorder, file) if file is not None else recorder
+
+
+def faulted(write):
+    try:
+        return write()
+    except StoreError as err:
+        raise OSError(f"the store refused it: {err}") from None
