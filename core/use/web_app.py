@@ -315,11 +315,12 @@ def build_app(config: WebConfig, practice: Practice):
         chosen.change(practice.call_file, [chosen, page], call_download)
         refresh_review.click(practice.review, page, reviews)
 
-        def login(state: dict, request: gr.Request):
+        def login(state, request):
             state = practice.login(state, request)
             user = state["user"]
             shown = f"Logged in as **{user.name}** ({user.role})" if user else "Local single user (no login)"
             return state, shown, gr.update(visible=user is None or user.role == "trainer")
+        login.__annotations__ = {"request": gr.Request}  # how Gradio knows to pass the request (not a string)
         app.load(login, page, [page, who, review_tab])
     return app
 
