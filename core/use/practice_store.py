@@ -65,9 +65,9 @@ def fingerprint(model: str) -> str:
 class StoreRecorder:
     """One session's call in the store, made by `user` (None: the store's holder, a local single user).
 
-    `answering()` is called by the app just before it asks a model for a reply: the reply's latency is the time
-    from then until the reply is recorded. A store fault becomes an OSError (the session tells the user, and
-    the call goes on), as the Recorder protocol asks."""
+    `answering()` is called by the app just before it asks a model for a reply: the reply is recorded with the
+    sampling and its latency, the time from then until it is complete. A store fault becomes an OSError (the
+    session tells the user, and the call goes on), as the Recorder protocol asks."""
 
     def __init__(self, store: Store, user: User | None, models: list[str], sampling: dict, fingerprints: dict):
         self.store, self.user, self.models = store, user, models
@@ -87,10 +87,9 @@ class StoreRecorder:
                                                     " ".join(self.fingerprints[m] for m in models)))
 
     def message(self, call: int, position: int, role: str, content: str, model: str | None) -> int:
-        latency = None
+        latency = sampling = None  # a rep's line, or a reply the model did not write now (a rewrite standing in)
         if role == "assistant" and self.started is not None:
-            latency, self.started = (time.monotonic() - self.started) * 1000, None
-        sampling = self.sampling if role == "assistant" else None
+            latency, sampling, self.started = (time.monotonic() - self.started) * 1000, self.sampling, None
         return faulted(lambda: self.store.add_message(call, position, role, content, model, sampling, latency))
 
     def judgement(self, call: int, judgement: Judgement) -> str:

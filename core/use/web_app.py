@@ -304,7 +304,7 @@ def build_app(config: WebConfig, practice: Practice):
             with gr.Row():
                 chosen = gr.Dropdown([], label="Call", elem_id="call-choice")
                 call_download = gr.DownloadButton("Download the call", elem_id="call-download")
-        with gr.Tab("Review", elem_id="review-tab") as review_tab:
+        with gr.Tab("Review (trainers)", elem_id="review-tab"):
             refresh_review = gr.Button("Review every scenario", elem_id="refresh-review")
             reviews = [gr.Markdown(elem_id="review-overview")]
             with gr.Tabs():
@@ -319,9 +319,9 @@ def build_app(config: WebConfig, practice: Practice):
             state = practice.login(state, request)
             user = state["user"]
             shown = f"Logged in as **{user.name}** ({user.role})" if user else "Local single user (no login)"
-            return state, shown, gr.update(visible=user is None or user.role == "trainer")
+            return state, shown
         login.__annotations__ = {"request": gr.Request}  # how Gradio knows to pass the request (not a string)
-        app.load(login, page, [page, who, review_tab])
+        app.load(login, page, [page, who])
     return app
 
 

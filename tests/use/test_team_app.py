@@ -42,13 +42,15 @@ def start_web(model, store_path, *options):
                                 "--scenarios", "data/scenarios.yaml", "--max_new_tokens", "6", "--greedy", "--port",
                                 str(port), *map(str, options)], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    url, deadline = f"http://127.0.0.1:{port}/", time.time() + 120
+    url, deadline = f"http://127.0.0.1:{port}/", time.time() + 300
     while True:
         try:
             urllib.request.urlopen(url, timeout=2)
             return process, url
         except OSError:
-            assert process.poll() is None and time.time() < deadline, process.stdout.read() if process.poll() else ""
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                raise AssertionError(f"the web app did not start: {process.communicate()[0][-3000:]}") from None
             time.sleep(0.3)
 
 
@@ -120,9 +122,10 @@ def test_two_reps_judge_in_the_browser_and_dpo_and_kto_train_on_exactly_their_ju
             ben.click("#refresh-calls")
             ben.wait_for_function("document.querySelector('#calls').innerText.includes('ben')")
             assert "ana" not in ben.inner_text("#calls")
-            assert not ben.is_visible("#review-tab-button")
+            ben.click("#review-tab-button")
+            ben.click("#refresh-review")
+            ben.wait_for_function("document.querySelector('#review-overview').innerText.includes('Only a trainer')")
             # kill -9 while ben is judging: the click is sent, the app dies before (or after) answering
-            ben.click("#calls-tab-button")  # back to practice
             ben.click("#practise-tab-button")
             ben.click("#thumbs-down")
             process.kill()
@@ -143,10 +146,13 @@ def test_two_reps_judge_in_the_browser_and_dpo_and_kto_train_on_exactly_their_ju
     store = open_store(path)
     calls = store.calls_for(None)
     assert [(c.user, c.scenario) for c in calls] == [("ana", FRANK_SCENARIO), ("ben", FRANK_SCENARIO)]
-    with sqlite3.connect(path) as db:  # each reply with its model, sampling and latency
-        replies = db.execute("SELECT model, sampling, latency_ms FROM messages WHERE role = 'assistant'").fetchall()
-    assert {r[0] for r in replies} == {str(tiny_qwen_dir), str(other)}
-    assert all(json.loads(r[1])["max_new_tokens"] == 6 and r[2] > 0 for r in replies)
+    with sqlite3.connect(path) as db:  # each reply with its model, and the sampling and latency of its writing
+        replies = db.execute("SELECT model, sampling, latency_ms, content FROM messages WHERE role = 'assistant'"
+                             ).fetchall()
+    rewrites = {row[3] for row in stored if row[3]}
+    assert {r[0] for r in replies} == {str(tiny_qwen_dir), str(other)} and len(replies) == 4 + len(rewrites)
+    assert all(json.loads(r[1])["max_new_tokens"] == 6 and r[2] > 0 for r in replies if r[3] not in rewrites)
+    assert all(r[1] is None and r[2] is None for r in replies if r[3] in rewrites)  # written by the rep
 
     url_of = f"sqlite:///{path}"
     pairs = [j for j, _, kind, _ in stored if kind in ("rewrite", "pick")]
