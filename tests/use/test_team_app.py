@@ -57,12 +57,12 @@ def start_web(model, store_path, *options):
 def log_in(browser, url: str, name: str, password: str):
     """A fresh browser context (its own cookies) logged in as `name`."""
     page = browser.new_context(viewport={"width": 1280, "height": 1200}).new_page()
-    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+    page.goto(url, wait_until="domcontentloaded", timeout=120_000)
     page.fill("input[data-testid='textbox']", name)
     page.fill("input[type='password']", password)
-    page.click("button:has-text('Login')")
-    page.wait_for_selector("#rep-message textarea", timeout=60_000)
-    page.wait_for_function(f"document.querySelector('#who').innerText.includes('{name}')", timeout=30_000)
+    page.click("button:has-text('Login')")  # the page reloads as the app (slow on a loaded host)
+    page.wait_for_selector("#rep-message textarea", timeout=180_000)
+    page.wait_for_function(f"document.querySelector('#who').innerText.includes('{name}')", timeout=60_000)
     return page
 
 
