@@ -102,6 +102,7 @@ class Practice:
         self.scenarios = list(scenarios)
         self.scenario_of = {s.system: s.name for s in self.scenarios}  # a persona shown as given: its scenario
         self.fingerprints: dict[str, str] = {}
+        self.sessions: weakref.WeakSet[PracticeSession] = weakref.WeakSet()  # open calls, closed when the app stops
         # the scenarios given a tab in the trainer's review: --scenarios', the store's, and calls without one
         self.review_names = list(dict.fromkeys([s.name for s in self.scenarios] +
                                                [s["name"] for s in self.store.scenarios()] + [NO_SCENARIO]))
@@ -136,6 +137,7 @@ class Practice:
             current.show(shown, names)
             if page is not None:
                 page["session"] = current
+            self.sessions.add(current)
         return current
 
     def close(self, page: dict) -> None:
@@ -243,10 +245,10 @@ class Practice:
         table = "\n".join(lines) if shown else "No calls recorded yet."
         return table, gr.update(choices=[c.id for c in shown], value=shown[-1].id if shown else None)
 
-    def call_file(self, call_id, page) -> str:
+    def call_file(self, call_id, page) -> str | None:
         """One call as a file to download, if the page's user may read it (the store refuses a rep another's)."""
         if call_id is None:
-            raise refused(NotRecorded("choose a call first"))
+            return None  # no call chosen (none recorded yet): nothing to download
         try:
             record = self.store.transcript(self.reader(page), int(call_id))
         except (AccessDenied, StoreError) as err:
@@ -269,6 +271,12 @@ class Practice:
             for name in self.review_names]
 
     def stop(self) -> None:
+        """The app stops: the pages' calls end, and the store is let go."""
+        for session in list(self.sessions):
+            try:
+                session.close()
+            except OSError:
+                pass  # the store is gone: the call stays open, its messages and judgements recorded
         self._remove()
         self.store.close()
 
