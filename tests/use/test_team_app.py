@@ -55,12 +55,14 @@ def start_web(model, store_path, *options):
 
 
 def log_in(browser, url: str, name: str, password: str):
-    """A fresh browser context (its own cookies) logged in as `name`."""
+    """A fresh browser context (its own cookies) on the login page, logged in as `name` through Gradio's /login
+    with the context's cookie jar (the form's own script can miss a click made before it is ready)."""
     page = browser.new_context(viewport={"width": 1280, "height": 1200}).new_page()
     page.goto(url, wait_until="domcontentloaded", timeout=120_000)
-    page.fill("input[data-testid='textbox']", name)
-    page.fill("input[type='password']", password)
-    page.click("button:has-text('Login')")  # the page reloads as the app (slow on a loaded host)
+    page.wait_for_selector("input[type='password']", timeout=120_000)  # no app without a login
+    assert not page.is_visible("#rep-message textarea")
+    assert page.context.request.post(url + "login", form={"username": name, "password": password}).ok
+    page.goto(url, wait_until="domcontentloaded", timeout=120_000)
     page.wait_for_selector("#rep-message textarea", timeout=180_000)
     page.wait_for_function(f"document.querySelector('#who').innerText.includes('{name}')", timeout=60_000)
     return page
