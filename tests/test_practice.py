@@ -197,13 +197,12 @@ def test_sigterm_stops_the_web_app_in_one_line_with_143(inputs):
     from test_web import free_port
     port = free_port()
 
-    def terminate_once_up():
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+    def terminate_once_up():  # once the app says it is up (cli() prints into a StringIO)
+        for _ in range(1500):
+            if "Practice app on" in getattr(sys.stdout, "getvalue", str)():
                 break
-            except OSError:
-                time.sleep(0.2)
+            time.sleep(0.2)
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
         os.kill(os.getpid(), signal.SIGTERM)
     threading.Thread(target=terminate_once_up, daemon=True).start()
     code, output = cli("web", "--model", inputs / "run" / "model", "--port", port)

@@ -19,6 +19,7 @@ sees and downloads only their own calls; a trainer sees everyone's, and a review
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import json
 import shutil
@@ -141,11 +142,7 @@ class Practice:
         return current
 
     def close(self, page: dict) -> None:
-        """A page was closed: end its call and remove its transcript."""
-        if page.get("session") is not None:
-            page["session"].close()
-        if page.get("key"):
-            shutil.rmtree(self.transcripts / page["key"], ignore_errors=True)
+        close_page(self.transcripts, page)
 
     def send(self, message: str, history_a, history_b, system, name_a, name_b, page=None):
         if not message.strip():
@@ -281,6 +278,15 @@ class Practice:
         self.store.close()
 
 
+def close_page(transcripts: Path, page: dict) -> None:
+    """A page was closed: end its call and remove its transcript. (Gradio copies a State's callback with the
+    app's config, so the callback holds the folder, never the app and its models.)"""
+    if page.get("session") is not None:
+        page["session"].close()
+    if page.get("key"):
+        shutil.rmtree(transcripts / page["key"], ignore_errors=True)
+
+
 def gradio_cache() -> str:
     """Gradio's own file folder: a download there is served as it is, not copied once per content."""
     try:
@@ -301,7 +307,8 @@ def build_app(config: WebConfig, practice: Practice):
     for name in filter(None, (config.model, config.compare_model)):
         practice.model(name)  # fail now, with one line, rather than at the first message
     with gr.Blocks(title="Roleplay practice", analytics_enabled=False) as app:
-        page = gr.State({}, delete_callback=practice.close)  # this browser tab's user, session and transcript
+        # this browser tab's user, session and transcript; the callback holds the folder, never the app's models
+        page = gr.State({}, delete_callback=functools.partial(close_page, practice.transcripts))
         who = gr.Markdown(elem_id="who")
         with gr.Tab("Practise", elem_id="practise-tab"):
             gr.Markdown("## Practise a sales call\nYou are the rep; the model plays the prospect.")
@@ -437,18 +444,31 @@ def serve(config: WebConfig) -> int:
         raise ConfigError("train.py web needs Gradio: pip install -e '.[web]'") from None
     check_port(config.host, config.port)
     practice = Practice(config, load_scenarios(config.scenarios) if config.scenarios else [])
+    app = None
     try:
         auth = who_may_use(config, practice)
         app = build_app(config, practice)
+        with stage("serving the practice app", f"every judgement made is in {practice.where}"):
+            launch(app, config, auth)
+            print(f"Practice app on http://{config.host}:{config.port} (Ctrl-C to stop)", flush=True)
+            while True:  # until a signal: SIGINT and SIGTERM end here, as in every command
+                time.sleep(1)
+    finally:
+        if app is not None:
+            app.close(verbose=False)
+        practice.stop()
+
+
+def launch(app, config: WebConfig, auth) -> None:
+    """Start the server on its own threads (`auth`: the login check, or None); Gradio's check that this machine
+    reaches it is one line when it fails."""
+    try:
         app.queue().launch(server_name=config.host, server_port=config.port, show_error=True, quiet=True,
                            prevent_thread_lock=True, auth=auth,
                            auth_message="Log in with your name and password in the team's store.")
-        try:
-            with stage("serving the practice app", f"every judgement made is in {practice.where}"):
-                print(f"Practice app on http://{config.host}:{config.port} (Ctrl-C to stop)", flush=True)
-                while True:  # until a signal: SIGINT and SIGTERM end here, as in every command
-                    time.sleep(1)
-        finally:
-            app.close(verbose=False)
-    finally:
-        practice.stop()
+    except ValueError as err:
+        if "localhost is not accessible" not in str(err):
+            raise
+        raise ConfigError(f"--host {config.host} --port {config.port}: the app started but did not answer this "
+                          "machine's own request within Gradio's check (3 s): a proxy for localhost, or a machine "
+                          "too busy; unset the proxy or try again") from None
