@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from core.errors import UserError
+from core.store.schema import SCHEMA_VERSION
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 30_000
@@ -117,20 +114,17 @@ def reason(err: DBAPIError) -> str:
     return text
 
 
-def alembic_config(connection) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = connection
-    return config
-
-
-def head_revision() -> str:
-    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
-
-
 def current_revision(engine: Engine) -> str | None:
+    """The schema version Alembic recorded (None: no store schema yet), read without loading Alembic."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if "alembic_version" not in inspect(connection).get_table_names():
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+    return {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
 
 
 def check_schema(engine: Engine, url: URL, create: bool, upgrade: bool) -> None:
@@ -138,7 +132,8 @@ def check_schema(engine: Engine, url: URL, create: bool, upgrade: bool) -> None:
     (`upgrade`), or refuse a newer, an older or a foreign one with the command that fixes it."""
     try:
         revision = current_revision(engine)
-        known = ScriptDirectory(str(MIGRATIONS))
+        if revision == SCHEMA_VERSION:
+            return
         if revision is None:
             tables = inspect(engine).get_table_names()
             if tables:
@@ -149,15 +144,12 @@ def check_schema(engine: Engine, url: URL, create: bool, upgrade: bool) -> None:
                                  f"`train.py team init --store {shown(url)}`")
             migrate(engine, "head")
             return
-        if revision == known.get_current_head():
-            return
-        if revision not in {script.revision for script in known.walk_revisions()}:
+        if revision not in known_revisions():
             raise StoreError(f"{shown(url)}: made by a newer roleplay-tuner (schema {revision}; this release knows "
-                             f"up to {known.get_current_head()}); upgrade roleplay-tuner to use it")
+                             f"up to {SCHEMA_VERSION}); upgrade roleplay-tuner to use it")
         if not upgrade:
-            raise StoreError(f"{shown(url)}: an older schema ({revision}; this release's is "
-                             f"{known.get_current_head()}); back it up, then run "
-                             f"`train.py team upgrade --store {shown(url)}`")
+            raise StoreError(f"{shown(url)}: an older schema ({revision}; this release's is {SCHEMA_VERSION}); back "
+                             f"it up, then run `train.py team upgrade --store {shown(url)}`")
         migrate(engine, "head")
     except DBAPIError as err:
         raise StoreError(f"{shown(url)}: {reason(err)}") from None
@@ -165,5 +157,10 @@ def check_schema(engine: Engine, url: URL, create: bool, upgrade: bool) -> None:
 
 def migrate(engine: Engine, revision: str) -> None:
     """Run the migrations up to `revision` in one transaction (PostgreSQL and SQLite both roll back DDL)."""
+    from alembic import command
+    from alembic.config import Config
     with engine.begin() as connection:
-        command.upgrade(alembic_config(connection), revision)
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)

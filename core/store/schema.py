@@ -21,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+SCHEMA_VERSION = "0002"  # the newest migration's revision (core/store/migrations/versions/); a test checks it
 ROLES = ("rep", "trainer")
 KINDS = ("good", "bad", "rewrite", "pick")
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
-from conftest import cli, make_config
+import pytest
+from conftest import assert_error, cli, make_config
 
 from core.data.files import iter_raw_records, source_sha256
 from core.data.store_reader import pin
+from core.errors import DataError
 from core.store import open_store
 
 PASSWORD = "Sesame-Open-4821"
@@ -42,6 +44,17 @@ def test_a_pinned_snapshot_reads_the_same_records_after_more_rows_on_both_backen
     assert len(list(iter_raw_records(pin(store_url, "dpo")))) == 6  # a new run reads the new rows too
     labels = [r for _, r in iter_raw_records(pin(store_url, "kto"))]
     assert sum(r["label"] for r in labels) == 3 + 6 and sum(not r["label"] for r in labels) == 3 + 6
+    with store.engine.begin() as c:  # a reply the snapshot read (call 3's, rewritten) is changed
+        c.exec_driver_sql("UPDATE messages SET content = 'Hm?' WHERE id = 6")
+    with pytest.raises(DataError, match="no longer read as they did when the run started"):
+        source_sha256(pinned)
+
+
+def test_a_store_that_is_not_there_is_one_error_line(tmp_path, tiny_qwen_1k_dir):
+    missing = tmp_path / "missing.db"
+    assert_error(cli("inspect", "--objective", "dpo", "--data_path", f"sqlite:///{missing}", "--model_name",
+                     tiny_qwen_1k_dir), r"--data_path: .*missing.db: no store there")
+    assert not missing.exists()
 
 
 def test_dpo_trains_on_exactly_the_judgements_of_two_reps_and_a_resumed_run_reads_its_snapshot(
