@@ -65,41 +65,62 @@ def fingerprint(model: str) -> str:
 class StoreRecorder:
     """One session's call in the store, made by `user` (None: the store's holder, a local single user).
 
-    `answering()` is called by the app just before it asks a model for a reply: the reply is recorded with the
-    sampling and its latency, the time from then until it is complete. A store fault becomes an OSError (the
-    session tells the user, and the call goes on), as the Recorder protocol asks."""
+    Each answering side is a call of its own in the store (with its model and fingerprint): training reads a call
+    as one conversation, and two models' replies to the same rep line are two conversations. A rep's line is
+    recorded in every side's call. `answering(side)` is called by the app just before it asks a side's model
+    for a reply: the reply is recorded in that side's call with the sampling and its latency, the time from
+    then until it is complete. A reply the model did not write now (a rewrite standing in) goes to the call of
+    the reply it rewrote (side A's when none was judged). A store fault becomes an OSError (the session tells
+    the user, and the call goes on), as the Recorder protocol asks."""
 
     def __init__(self, store: Store, user: User | None, models: list[str], sampling: dict, fingerprints: dict):
         self.store, self.user, self.models = store, user, models
         self.sampling, self.fingerprints = sampling, fingerprints
         self.started: float | None = None
+        self.side = 0                      # the side whose reply comes next
+        self.call_of: dict[int, int] = {}  # a reply's message id -> its call
 
     @property
     def where(self) -> str:
         return f"the team's store ({self.store.where})"
 
-    def answering(self) -> None:
-        self.started = time.monotonic()
+    def answering(self, side: int = 0) -> None:
+        self.started, self.side = time.monotonic(), side
 
-    def open_call(self, session: PracticeSession) -> int:
-        models = self.models[:len(session.sides)]
-        return faulted(lambda: self.store.open_call(self.user, session.scenario, session.persona, " vs ".join(models),
-                                                    " ".join(self.fingerprints[m] for m in models)))
+    def open_call(self, session: PracticeSession) -> list[list[int]]:
+        """One [call id, next position] per side."""
+        return [[faulted(lambda model=model: self.store.open_call(
+            self.user, session.scenario, session.persona, model, self.fingerprints[model])), 0]
+            for model in self.models[:len(session.sides)]]
 
-    def message(self, call: int, position: int, role: str, content: str, model: str | None) -> int:
-        latency = sampling = None  # a rep's line, or a reply the model did not write now (a rewrite standing in)
-        if role == "assistant" and self.started is not None:
+    def message(self, calls: list[list[int]], position: int, role: str, content: str, model: str | None) -> int:
+        if role != "assistant":
+            return [self._add(call, role, content, None, None, None) for call in calls][0]
+        latency = sampling = None  # a reply the model did not write now (a rewrite standing in)
+        if self.started is not None:
             latency, sampling, self.started = (time.monotonic() - self.started) * 1000, self.sampling, None
-        return faulted(lambda: self.store.add_message(call, position, role, content, model, sampling, latency))
+        call = calls[self.side]
+        message = self._add(call, role, content, model, sampling, latency)
+        self.call_of[message], self.side = call[0], 0
+        return message
 
-    def judgement(self, call: int, judgement: Judgement) -> str:
+    def _add(self, call: list[int], role, content, model, sampling, latency) -> int:
+        message = faulted(lambda: self.store.add_message(call[0], call[1], role, content, model, sampling, latency))
+        call[1] += 1
+        return message
+
+    def judgement(self, calls: list[list[int]], judgement: Judgement) -> str:
+        call = self.call_of.get(judgement.message, calls[0][0])
         text = {"rewrite": judgement.text}.get(judgement.kind)
         faulted(lambda: self.store.add_judgement(call, judgement.message, judgement.kind, judgement.user or self.user,
                                                  text, judgement.other or None, judgement.other_model or None))
+        if judgement.kind == "rewrite":  # the rewrite stands in next, in the judged reply's call
+            self.side = next(i for i, c in enumerate(calls) if c[0] == call)
         return self.where
 
-    def close_call(self, call: int) -> None:
-        faulted(lambda: self.store.close_call(call))
+    def close_call(self, calls: list[list[int]]) -> None:
+        for call in calls:
+            faulted(lambda call=call: self.store.close_call(call[0]))
 
 
 class Both:
@@ -113,21 +134,21 @@ class Both:
     def where(self) -> str:
         return f"{self.store.where} and {self.file.path}"
 
-    def answering(self) -> None:
-        self.store.answering()
+    def answering(self, side: int = 0) -> None:
+        self.store.answering(side)
 
-    def open_call(self, session: PracticeSession) -> int:
+    def open_call(self, session: PracticeSession) -> list[list[int]]:
         return self.store.open_call(session)
 
-    def message(self, call: int, position: int, role: str, content: str, model: str | None) -> int:
-        return self.store.message(call, position, role, content, model)
+    def message(self, calls: list[list[int]], position: int, role: str, content: str, model: str | None) -> int:
+        return self.store.message(calls, position, role, content, model)
 
-    def judgement(self, call: int, judgement: Judgement) -> str:
-        where = self.store.judgement(call, judgement)
+    def judgement(self, calls: list[list[int]], judgement: Judgement) -> str:
+        where = self.store.judgement(calls, judgement)
         return f"{where} and {self.file.judgement(None, judgement)}"
 
-    def close_call(self, call: int) -> None:
-        self.store.close_call(call)
+    def close_call(self, calls: list[list[int]]) -> None:
+        self.store.close_call(calls)
 
 
 def recorder_for(store: Store, user: User | None, models: list[str], sampling, fingerprints: dict,

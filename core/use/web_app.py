@@ -172,7 +172,7 @@ class Practice:
         """Each side's reply as it grows (side A, then side B), as the chats the page shows."""
         shown = [list(side.turns) for side in session.sides] + [[]] * (2 - len(session.sides))
         for index, name in enumerate(names[:len(session.sides)]):
-            session.recorder.answering()
+            session.recorder.answering(index)
             for reply in session.answer(index, self.model(name)):
                 shown[index] = session.sides[index].turns + [{"role": "assistant", "content": reply}]
                 yield *shown, *rest

@@ -146,8 +146,9 @@ def test_two_reps_judge_in_the_browser_and_dpo_and_kto_train_on_exactly_their_ju
     assert [row[1:] for row in stored[:5]] == acknowledged
     assert [row[1:] for row in stored[5:]] in ([], [("ben", "bad", None)])  # the one in flight, if it was committed
     store = open_store(path)
-    calls = store.calls_for(None)
-    assert [(c.user, c.scenario) for c in calls] == [("ana", FRANK_SCENARIO), ("ben", FRANK_SCENARIO)]
+    calls = store.calls_for(None)  # each compared model's side is a call (a conversation training reads)
+    assert [(c.user, c.scenario, c.model) for c in calls] == [
+        (name, FRANK_SCENARIO, model) for name in ("ana", "ben") for model in (str(tiny_qwen_dir), str(other))]
     with sqlite3.connect(path) as db:  # each reply with its model, and the sampling and latency of its writing
         replies = db.execute("SELECT model, sampling, latency_ms, content FROM messages WHERE role = 'assistant'"
                              ).fetchall()
