@@ -69,9 +69,11 @@ class StoreRecorder:
     as one conversation, and two models' replies to the same rep line are two conversations. A rep's line is
     recorded in every side's call. `answering(side)` is called by the app just before it asks a side's model
     for a reply: the reply is recorded in that side's call with the sampling and its latency, the time from
-    then until it is complete. A reply the model did not write now (a rewrite standing in) goes to the call of
-    the reply it rewrote (side A's when none was judged). A store fault becomes an OSError (the session tells
-    the user, and the call goes on), as the Recorder protocol asks."""
+    then until it is complete. A rewrite standing in for a reply is not a message of its own: the store's rewrite
+    judgement already puts it in the reply's place when training reads the call (a second assistant message
+    would make two bot turns in a row), so the stand-in keeps the reply's id and cannot be judged again.
+    A store fault becomes an OSError (the session tells the user, and the call goes on), as the Recorder
+    protocol asks."""
 
     def __init__(self, store: Store, user: User | None, models: list[str], sampling: dict, fingerprints: dict):
         self.store, self.user, self.models = store, user, models
@@ -79,6 +81,8 @@ class StoreRecorder:
         self.started: float | None = None
         self.side = 0                      # the side whose reply comes next
         self.call_of: dict[int, int] = {}  # a reply's message id -> its call
+        self.rewritten: int | None = None  # the reply a rewrite just replaced
+        self.stand_ins: set[int] = set()
 
     @property
     def where(self) -> str:
@@ -96,7 +100,11 @@ class StoreRecorder:
     def message(self, calls: list[list[int]], position: int, role: str, content: str, model: str | None) -> int:
         if role != "assistant":
             return [self._add(call, role, content, None, None, None) for call in calls][0]
-        latency = sampling = None  # a reply the model did not write now (a rewrite standing in)
+        if self.rewritten is not None and self.started is None:  # the rewrite standing in: recorded already
+            message, self.rewritten = self.rewritten, None
+            self.stand_ins.add(message)
+            return message
+        latency = sampling = None  # a reply the model did not write now (shown again in a fresh session)
         if self.started is not None:
             latency, sampling, self.started = (time.monotonic() - self.started) * 1000, self.sampling, None
         call = calls[self.side]
@@ -110,12 +118,14 @@ class StoreRecorder:
         return message
 
     def judgement(self, calls: list[list[int]], judgement: Judgement) -> str:
+        if judgement.message in self.stand_ins:
+            raise OSError("this reply is your rewrite, recorded already; judge the next reply")
         call = self.call_of.get(judgement.message, calls[0][0])
         text = {"rewrite": judgement.text}.get(judgement.kind)
         faulted(lambda: self.store.add_judgement(call, judgement.message, judgement.kind, judgement.user or self.user,
                                                  text, judgement.other or None, judgement.other_model or None))
-        if judgement.kind == "rewrite":  # the rewrite stands in next, in the judged reply's call
-            self.side = next(i for i, c in enumerate(calls) if c[0] == call)
+        if judgement.kind == "rewrite":  # the rewrite stands in next (see the class's docstring)
+            self.rewritten = judgement.message
         return self.where
 
     def close_call(self, calls: list[list[int]]) -> None:

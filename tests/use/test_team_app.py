@@ -152,10 +152,8 @@ def test_two_reps_judge_in_the_browser_and_dpo_and_kto_train_on_exactly_their_ju
     with sqlite3.connect(path) as db:  # each reply with its model, and the sampling and latency of its writing
         replies = db.execute("SELECT model, sampling, latency_ms, content FROM messages WHERE role = 'assistant'"
                              ).fetchall()
-    rewrites = {row[3] for row in stored if row[3]}
-    assert {r[0] for r in replies} == {str(tiny_qwen_dir), str(other)} and len(replies) == 4 + len(rewrites)
-    assert all(json.loads(r[1])["max_new_tokens"] == 6 and r[2] > 0 for r in replies if r[3] not in rewrites)
-    assert all(json.loads(r[1] or "null") is None and r[2] is None for r in replies if r[3] in rewrites), replies
+    assert {r[0] for r in replies} == {str(tiny_qwen_dir), str(other)} and len(replies) == 4  # rewrites: judgements
+    assert all(json.loads(r[1])["max_new_tokens"] == 6 and r[2] > 0 for r in replies), replies
 
     url_of = f"sqlite:///{path}"
     pairs = [j for j, _, kind, _ in stored if kind in ("rewrite", "pick")]
@@ -261,6 +259,22 @@ def test_the_terminal_chat_records_the_call_and_its_judgements_with_their_author
                                                             ("ana", "rewrite", "Not today, thanks.")]
     store = open_store(path)
     (call,) = store.calls_for(store.user("ana"))
-    assert call.ended_at is not None and call.messages == 3  # the line, the reply, and the rewrite that stands in
+    assert call.ended_at is not None and call.messages == 2  # the line and the reply (its rewrite: a judgement)
     assert not (tmp_path / "feedback.jsonl").exists() and not (tiny_qwen_1k_dir.parent / "feedback.jsonl").exists()
     store.close()
+
+
+def test_a_call_that_goes_on_after_a_rewrite_reads_as_one_conversation_for_every_objective(practice):
+    from core.data.store_reader import pin
+    ana, persona, model = call_as(practice, "ana"), "You are Dana, IT director.", practice.config.model
+    chat = list(ana["session"].sides[0].turns)
+    _, status, _ = practice.rewrite(chat, persona, model, "Not today, thanks.", ana)
+    assert status.startswith("Recorded")
+    *_, (chat, _, _) = practice.send("Just five minutes?", ana["session"].sides[0].turns, [], persona, model, NONE, ana)
+    assert practice.thumbs(chat, persona, model, True, ana).startswith("Recorded")
+    url = f"sqlite:///{practice.store.url.database}"
+    (sft,) = [r for _, r in iter_raw_records(pin(url, "sft")) if r["messages"][1]["content"] == "Hello, ana here."]
+    assert [m["role"] for m in sft["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert sft["messages"][2]["content"] == "Not today, thanks."  # the rewrite stands in
+    good = [r for _, r in iter_raw_records(pin(url, "kto")) if r["label"] and r["meta"]["kind"] == "good"]
+    assert [m["role"] for m in good[0]["prompt"]] == ["system", "user", "assistant", "user"]
