@@ -71,7 +71,9 @@ class StoreRecorder:
     for a reply: the reply is recorded in that side's call with the sampling and its latency, the time from
     then until it is complete. A rewrite standing in for a reply is not a message of its own: the store's rewrite
     judgement already puts it in the reply's place when training reads the call (a second assistant message
-    would make two bot turns in a row), so the stand-in keeps the reply's id and cannot be judged again.
+    would make two bot turns in a row), so the stand-in keeps the reply's id and cannot be judged again. A reply
+    that follows a reply taken back (Regenerate) starts a fresh call for its side, with the turns before it:
+    the taken-back reply stays recorded in the old call, and no call holds two bot turns in a row.
     A store fault becomes an OSError (the session tells the user, and the call goes on), as the Recorder
     protocol asks."""
 
@@ -91,13 +93,16 @@ class StoreRecorder:
     def answering(self, side: int = 0) -> None:
         self.started, self.side = time.monotonic(), side
 
-    def open_call(self, session: PracticeSession) -> list[list[int]]:
-        """One [call id, next position] per side."""
-        return [[faulted(lambda model=model: self.store.open_call(
-            self.user, session.scenario, session.persona, model, self.fingerprints[model])), 0]
-            for model in self.models[:len(session.sides)]]
+    def open_call(self, session: PracticeSession) -> list[list]:
+        """One [call id, next position, last role recorded] per side."""
+        self.session = session
+        return [self._new_call(model) for model in self.models[:len(session.sides)]]
 
-    def message(self, calls: list[list[int]], position: int, role: str, content: str, model: str | None) -> int:
+    def _new_call(self, model: str) -> list:
+        return [faulted(lambda: self.store.open_call(self.user, self.session.scenario, self.session.persona, model,
+                                                     self.fingerprints[model])), 0, None]
+
+    def message(self, calls: list[list], position: int, role: str, content: str, model: str | None) -> int:
         if role != "assistant":
             return [self._add(call, role, content, None, None, None) for call in calls][0]
         if self.rewritten is not None and self.started is None:  # the rewrite standing in: recorded already
@@ -108,16 +113,22 @@ class StoreRecorder:
         if self.started is not None:
             latency, sampling, self.started = (time.monotonic() - self.started) * 1000, self.sampling, None
         call = calls[self.side]
+        if call[2] == "assistant":  # the last reply was taken back: a fresh call from the turns before it
+            self.close_call([call])
+            call[:] = self._new_call(self.models[self.side])
+            side = self.session.sides[self.side]
+            for turn, author in zip(side.turns, side.authors):
+                self._add(call, turn["role"], turn["content"], author, None, None)
         message = self._add(call, role, content, model, sampling, latency)
         self.call_of[message], self.side = call[0], 0
         return message
 
     def _add(self, call: list[int], role, content, model, sampling, latency) -> int:
         message = faulted(lambda: self.store.add_message(call[0], call[1], role, content, model, sampling, latency))
-        call[1] += 1
+        call[1], call[2] = call[1] + 1, role
         return message
 
-    def judgement(self, calls: list[list[int]], judgement: Judgement) -> str:
+    def judgement(self, calls: list[list], judgement: Judgement) -> str:
         if judgement.message in self.stand_ins:
             raise OSError("this reply is your rewrite, recorded already; judge the next reply")
         call = self.call_of.get(judgement.message, calls[0][0])
@@ -128,7 +139,7 @@ class StoreRecorder:
             self.rewritten = judgement.message
         return self.where
 
-    def close_call(self, calls: list[list[int]]) -> None:
+    def close_call(self, calls: list[list]) -> None:
         for call in calls:
             faulted(lambda call=call: self.store.close_call(call[0]))
 
@@ -147,17 +158,17 @@ class Both:
     def answering(self, side: int = 0) -> None:
         self.store.answering(side)
 
-    def open_call(self, session: PracticeSession) -> list[list[int]]:
+    def open_call(self, session: PracticeSession) -> list[list]:
         return self.store.open_call(session)
 
-    def message(self, calls: list[list[int]], position: int, role: str, content: str, model: str | None) -> int:
+    def message(self, calls: list[list], position: int, role: str, content: str, model: str | None) -> int:
         return self.store.message(calls, position, role, content, model)
 
-    def judgement(self, calls: list[list[int]], judgement: Judgement) -> str:
+    def judgement(self, calls: list[list], judgement: Judgement) -> str:
         where = self.store.judgement(calls, judgement)
         return f"{where} and {self.file.judgement(None, judgement)}"
 
-    def close_call(self, calls: list[list[int]]) -> None:
+    def close_call(self, calls: list[list]) -> None:
         self.store.close_call(calls)
 
 

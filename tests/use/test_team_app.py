@@ -264,7 +264,7 @@ def test_the_terminal_chat_records_the_call_and_its_judgements_with_their_author
     store.close()
 
 
-def test_a_call_that_goes_on_after_a_rewrite_reads_as_one_conversation_for_every_objective(practice):
+def test_a_call_that_goes_on_after_a_rewrite_and_a_regenerated_reply_reads_for_every_objective(practice):
     from core.data.store_reader import pin
     ana, persona, model = call_as(practice, "ana"), "You are Dana, IT director.", practice.config.model
     chat = list(ana["session"].sides[0].turns)
@@ -272,7 +272,11 @@ def test_a_call_that_goes_on_after_a_rewrite_reads_as_one_conversation_for_every
     assert status.startswith("Recorded")
     *_, (chat, _, _) = practice.send("Just five minutes?", ana["session"].sides[0].turns, [], persona, model, NONE, ana)
     assert practice.thumbs(chat, persona, model, True, ana).startswith("Recorded")
+    *_, (again, _) = practice.regenerate(chat, [], persona, model, NONE, ana)  # a reply taken back, a new one
+    assert practice.thumbs(again, persona, model, False, ana).startswith("Recorded")
     url = f"sqlite:///{practice.store.url.database}"
+    for view in ("sft", "preference", "kto"):  # every view reads (no two bot turns in a row anywhere)
+        assert list(iter_raw_records(pin(url, view)))
     (sft,) = [r for _, r in iter_raw_records(pin(url, "sft")) if r["messages"][1]["content"] == "Hello, ana here."]
     assert [m["role"] for m in sft["messages"]] == ["system", "user", "assistant", "user", "assistant"]
     assert sft["messages"][2]["content"] == "Not today, thanks."  # the rewrite stands in
