@@ -159,7 +159,8 @@ def test_two_reps_judge_in_the_browser_and_dpo_and_kto_train_on_exactly_their_ju
     pairs = [j for j, _, kind, _ in stored if kind in ("rewrite", "pick")]
     labels = [j for j, _, kind, _ in stored for _ in range(1 + (kind in ("rewrite", "pick")))]
     common = ["--data_path", url_of, "--model_name", tiny_qwen_dir, "--cache_dir", cache_dir, "--eval_split", "0",
-              "--batch_size", "2", "--save_steps", "1", "--sample_prompts", "0", "--log_steps", "1", "--no-report"]
+              "--batch_size", "2", "--save_steps", "1", "--sample_prompts", "0", "--log_steps", "1", "--no-report",
+              "--epochs", "1", "--lr", "1e-3"]
     for objective, expected in (("dpo", pairs), ("kto", labels)):
         out = tmp_path / objective
         code, output = cli("--objective", objective, "--output_dir", out, "--max_steps", "1", *common)
@@ -176,7 +177,7 @@ def test_two_reps_judge_in_the_browser_and_dpo_and_kto_train_on_exactly_their_ju
     from core.train.run_setup import setup
     config = make_config(tmp_path, tiny_qwen_dir, cache_dir, objective="kto", data_path=url_of,
                          output_dir=str(tmp_path / "kto"), batch_size=2, save_steps=1, log_steps=1, eval_split=0,
-                         max_steps=2, resume_from_checkpoint="auto")
+                         max_steps=1, lr=1e-3, resume_from_checkpoint="auto")
     run = setup(config, log=lambda *_: None)
     assert run.config.data_path == saved and run.state.step == 1
     run.prepared.model.to("meta")
