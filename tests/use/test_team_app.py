@@ -276,7 +276,7 @@ def test_a_call_that_goes_on_after_a_rewrite_and_a_regenerated_reply_reads_for_e
     *_, (again, _) = practice.regenerate(chat, [], persona, model, NONE, ana)  # a reply taken back, a new one
     assert practice.thumbs(again, persona, model, False, ana).startswith("Recorded")
     url = f"sqlite:///{practice.store.url.database}"
-    for view in ("sft", "preference", "kto"):  # every view reads (no two bot turns in a row anywhere)
+    for view in ("sft", "dpo", "kto"):  # every objective reads (no two bot turns in a row anywhere)
         assert list(iter_raw_records(pin(url, view)))
     (sft,) = [r for _, r in iter_raw_records(pin(url, "sft")) if r["messages"][1]["content"] == "Hello, ana here."]
     assert [m["role"] for m in sft["messages"]] == ["system", "user", "assistant", "user", "assistant"]
