@@ -278,8 +278,12 @@ def test_a_call_that_goes_on_after_a_rewrite_and_a_regenerated_reply_reads_for_e
     url = f"sqlite:///{practice.store.url.database}"
     for view in ("sft", "dpo", "kto"):  # every objective reads (no two bot turns in a row anywhere)
         assert list(iter_raw_records(pin(url, view)))
-    (sft,) = [r for _, r in iter_raw_records(pin(url, "sft")) if r["messages"][1]["content"] == "Hello, ana here."]
-    assert [m["role"] for m in sft["messages"]] == ["system", "user", "assistant", "user", "assistant"]
-    assert sft["messages"][2]["content"] == "Not today, thanks."  # the rewrite stands in
-    good = [r for _, r in iter_raw_records(pin(url, "kto")) if r["label"] and r["meta"]["kind"] == "good"]
-    assert [m["role"] for m in good[0]["prompt"]] == ["system", "user", "assistant", "user"]
+    calls = [r for _, r in iter_raw_records(pin(url, "sft")) if r["messages"][1]["content"] == "Hello, ana here."]
+    assert len(calls) == 2  # the call, and its fresh start after the regenerated reply
+    for sft in calls:
+        assert [m["role"] for m in sft["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+        assert sft["messages"][2]["content"] == "Not today, thanks."  # the rewrite stands in
+    labels = [r for _, r in iter_raw_records(pin(url, "kto")) if r["meta"]["user"] == "ana"]
+    assert [(r["meta"]["kind"], r["label"], len(r["prompt"])) for r in labels] == [
+        ("bad", False, 2), ("rewrite", True, 2), ("rewrite", False, 2), ("good", True, 4), ("bad", False, 4)]
+    assert all(r["prompt"][-1]["role"] == "user" for r in labels)
