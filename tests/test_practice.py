@@ -109,7 +109,7 @@ while True:
 def test_kill_9_during_large_appends_never_loses_the_next_judgement(tmp_path):
     path, torn = tmp_path / "feedback.jsonl", 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for attempt in range(4):  # two kills inside a write, two at whatever point the appends have reached
+    for attempt in range(3):  # two kills inside a write, one at whatever point the appends have reached
         how = "halfway" if attempt % 2 == 0 else "at-random"
         writer = subprocess.Popen([sys.executable, "-c", APPENDER, str(path), how], stdout=subprocess.PIPE, env=env)
         writer.stdout.readline()
@@ -124,7 +124,7 @@ def test_kill_9_during_large_appends_never_loses_the_next_judgement(tmp_path):
         assert path.read_bytes().endswith(b"\n")
     assert torn >= 2
     records = [record for _, record in iter_raw_records(path)]  # every line parses: none was cut or merged
-    assert [r["completion"] for r in records if r["completion"] != "No."] == [f"judgement {i}" for i in range(4)]
+    assert [r["completion"] for r in records if r["completion"] != "No."] == [f"judgement {i}" for i in range(3)]
     assert all(len(r["messages"][0]["content"]) == 8 << 20 for r in records if r["completion"] == "No.")
 
 

@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.data.files import cut_short, iter_raw_records
-from core.data.preference import is_judgement
-from core.dataset import DataOptions
 from core.errors import ConfigError, DataError
 from core.outputs import Input, check_output
 
@@ -55,6 +53,8 @@ def every_line(path: Path, accepted) -> bool:
 
 
 def is_feedback_file(path: Path) -> bool:
+    from core.data.preference import is_judgement  # here, so that appending needs neither torch nor numpy
+    from core.dataset import DataOptions
     options = DataOptions(allow_extra_keys=False, special_tokens="text")
     return every_line(path, lambda record: is_judgement(record, options))
 
