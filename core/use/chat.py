@@ -17,7 +17,7 @@ from core.errors import ConfigError, first_line
 from core.model.generation import Sampling
 from core.outputs import Input
 from core.use import backend
-from core.use.feedback import FeedbackFile, check_feedback_file, default_feedback_file
+from core.use.feedback import FeedbackFile, check_feedback_file
 from core.use.practice import Answerer, NotRecorded, special_text_rule
 
 
@@ -77,9 +77,12 @@ def text_rule(answerer: Answerer, config: ChatOptions, scenarios: list[Scenario]
     return rule
 
 
-def feedback_recorder(config: ChatOptions, inputs: list[Input]) -> FeedbackFile:
-    """The feedback file (--feedback_file, or feedback.jsonl beside the model), checked before any model loads."""
-    path = Path(config.feedback_file).expanduser() if config.feedback_file else default_feedback_file(config.model)
+def feedback_recorder(config: ChatOptions, inputs: list[Input]) -> FeedbackFile | None:
+    """The feedback file when --feedback_file is given (the store holds the record; the file is an export made as
+    the judgements come), checked before any model loads."""
+    if not config.feedback_file:
+        return None
+    path = Path(config.feedback_file).expanduser()
     check_feedback_file(path, inputs)
     return FeedbackFile(path)
 
@@ -97,7 +100,8 @@ class ChatOptions(LoadOptions):
     no_repeat_ngram_size: int = option(Sampling.no_repeat_ngram_size, "never repeat a phrase of this many tokens within one reply (0: off)", at_least=0)
     max_new_tokens: int = option(Sampling.max_new_tokens, "longest reply in tokens", at_least=1)
     greedy: bool = option(False, "always the most likely reply (no sampling)")
-    feedback_file: str = option("", "where judgements of replies are appended as JSON lines for preference tuning (--objective dpo or kto); default: feedback.jsonl beside --model")
+    store: str = option("", "the team's store the call and its judgements are recorded in: a path (SQLite, created on first use) or a URL (sqlite:///PATH, postgresql+psycopg://USER@HOST/DB); default: practice.db beside --model")
+    feedback_file: str = option("", "also append each judgement to this JSONL file as it is made (preference tuning reads it: --objective dpo or kto); default: none, the store holds them (train.py team export writes the file)")
     special_tokens: str = option("refuse", "text that spells one of the tokenizer's special tokens (<|im_end|>) in a persona, a message or a rewrite: refuse it, as training does by default, or take it (and train the files with --special_tokens text)", ("refuse", "text"))
 
     def validate(self) -> None:

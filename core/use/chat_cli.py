@@ -6,7 +6,7 @@ Type as the sales rep; the model answers as the prospect. Commands start with a 
   /persona TEXT      switch to another persona (and start over); /persona N picks scenario N
   /personas          list the scenarios of --scenarios
   /save FILE         append this conversation to FILE as a training record (JSONL, `messages` format)
-  /good, /bad        judge the prospect's last reply: realistic or not (appended to the feedback file)
+  /good, /bad        judge the prospect's last reply: realistic or not (recorded in the team's store)
   /better TEXT       what a real prospect would have said instead (a preference pair, and an SFT record)
   /help, /quit
 """
@@ -23,6 +23,8 @@ from core.errors import ConfigError
 from core.outputs import Input, check_output, local_inputs
 from core.use.chat import ChatOptions, Scenario, feedback_recorder, load_answerer, load_scenarios, text_rule
 from core.use.practice import DESCRIBED, Answerer, NotRecorded, PracticeSession, recorded
+from core.use.practice_store import fingerprint, open_practice_store, recorder_for
+from core.use.team import acting_user
 from core.utils import stage
 
 
@@ -31,6 +33,7 @@ class ChatConfig(ChatOptions):
     seed: int = option(-1, "seed for sampling (-1: a different conversation every time)")
     backend_url: str = option("", "an OpenAI-compatible server to practise against instead of --model: "
                                   "its base URL, such as http://127.0.0.1:8000/v1 (serve, vLLM, llama-server, Ollama)")
+    user: str = option("", "record the call as this user of the store (password asked for, or stdin's first line)")
 
     def validate(self) -> None:
         if self.backend_url and not self.model:
@@ -113,21 +116,29 @@ class Commands:
 def chat(config: ChatConfig) -> int:
     scenarios = load_scenarios(config.scenarios) if config.scenarios else []
     inputs = local_inputs("--model", config.model) + local_inputs("--scenarios", config.scenarios)
-    recorder = feedback_recorder(config, inputs)
-    answerer = load_answerer(config.model, config, config.backend_url)
-    rule = text_rule(answerer, config, scenarios)
-    first = scenarios[0] if scenarios and not config.system_prompt else None
-    session = PracticeSession(recorder, config.system_prompt or (first.system if first else ""),
-                              first.name if first else None, source="chat", rule=rule)
-    print(f"Practice call with {answerer.name}. You are the rep; /help lists the commands, /quit ends; "
-          f"/good, /bad and /better judge a reply (into {recorder.path}).")
-    if session.persona:
-        print(f"Persona: {session.persona}")
+    file = feedback_recorder(config, inputs)
+    store = open_practice_store(config.store, config.model, inputs)
     try:
-        with stage("chatting", "nothing was saved (/save FILE appends a conversation)"):
-            return converse(config, Commands(session, scenarios, inputs), answerer)
+        user = acting_user(store, config.user or None)
+        answerer = load_answerer(config.model, config, config.backend_url)
+        rule = text_rule(answerer, config, scenarios)
+        recorder = recorder_for(store, user, [config.model], config.sampling(),
+                                {config.model: fingerprint(config.model)}, file)
+        first = scenarios[0] if scenarios and not config.system_prompt else None
+        session = PracticeSession(recorder, config.system_prompt or (first.system if first else ""),
+                                  first.name if first else None, source="chat", user=user, rule=rule)
+        print(f"Practice call with {answerer.name}. You are the rep; /help lists the commands, /quit ends; "
+              f"/good, /bad and /better judge a reply. The call is recorded in {recorder.where}"
+              f"{f' as {user.name}' if user else ''}.")
+        if session.persona:
+            print(f"Persona: {session.persona}")
+        try:
+            with stage("chatting", f"the call so far is recorded in {recorder.where}"):
+                return converse(config, Commands(session, scenarios, inputs), answerer)
+        finally:
+            session.close()
     finally:
-        session.close()
+        store.close()
 
 
 def converse(config: ChatConfig, commands: Commands, answerer: Answerer) -> int:
@@ -153,6 +164,7 @@ def converse(config: ChatConfig, commands: Commands, answerer: Answerer) -> int:
         seed = config.seed + len(session.sides[0].turns) if config.seed >= 0 else None
         print("prospect> ", end="", flush=True)
         shown = ""
+        session.recorder.answering()
         for reply in session.answer(0, answerer, seed):
             sys.stdout.write(reply[len(shown):])
             sys.stdout.flush()

@@ -35,14 +35,7 @@ from core.outputs import Input, check_output
 if TYPE_CHECKING:  # the file is written without the model side loaded (an appending process stays light)
     from core.use.practice import Judgement, PracticeSession
 
-FEEDBACK_FILE = "feedback.jsonl"
 CHUNK = 1 << 16
-
-
-def default_feedback_file(model: str) -> Path:
-    """Beside the model: `runs/x/best_model` -> `runs/x/feedback.jsonl` (the model directory stays a plain one)."""
-    path = Path(model).expanduser()
-    return (path.parent if path.exists() else Path.cwd()) / FEEDBACK_FILE
 
 
 def sft_file(feedback: Path) -> Path:

@@ -13,6 +13,7 @@ from conftest import assert_error, cli
 
 from core.store import open_store
 from core.use import feedback
+from core.use.practice import Judgement
 
 PASSWORDS = {"tess": "Trainer-Pass-77", "rep1": "Rep-One-Pass-11", "rep2": "Rep-Two-Pass-22"}
 
@@ -82,9 +83,11 @@ def test_feedback_files_import_once_and_export_as_the_pairs_they_held(tmp_path, 
     file = tmp_path / "feedback.jsonl"
     chat = [{"role": "system", "content": "You are Ann."}, {"role": "user", "content": "Hi Ann."},
             {"role": "assistant", "content": "Who is this?"}]
-    feedback.judge(file, chat, True, "m", "web")
-    feedback.rewrite(file, chat, "Not now, I'm busy.", "m", "chat")
-    feedback.prefer(file, chat[:2], "Who is this?", "Hello!", "m", "base", "web")
+    recorder = feedback.FeedbackFile(file)  # the file the practice apps append to (core/use/practice.py's schema)
+    for judgement in (Judgement("good", chat[:2], chat[2]["content"], "m", "web"),
+                      Judgement("rewrite", chat[:2], chat[2]["content"], "m", "chat", text="Not now, I'm busy."),
+                      Judgement("pick", chat[:2], "Who is this?", "m", "web", other="Hello!", other_model="base")):
+        recorder.judgement(None, judgement)
     assert team(monkeypatch, url, "init")[0] == 0
     assert "Imported 3 judgements" in team(monkeypatch, url, "import-feedback", file)[1]
     code, output = team(monkeypatch, url, "import-feedback", file)

@@ -209,7 +209,7 @@ def test_sigterm_stops_the_web_app_in_one_line_with_143(inputs):
     assert code == 143 and "Practice app on" in output, output
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: interrupted by SIGTERM while serving the practice app; every judgement made is in "
-                      f"{inputs / 'run' / 'feedback.jsonl'}"], output
+                      f"the team's store (sqlite:///{inputs / 'run' / 'practice.db'})"], output
     assert "Traceback" not in output and "Keyboard interruption" not in output
     with pytest.raises(OSError):  # the port is free again
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
