@@ -104,7 +104,11 @@ class ChatOptions(LoadOptions):
     feedback_file: str = option("", "also append each judgement to this JSONL file as it is made (preference tuning reads it: --objective dpo or kto); default: none, the store holds them (train.py team export writes the file)")
     special_tokens: str = option("refuse", "text that spells one of the tokenizer's special tokens (<|im_end|>) in a persona, a message or a rewrite: refuse it, as training does by default, or take it (and train the files with --special_tokens text)", ("refuse", "text"))
 
+    backend_url: str = option("", "an OpenAI-compatible server to practise against instead of --model: its base URL, such as http://127.0.0.1:8000/v1 (serve, vLLM, llama-server, Ollama); the model name comes from its /v1/models")
+
     def validate(self) -> None:
+        if self.backend_url and not self.model:
+            self.model = self.backend_url  # what the banner and the judgements name
         if not self.model:
             raise ConfigError("--model is required (a checkpoint directory such as checkpoints/best_model)")
         check_options(self)

@@ -31,13 +31,9 @@ from core.utils import stage
 @dataclass
 class ChatConfig(ChatOptions):
     seed: int = option(-1, "seed for sampling (-1: a different conversation every time)")
-    backend_url: str = option("", "an OpenAI-compatible server to practise against instead of --model: "
-                                  "its base URL, such as http://127.0.0.1:8000/v1 (serve, vLLM, llama-server, Ollama)")
     user: str = option("", "record the call as this user of the store (password asked for, or stdin's first line)")
 
     def validate(self) -> None:
-        if self.backend_url and not self.model:
-            self.model = self.backend_url  # what the banner and the judgements name
         super().validate()
         if not -1 <= self.seed < 2**62:
             raise ConfigError(f"--seed must be -1 (a random conversation) or from 0 to below 2**62, got {self.seed}")

@@ -113,7 +113,7 @@ class Practice:
 
     def model(self, name: str) -> Answerer:
         if name not in self.loaded:
-            self.loaded[name] = load_answerer(name, self.config)
+            self.loaded[name] = load_answerer(name, self.config, self.config.backend_url if name == self.config.model else "")
             self.fingerprints[name] = fingerprint(name)
             if self.rule is None:
                 self.rule = text_rule(self.loaded[name], self.config, self.scenarios)
