@@ -242,7 +242,7 @@ class Scripted:
     def __init__(self, name: str, reply: str):
         self.name, self.reply = name, reply
 
-    def stream(self, messages):
+    def stream(self, messages, seed=None):
         yield self.reply
 
 

@@ -55,7 +55,7 @@ def test_an_interrupted_evaluate_leaves_the_earlier_output_whole(tmp_path, tiny_
 
 def test_self_play_answers_in_its_own_running_context_with_metrics_per_turn(tmp_path, tiny_qwen_1k_dir, cache_dir,
                                                                             monkeypatch):
-    import core.use.evaluate as evaluate
+    import core.use.backend
     lines = (ROOT / "data" / "roleplay_conversations.jsonl").read_text().splitlines()[:3]
     conversations = write_jsonl(tmp_path / "held_out.jsonl", [json.loads(line) for line in lines])
     seen = []
@@ -63,7 +63,7 @@ def test_self_play_answers_in_its_own_running_context_with_metrics_per_turn(tmp_
     def fake_replies(model, tokenizer, chats, sampling, batch_size):
         seen.extend(chats)
         return [f"Bot reply {len(chat)}. We are fine." for chat in chats]
-    monkeypatch.setattr(evaluate, "generate_replies", fake_replies)
+    monkeypatch.setattr(core.use.backend, "generate_replies", fake_replies)  # self-play's replies come from the backend
     output = tmp_path / "play.jsonl"
     code, printed = cli("evaluate", "--model", tiny_qwen_1k_dir, "--conversations", conversations, "--output", output,
                         "--cache_dir", cache_dir, "--batch_size", "2")
