@@ -316,3 +316,13 @@ def store_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'practice.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def args(tmp_path, tiny_qwen_1k_dir, cache_dir):
+    """Command-line arguments of a short run of the tiny model (data written to tmp_path/data.jsonl): the fault
+    tests' run (tests/cli/)."""
+    sample_data(tmp_path, 12)
+    return ["--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_1k_dir, "--cache_dir", cache_dir,
+            "--output_dir", tmp_path / "out", "--batch_size", "2", "--log_steps", "1", "--save_steps", "0",
+            "--eval_split", "0.25", "--lr", "1e-3", "--sample_prompts", "0"]

@@ -28,15 +28,6 @@ from core.train.run_setup import setup
 from core.trainer import fit
 
 
-@pytest.fixture
-def args(tmp_path, tiny_qwen_1k_dir, cache_dir):
-    """Command-line arguments of a short run of the tiny model (data written to tmp_path/data.jsonl)."""
-    sample_data(tmp_path, 12)
-    return ["--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_1k_dir, "--cache_dir", cache_dir,
-            "--output_dir", tmp_path / "out", "--batch_size", "2", "--log_steps", "1", "--save_steps", "0",
-            "--eval_split", "0.25", "--lr", "1e-3", "--sample_prompts", "0"]
-
-
 def temporaries(directory) -> list[str]:
     return sorted(p.name for p in directory.rglob(".*.tmp-*")) if directory.is_dir() else []
 

@@ -11,16 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import assert_error, cli, sample_data, write_jsonl
-
-
-@pytest.fixture
-def args(tmp_path, tiny_qwen_1k_dir, cache_dir):
-    """Command-line arguments of a short run of the tiny model (data written to tmp_path/data.jsonl)."""
-    sample_data(tmp_path, 12)
-    return ["--data_path", tmp_path / "data.jsonl", "--model_name", tiny_qwen_1k_dir, "--cache_dir", cache_dir,
-            "--output_dir", tmp_path / "out", "--batch_size", "2", "--log_steps", "1", "--save_steps", "0",
-            "--eval_split", "0.25", "--lr", "1e-3", "--sample_prompts", "0"]
+from conftest import assert_error, cli, write_jsonl
 
 
 def replace_arg(args, flag, value):
