@@ -129,19 +129,19 @@ def end_of_turn_ids(model, tokenizer) -> set[int]:
     return set(eos) if isinstance(eos, list) else {eos}
 
 
-def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """The conversation rendered by the chat template with the generation prompt, as token ids."""
+def prompt_ids(tokenizer, messages: list[dict], special_tokens: str = "refuse") -> list[int]:
+    """The conversation rendered by the chat template with the generation prompt, as token ids; under
+    `special_tokens="text"` text that spells a control token stays text (as in training)."""
+    if special_tokens == "text":
+        return ChatEncoder(tokenizer, 1, "text").chat_prompt_ids(messages)
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                               return_dict=True)["input_ids"])
 
 
 def _inputs(model, tokenizer, messages: list[dict], special_tokens: str = "refuse") -> dict:
-    """The prompt; under `special_tokens="text"` text that spells a control token stays text (as in training)."""
-    if special_tokens == "text":
-        ids = torch.tensor([ChatEncoder(tokenizer, 1, "text").chat_prompt_ids(messages)], dtype=torch.long)
-        return {"input_ids": ids.to(model.device), "attention_mask": torch.ones_like(ids).to(model.device)}
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                         return_dict=True).to(model.device)
+    """The prompt as model inputs (one row, no padding)."""
+    ids = torch.tensor([prompt_ids(tokenizer, messages, special_tokens)], dtype=torch.long, device=model.device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def pad_id(tokenizer) -> int:

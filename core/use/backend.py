@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from core.config import LoadOptions
-from core.data.chat_format import ChatEncoder
 from core.model.engine import Engine
 from core.model.generation import Sampling, generate_replies, prompt_ids, stream_reply
 from core.model.remote import RemoteModel
@@ -58,9 +57,7 @@ def stream(backend: Backend, messages: list[dict], sampling: Sampling, seed: int
         yield from backend.remote.stream(messages, sampling, seed)
         return
     if backend.engine is not None:
-        ids = (ChatEncoder(backend.tokenizer, 1, "text").chat_prompt_ids(messages) if special_tokens == "text"
-               else prompt_ids(backend.tokenizer, messages))
-        for event in backend.engine.events(ids, sampling, seed):
+        for event in backend.engine.events(prompt_ids(backend.tokenizer, messages, special_tokens), sampling, seed):
             if event.kind == "error":
                 raise RuntimeError(f"the reply failed: {event.text}")
             yield event.text
